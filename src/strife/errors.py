@@ -1,0 +1,239 @@
+"""Canonical gRPC errors with a `google.rpc.ErrorInfo`, both ways.
+
+Servers abort with a status code, an UPPER_SNAKE reason in domain "strife" and
+optional metadata; clients turn any `grpc.RpcError` back into a typed
+exception whose class says what the caller needs to decide: retry or not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import NoReturn
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from strife.observability import context as request_context
+
+DOMAIN = "strife"
+
+
+class Reason(StrEnum):
+    """Every reason Strife sends. Clients match on these, never on messages."""
+
+    INVALID_AMOUNT = "INVALID_AMOUNT"
+    INVALID_CURRENCY = "INVALID_CURRENCY"
+    INVALID_REQUEST = "INVALID_REQUEST"
+    CURRENCY_MISMATCH = "CURRENCY_MISMATCH"
+    INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"
+    ACCOUNT_NOT_FOUND = "ACCOUNT_NOT_FOUND"
+    SAME_ACCOUNT = "SAME_ACCOUNT"
+    AMOUNT_OVERFLOW = "AMOUNT_OVERFLOW"
+    IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
+    REQUEST_IN_PROGRESS = "REQUEST_IN_PROGRESS"
+    TRANSFER_ID_REUSED = "TRANSFER_ID_REUSED"
+    TRANSFER_NOT_FOUND = "TRANSFER_NOT_FOUND"
+    TRANSFER_ABORTED = "TRANSFER_ABORTED"
+    TRANSFER_COMMITTED = "TRANSFER_COMMITTED"
+    NOT_COORDINATOR = "NOT_COORDINATOR"
+    PAYMENT_NOT_FOUND = "PAYMENT_NOT_FOUND"
+    PEER_NOT_AUTHENTICATED = "PEER_NOT_AUTHENTICATED"
+    ROLE_NOT_ALLOWED = "ROLE_NOT_ALLOWED"
+    TOKEN_MISSING = "TOKEN_MISSING"
+    TOKEN_INVALID = "TOKEN_INVALID"
+    TOKEN_EXPIRED = "TOKEN_EXPIRED"
+    INVALID_CREDENTIALS = "INVALID_CREDENTIALS"
+    NOT_ACCOUNT_OWNER = "NOT_ACCOUNT_OWNER"
+    LOGIN_THROTTLED = "LOGIN_THROTTLED"
+    TOO_MANY_IN_FLIGHT = "TOO_MANY_IN_FLIGHT"
+    QUEUE_FULL = "QUEUE_FULL"
+    BANK_UNAVAILABLE = "BANK_UNAVAILABLE"
+    PREPARE_TIMEOUT = "PREPARE_TIMEOUT"
+    NO_INSTANCE = "NO_INSTANCE"
+    NOT_INSTANCE_OWNER = "NOT_INSTANCE_OWNER"
+    METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+    INTERNAL = "INTERNAL"
+
+
+def make_status(
+    code: grpc.StatusCode,
+    reason: str,
+    message: str,
+    metadata: Mapping[str, str] | None = None,
+    retry_delay_s: float | None = None,
+) -> grpc.Status:
+    """A `grpc.Status` whose trailers carry ErrorInfo (and RetryInfo)."""
+    info = error_details_pb2.ErrorInfo(
+        reason=str(reason), domain=DOMAIN, metadata=dict(metadata or {})
+    )
+    details = [_pack(info)]
+    if retry_delay_s is not None:
+        delay = duration_pb2.Duration()
+        delay.FromMilliseconds(max(0, round(retry_delay_s * 1000)))
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+    status = status_pb2.Status(code=code.value[0], message=message, details=details)
+    result: grpc.Status = rpc_status.to_status(status)
+    return result
+
+
+def _pack(message: error_details_pb2.ErrorInfo | error_details_pb2.RetryInfo) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+async def abort(
+    context: grpc.aio.ServicerContext,
+    code: grpc.StatusCode,
+    reason: str,
+    message: str,
+    metadata: Mapping[str, str] | None = None,
+    retry_delay_s: float | None = None,
+) -> NoReturn:
+    """End the RPC with a canonical status and ErrorInfo; never returns."""
+    info = request_context.current()
+    if info is not None:
+        info.error_reason = str(reason)
+    status = make_status(code, reason, message, metadata, retry_delay_s)
+    await context.abort(status.code, status.details, trailing_metadata=status.trailing_metadata)
+    raise AssertionError("context.abort returned")  # pragma: no cover
+
+
+# --- client side -------------------------------------------------------------
+
+
+class StrifeError(Exception):
+    """A failed Strife call: the gRPC code plus the ErrorInfo reason."""
+
+    retryable = False
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        reason: str,
+        message: str,
+        metadata: Mapping[str, str] | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(
+            f"{code.name} {reason}: {message}" if reason else f"{code.name}: {message}"
+        )
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.metadata = dict(metadata or {})
+        self.retry_after_s = retry_after_s
+
+
+class InvalidArgument(StrifeError):
+    pass
+
+
+class NotFound(StrifeError):
+    pass
+
+
+class AlreadyExists(StrifeError):
+    pass
+
+
+class FailedPrecondition(StrifeError):
+    pass
+
+
+class Aborted(StrifeError):
+    pass
+
+
+class Unauthenticated(StrifeError):
+    pass
+
+
+class PermissionDenied(StrifeError):
+    pass
+
+
+class ResourceExhausted(StrifeError):
+    retryable = True
+
+
+class Unavailable(StrifeError):
+    retryable = True
+
+
+class DeadlineExceeded(StrifeError):
+    retryable = True
+
+
+class Internal(StrifeError):
+    pass
+
+
+class InsufficientFunds(FailedPrecondition):
+    pass
+
+
+class CurrencyMismatch(FailedPrecondition):
+    pass
+
+
+class AccountNotFound(NotFound):
+    pass
+
+
+class IdempotencyKeyReused(InvalidArgument):
+    pass
+
+
+class RequestInProgress(Aborted):
+    """The same idempotency key is still being processed; ask again later."""
+
+    retryable = True
+
+
+_BY_CODE: dict[grpc.StatusCode, type[StrifeError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.OUT_OF_RANGE: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.ABORTED: Aborted,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+}
+
+_BY_REASON: dict[str, type[StrifeError]] = {
+    Reason.INSUFFICIENT_FUNDS: InsufficientFunds,
+    Reason.CURRENCY_MISMATCH: CurrencyMismatch,
+    Reason.ACCOUNT_NOT_FOUND: AccountNotFound,
+    Reason.IDEMPOTENCY_KEY_REUSED: IdempotencyKeyReused,
+    Reason.REQUEST_IN_PROGRESS: RequestInProgress,
+}
+
+
+def from_rpc_error(error: grpc.RpcError) -> StrifeError:
+    """The typed exception for a failed call, reading ErrorInfo from trailers."""
+    code: grpc.StatusCode = error.code()
+    message: str = error.details() or ""
+    reason, metadata, retry_after_s = "", {}, None
+    for key, value in error.trailing_metadata() or ():
+        if key != rpc_status.GRPC_DETAILS_METADATA_KEY:
+            continue
+        status = status_pb2.Status.FromString(value)
+        for detail in status.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                reason, metadata = info.reason, dict(info.metadata)
+            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                retry = error_details_pb2.RetryInfo()
+                detail.Unpack(retry)
+                retry_after_s = retry.retry_delay.ToMilliseconds() / 1000
+    cls = _BY_REASON.get(reason) or _BY_CODE.get(code, Internal)
+    return cls(code, reason, message, metadata, retry_after_s)

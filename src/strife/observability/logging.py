@@ -1,0 +1,91 @@
+"""structlog set-up: JSON lines by default, and secrets never reach a log.
+
+Redaction is a processor in the chain, so it holds for every log call in the
+process, including ones written carelessly later.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Mapping, MutableMapping
+from typing import Any, Literal, TextIO
+
+import structlog
+
+LogFormat = Literal["json", "console"]
+
+REDACTED = "[REDACTED]"
+_SECRET_KEY = re.compile(
+    r"pass(word|wd|phrase)?|secret|token|authori[sz]ation|api[_-]?key|private[_-]?key|cookie",
+    re.IGNORECASE,
+)
+_BEARER = re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]+")
+# 13-19 digits, optionally grouped by spaces or dashes: a card-like number.
+_CARD = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
+
+
+def _mask_card(match: re.Match[str]) -> str:
+    digits = re.sub(r"\D", "", match.group(0))
+    return "*" * (len(digits) - 4) + digits[-4:]
+
+
+def _scrub(value: Any, depth: int = 0) -> Any:
+    if depth > 8:
+        return REDACTED
+    if isinstance(value, str):
+        return _CARD.sub(_mask_card, _BEARER.sub("Bearer " + REDACTED, value))
+    if isinstance(value, bytes):
+        return _scrub(value.decode("utf-8", "replace"), depth + 1)
+    if isinstance(value, Mapping):
+        return {
+            k: REDACTED if _SECRET_KEY.search(str(k)) else _scrub(v, depth + 1)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_scrub(v, depth + 1) for v in value]
+    return value
+
+
+def redact_secrets(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Replace secret-named fields and bearer tokens; mask card-like numbers."""
+    for key in list(event_dict):
+        if _SECRET_KEY.search(key):
+            event_dict[key] = REDACTED
+        else:
+            event_dict[key] = _scrub(event_dict[key])
+    return event_dict
+
+
+def configure_logging(
+    fmt: LogFormat = "json", level: str = "info", stream: TextIO | None = None
+) -> None:
+    """Configure structlog for this process; safe to call again (tests do)."""
+    renderer: Any = (
+        structlog.processors.JSONRenderer(sort_keys=False)
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+            structlog.processors.format_exc_info,
+            redact_secrets,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str) -> Any:
+    """A lazy logger: it follows whatever configuration is current when it logs."""
+    return structlog.wrap_logger(None, logger_factory_args=(name,), component=name)

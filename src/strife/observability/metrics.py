@@ -1,0 +1,47 @@
+"""Prometheus metrics shared by every Strife process.
+
+Roles add their own metrics beside these (payment outcomes, 2PC phase latency,
+group-commit batch size, outbox depth).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from strife.rpc.addresses import split_host_port
+
+RPC_REQUESTS = Counter(
+    "strife_rpc_requests", "RPCs served, by method and status code", ["method", "code"]
+)
+RPC_LATENCY = Histogram(
+    "strife_rpc_latency_seconds",
+    "Server-side RPC latency",
+    ["method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+RPC_IN_FLIGHT = Gauge("strife_rpc_in_flight", "RPCs being served right now")
+
+
+class InFlight:
+    """The in-flight count as a plain int, cheap to read for heartbeats."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def enter(self) -> None:
+        self.value += 1
+        RPC_IN_FLIGHT.inc()
+
+    def leave(self) -> None:
+        self.value -= 1
+        RPC_IN_FLIGHT.dec()
+
+
+IN_FLIGHT = InFlight()
+
+
+def serve_metrics(listen: str) -> int:
+    """Expose /metrics over HTTP on HOST:PORT; returns the bound port."""
+    host, port = split_host_port(listen)
+    server, _thread = start_http_server(port, addr=host)
+    return int(server.server_port)

@@ -1,0 +1,165 @@
+"""The one way a Strife process serves gRPC.
+
+mTLS with client certificates required, the interceptor chain (logging ->
+peer authentication -> authorization -> extra), health and reflection,
+message-size limits, a port that cannot be shared by accident, and a graceful
+stop on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from strife.observability.logging import get_logger
+from strife.observability.metrics import serve_metrics
+from strife.rpc.addresses import join_host_port, split_host_port
+from strife.rpc.authz import AuthzTable
+from strife.rpc.channels import MAX_MESSAGE_BYTES
+from strife.rpc.interceptors import AuthzInterceptor, LoggingInterceptor, PeerAuthInterceptor
+from strife.security.tls import TlsMaterial
+
+_log = get_logger("strife.server")
+
+DEFAULT_TRUST_DOMAIN = "strife.local"
+
+
+class AddressInUseError(OSError):
+    """The listen address is taken; a second instance must not share it silently."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    name: str
+    listen: str
+    certs: Path | None
+    insecure: bool = False
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+    grace_s: float = 5.0
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    max_concurrent_rpcs: int | None = None
+    metrics_listen: str | None = None
+
+
+class StrifeServer:
+    """A grpc.aio server with Strife's security and plumbing; add services, then start.
+
+    Build it inside the running event loop: grpc.aio objects bind to the loop
+    that exists when they are created.
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        authz: AuthzTable,
+        extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    ) -> None:
+        if config.certs is None and not config.insecure:
+            raise ValueError("--certs is required (or --insecure for debugging)")
+        self.config = config
+        self.server = grpc.aio.server(
+            interceptors=[
+                LoggingInterceptor(),
+                PeerAuthInterceptor(config.trust_domain, insecure=config.insecure),
+                AuthzInterceptor(authz, insecure=config.insecure),
+                *extra_interceptors,
+            ],
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_send_message_length", config.max_message_bytes),
+                ("grpc.max_receive_message_length", config.max_message_bytes),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ],
+            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+        )
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self._service_names: list[str] = [
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+        ]
+        self.port = 0
+        self._stopped = asyncio.Event()
+
+    def add_service(self, full_name: str, register: Callable[[grpc.aio.Server], None]) -> None:
+        """Register a servicer; `full_name` is announced by health and reflection."""
+        register(self.server)
+        self._service_names.append(full_name)
+
+    async def start(self) -> int:
+        host, port = split_host_port(self.config.listen)
+        address = join_host_port(host, port)
+        try:
+            if self.config.insecure:
+                _log.warning("insecure_server", detail="plaintext, no peer authentication")
+                self.port = self.server.add_insecure_port(address)
+            else:
+                assert self.config.certs is not None
+                creds = TlsMaterial.load(self.config.certs).server_credentials()
+                self.port = self.server.add_secure_port(address, creds)
+        except RuntimeError as exc:
+            raise AddressInUseError(f"cannot listen on {address}: {exc}") from exc
+        if self.port == 0:
+            raise AddressInUseError(f"cannot listen on {address}: address in use")
+        reflection.enable_server_reflection(
+            [*self._service_names, reflection.SERVICE_NAME], self.server
+        )
+        await self.server.start()
+        for name in self._service_names:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        if self.config.metrics_listen:
+            metrics_port = serve_metrics(self.config.metrics_listen)
+            _log.info("metrics_listening", port=metrics_port)
+        _log.info("server_started", name=self.config.name, address=join_host_port(host, self.port))
+        return self.port
+
+    @property
+    def address(self) -> str:
+        host, _ = split_host_port(self.config.listen)
+        return join_host_port("127.0.0.1" if host in ("0.0.0.0", "::") else host, self.port)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop taking calls, let running ones finish for the grace period."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.config.grace_s if grace_s is None else grace_s)
+        self._stopped.set()
+        _log.info("server_stopped", name=self.config.name)
+
+    def install_signal_handlers(self) -> asyncio.Event:
+        """An event set by SIGTERM or SIGINT (instead of the default kill)."""
+        loop = asyncio.get_running_loop()
+        requested = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, requested.set)
+        return requested
+
+    async def wait_for_signal(self, requested: asyncio.Event | None = None) -> None:
+        """Block until SIGTERM or SIGINT, then stop gracefully."""
+        loop = asyncio.get_running_loop()
+        requested = requested or self.install_signal_handlers()
+        try:
+            await requested.wait()
+            _log.info("shutdown_requested", name=self.config.name)
+            await self.stop()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+
+def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run a process's main coroutine on uvloop when it is installed."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        asyncio.run(main())
+    else:
+        uvloop.run(main())

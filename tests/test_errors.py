@@ -1,0 +1,78 @@
+"""Status + ErrorInfo on the wire, and back to typed exceptions."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import grpc
+import pytest
+
+from strife.errors import (
+    IdempotencyKeyReused,
+    InsufficientFunds,
+    Internal,
+    RequestInProgress,
+    ResourceExhausted,
+    Unavailable,
+    from_rpc_error,
+    make_status,
+)
+
+
+class FakeRpcError(grpc.RpcError):
+    """What a client sees: code, details and trailers of a finished call."""
+
+    def __init__(self, status: Any) -> None:
+        self._status = status
+
+    def code(self) -> grpc.StatusCode:
+        return self._status.code  # type: ignore[no-any-return]
+
+    def details(self) -> str:
+        return self._status.details  # type: ignore[no-any-return]
+
+    def trailing_metadata(self) -> Any:
+        return self._status.trailing_metadata
+
+
+def test_reason_and_metadata_round_trip() -> None:
+    status = make_status(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "INSUFFICIENT_FUNDS",
+        "available 5.00 USD < 12.00 USD",
+        {"account": "alpha/acc-1"},
+    )
+    error = from_rpc_error(FakeRpcError(status))
+    assert isinstance(error, InsufficientFunds)
+    assert not error.retryable
+    assert error.reason == "INSUFFICIENT_FUNDS"
+    assert error.metadata == {"account": "alpha/acc-1"}
+    assert error.message == "available 5.00 USD < 12.00 USD"
+
+
+def test_retry_info_is_carried() -> None:
+    status = make_status(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, "LOGIN_THROTTLED", "slow down", retry_delay_s=2.5
+    )
+    error = from_rpc_error(FakeRpcError(status))
+    assert isinstance(error, ResourceExhausted)
+    assert error.retryable
+    assert error.retry_after_s == pytest.approx(2.5)
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "cls", "retryable"),
+    [
+        (grpc.StatusCode.INVALID_ARGUMENT, "IDEMPOTENCY_KEY_REUSED", IdempotencyKeyReused, False),
+        (grpc.StatusCode.ABORTED, "REQUEST_IN_PROGRESS", RequestInProgress, True),
+        (grpc.StatusCode.UNAVAILABLE, "", Unavailable, True),
+        (grpc.StatusCode.DATA_LOSS, "", Internal, False),
+    ],
+)
+def test_classes(code: grpc.StatusCode, reason: str, cls: type, retryable: bool) -> None:
+    plain = SimpleNamespace(code=code, details="m", trailing_metadata=())
+    status = make_status(code, reason, "m") if reason else plain
+    error = from_rpc_error(FakeRpcError(status))
+    assert type(error) is cls
+    assert error.retryable is retryable
