@@ -108,4 +108,4 @@ async def running_server(
     try:
         yield server
     finally:
-        await server.stop(0)
+        await server.stop(1.0)  # lets handlers finish their log lines

@@ -1,19 +1,169 @@
-"""`strife-gateway`: a payment gateway replica."""
+"""`strife-gateway`: a payment gateway replica and two-phase-commit coordinator."""
 
 from __future__ import annotations
 
-import click
+import asyncio
+import contextlib
+import sys
+from pathlib import Path
+from typing import Any
 
-from strife.rpc.cli import not_yet_available
+import click
+from prometheus_client import Counter, Histogram
+
+from strife.gateway.auth import GATEWAY_SERVICE, TokenInterceptor
+from strife.gateway.banks import BankDirectory, Banks, RegistryDirectory, StaticDirectory
+from strife.gateway.coordinator import CoordinatorConfig, PaymentCoordinator
+from strife.gateway.service import (
+    AUTHZ,
+    COORDINATOR_SERVICE,
+    CoordinatorServicer,
+    GatewayServicer,
+)
+from strife.gateway.store import GatewayStore, PaymentRecord, now_ms
+from strife.gateway.throttle import LoginThrottle
+from strife.gateway.tokens import TokenAuthority, load_or_create_key
+from strife.observability.logging import get_logger
+from strife.rpc.channels import ChannelPool
+from strife.rpc.cli import server_config, server_options
+from strife.rpc.discovery import BalancerClient, Heartbeat
+from strife.rpc.server import StrifeServer, run
+from strife.v1 import coordinator_pb2_grpc, gateway_pb2_grpc
+
+OUTCOMES = Counter("strife_payment_outcomes", "Decided payments", ["state", "reason"])
+BATCH_SIZE = Histogram(
+    "strife_gateway_group_commit_batch_size",
+    "Writes committed per SQLite transaction",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+_log = get_logger("strife.gateway")
+
+
+def _named_addresses(values: tuple[str, ...]) -> dict[str, str]:
+    result = {}
+    for value in values:
+        name, sep, address = value.partition("=")
+        if not sep or not name or not address:
+            raise click.BadParameter(f"expected NAME=HOST:PORT, got {value!r}")
+        result[name] = address
+    return result
+
+
+def _count(record: PaymentRecord) -> None:
+    OUTCOMES.labels(str(record.state), record.abort_reason).inc()
+
+
+async def _sweep_forever(store: GatewayStore, retention_s: float) -> None:
+    interval_s = min(60.0, max(1.0, retention_s / 10))
+    while True:
+        await asyncio.sleep(interval_s)
+        removed = await store.sweep(now_ms() - int(retention_s * 1000))
+        if removed:
+            _log.info("idempotency_records_swept", removed=removed)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--name", required=True, help="Replica name, e.g. gw-1.")
-@click.option("--listen", default="127.0.0.1:0", show_default=True)
-@click.option("--db", type=click.Path(dir_okay=False), help="SQLite file of this replica.")
-@click.option("--certs", type=click.Path(file_okay=False), help="Identity folder.")
-@click.option("--balancer", default=None, help="Balancer HOST:PORT.")
-@click.option("--bank", "banks", multiple=True, help="NAME=HOST:PORT, instead of --balancer.")
-def main(**_: object) -> None:
+@click.option("--name", required=True, help="Replica name; must match its certificate.")
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--bank", "banks", multiple=True, help="NAME=HOST:PORT of a bank.")
+@click.option("--balancer", default=None, help="Balancer HOST:PORT: register, and find banks.")
+@click.option(
+    "--token-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Ed25519 key shared by all replicas (created if missing)."
+    " Default: token-signing.key beside the --certs folder.",
+)
+@click.option("--token-ttl", "token_ttl_s", default=900.0, show_default=True)
+@click.option("--prepare-timeout", "prepare_timeout_s", default=2.0, show_default=True)
+@click.option("--decision-timeout", "decision_timeout_s", default=1.0, show_default=True)
+@click.option("--max-in-flight", default=256, show_default=True, help="Concurrent 2PC payments.")
+@click.option(
+    "--settle-interval", "settle_interval_s", default=0.5, show_default=True,
+    help="Seconds between resends of undelivered decisions (doubles while failing).",
+)  # fmt: skip
+@click.option("--retention", "retention_s", default=86_400.0, show_default=True)
+@click.option(
+    "--synchronous", type=click.Choice(["FULL", "NORMAL", "EXTRA"]), default="FULL",
+    show_default=True,
+)  # fmt: skip
+@click.option("--max-batch", default=256, show_default=True)
+@server_options
+def main(**options: Any) -> None:
     """Serve the customer API and coordinate payments with two-phase commit."""
-    not_yet_available("strife-gateway", "the payment gateway issue")
+    config = server_config(options["name"], options)
+    bank_addresses = _named_addresses(options["banks"])
+    key_path = options["token_key"]
+    if key_path is None:
+        if config.certs is None:
+            raise click.UsageError("--token-key is required with --insecure")
+        key_path = Path(config.certs).parent / "token-signing.key"
+
+    async def serve() -> None:
+        store = await GatewayStore.open(
+            options["db"],
+            synchronous=options["synchronous"],
+            max_batch=options["max_batch"],
+            on_batch=BATCH_SIZE.observe,
+        )
+        pool = ChannelPool(config.certs, insecure=config.insecure)
+        directory: BankDirectory = StaticDirectory(bank_addresses)
+        if options["balancer"]:
+            directory = RegistryDirectory(BalancerClient(pool, options["balancer"]), bank_addresses)
+        banks = Banks(directory, pool)
+        coordinator = PaymentCoordinator(
+            CoordinatorConfig(
+                name=options["name"],
+                prepare_timeout_s=options["prepare_timeout_s"],
+                decision_timeout_s=options["decision_timeout_s"],
+                max_in_flight=options["max_in_flight"],
+                settle_interval_s=options["settle_interval_s"],
+            ),
+            store,
+            banks,
+        )
+        coordinator.on_outcome(_count)
+        await coordinator.recover()
+        tokens = TokenAuthority(load_or_create_key(key_path), ttl_s=options["token_ttl_s"])
+        server = StrifeServer(config, AUTHZ, extra_interceptors=[TokenInterceptor(tokens)])
+        servicer = GatewayServicer(store, coordinator, banks, tokens, LoginThrottle())
+        server.add_service(
+            GATEWAY_SERVICE,
+            lambda s: gateway_pb2_grpc.add_PaymentGatewayServicer_to_server(servicer, s),
+        )
+        server.add_service(
+            COORDINATOR_SERVICE,
+            lambda s: coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
+                CoordinatorServicer(coordinator), s
+            ),
+        )
+        requested = server.install_signal_handlers()
+        await server.start()
+        heartbeat = None
+        if options["balancer"]:
+            heartbeat = Heartbeat(
+                pool, options["balancer"], service="gateway", instance=options["name"],
+                address=server.address,
+            )  # fmt: skip
+            await heartbeat.start()
+        background = [
+            asyncio.create_task(coordinator.settle_forever(), name="settler"),
+            asyncio.create_task(_sweep_forever(store, options["retention_s"]), name="sweeper"),
+        ]
+        stop_wait = asyncio.create_task(requested.wait())
+        await asyncio.wait({stop_wait, store.writer_task}, return_when=asyncio.FIRST_COMPLETED)
+        failed = store.writer_task.done()
+        if heartbeat is not None:
+            await heartbeat.stop()
+        await server.stop()
+        for task in [*background, stop_wait]:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await coordinator.close()
+        await pool.close()
+        if failed:
+            _log.error("storage_failed", detail="stopping; recovery runs on restart")
+            sys.exit(1)
+        await store.close()
+
+    run(serve)

@@ -22,6 +22,8 @@ class RequestInfo:
     peer_address: str = ""
     customer: str = ""
     error_reason: str = ""
+    # Who the caller is beyond its certificate (a customer's verified token claims).
+    principal: Any = None
     fields: dict[str, Any] = field(default_factory=dict)
 
 

@@ -72,7 +72,7 @@ _FACTORIES: tuple[tuple[str, Any], ...] = (
 )
 
 
-class _WrappingInterceptor(ServerInterceptor):
+class WrappingInterceptor(ServerInterceptor):
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
@@ -91,7 +91,7 @@ def _status_code(raw: Any) -> grpc.StatusCode | None:
     return _CODES.get(raw, grpc.StatusCode.UNKNOWN)
 
 
-class LoggingInterceptor(_WrappingInterceptor):
+class LoggingInterceptor(WrappingInterceptor):
     """One log line and the RPC metrics per call, with the facts handlers noted."""
 
     def _around_for(self, details: grpc.HandlerCallDetails) -> Around:
@@ -145,7 +145,7 @@ _CODES = {code.value[0]: code for code in grpc.StatusCode}
 _SERVER_FAULTS = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS}
 
 
-class PeerAuthInterceptor(_WrappingInterceptor):
+class PeerAuthInterceptor(WrappingInterceptor):
     """Establish the caller's SPIFFE identity from the verified certificate."""
 
     def __init__(self, trust_domain: str, insecure: bool = False) -> None:
@@ -176,7 +176,7 @@ class PeerAuthInterceptor(_WrappingInterceptor):
         return around
 
 
-class AuthzInterceptor(_WrappingInterceptor):
+class AuthzInterceptor(WrappingInterceptor):
     """Refuse methods the caller's role may not call (deny by default)."""
 
     def __init__(self, table: AuthzTable, insecure: bool = False) -> None:

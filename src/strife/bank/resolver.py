@@ -1,0 +1,164 @@
+"""Resolve in-doubt transfers by asking their coordinator.
+
+A participant that voted YES may not decide alone: it holds the funds until
+the coordinator named in the PREPARED record says COMMIT or ABORT (an unknown
+id is ABORT, by presumed abort). This task asks once a transfer has been in
+doubt for `in_doubt_s`, and backs off (capped, exponential) while the
+coordinator is unreachable or still undecided. That wait is two-phase
+commit's blocking property: it lasts as long as the coordinator is away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import grpc
+
+from strife.bank.ledger import LedgerError, Transfer
+from strife.bank.store import BankStore
+from strife.errors import StrifeError
+from strife.observability.logging import get_logger
+from strife.rpc.channels import ChannelPool
+from strife.rpc.discovery import BalancerClient
+from strife.v1 import coordinator_pb2, coordinator_pb2_grpc
+
+_log = get_logger("strife.bank.resolver")
+
+# Coordinator instance name -> "host:port", or None while it is unknown.
+CoordinatorLookup = Callable[[str], Awaitable[str | None]]
+
+
+@dataclass
+class _Doubt:
+    since: float
+    attempts: int = 0
+    next_at: float = 0.0
+
+
+class Resolver:
+    def __init__(
+        self,
+        store: BankStore,
+        pool: ChannelPool,
+        lookup: CoordinatorLookup,
+        *,
+        in_doubt_s: float = 5.0,
+        max_backoff_s: float = 30.0,
+        rpc_timeout_s: float = 2.0,
+        tick_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._pool = pool
+        self._lookup = lookup
+        self._in_doubt_s = in_doubt_s
+        self._max_backoff_s = max_backoff_s
+        self._rpc_timeout_s = rpc_timeout_s
+        self._tick_s = tick_s if tick_s is not None else min(1.0, max(0.05, in_doubt_s / 4))
+        self._clock = clock
+        self._doubts: dict[str, _Doubt] = {}
+        self.resolved = 0
+
+    async def run(self) -> None:
+        while True:
+            await self.resolve_due()
+            await asyncio.sleep(self._tick_s)
+
+    async def resolve_due(self) -> None:
+        """One pass: ask about every transfer whose doubt has lasted long enough."""
+        now = self._clock()
+        prepared = {t.transfer_id: t for t in self._store.prepared()}
+        for transfer_id in list(self._doubts):
+            if transfer_id not in prepared:
+                del self._doubts[transfer_id]
+        due = []
+        for transfer_id, transfer in prepared.items():
+            doubt = self._doubts.setdefault(transfer_id, _Doubt(since=now))
+            if now - doubt.since >= self._in_doubt_s and now >= doubt.next_at:
+                due.append((transfer, doubt))
+        if due:
+            await asyncio.gather(*(self._resolve(t, d) for t, d in due))
+
+    async def _resolve(self, transfer: Transfer, doubt: _Doubt) -> None:
+        decision = await self._ask(transfer)
+        try:
+            if decision == coordinator_pb2.DECISION_COMMIT:
+                await self._store.commit(
+                    transfer_id=transfer.transfer_id, coordinator=transfer.coordinator
+                )
+            elif decision == coordinator_pb2.DECISION_ABORT:
+                await self._store.abort(
+                    transfer_id=transfer.transfer_id, coordinator=transfer.coordinator
+                )
+            else:
+                self._back_off(doubt)
+                return
+        except LedgerError as exc:
+            # The coordinator's own Commit/Abort got there first; nothing left to do.
+            _log.info("resolver_raced", transfer_id=transfer.transfer_id, reason=exc.reason)
+        self.resolved += 1
+        _log.info(
+            "in_doubt_resolved",
+            transfer_id=transfer.transfer_id,
+            coordinator=transfer.coordinator,
+            decision="COMMIT" if decision == coordinator_pb2.DECISION_COMMIT else "ABORT",
+            attempts=doubt.attempts + 1,
+        )
+
+    async def _ask(self, transfer: Transfer) -> int | None:
+        address = await self._lookup(transfer.coordinator)
+        if address is None:
+            _log.warning("coordinator_unknown", coordinator=transfer.coordinator)
+            return None
+        stub = coordinator_pb2_grpc.CoordinatorStub(self._pool.get(address))
+        try:
+            reply = await stub.GetDecision(
+                coordinator_pb2.GetDecisionRequest(transfer_id=transfer.transfer_id),
+                timeout=self._rpc_timeout_s,
+            )
+        except grpc.aio.AioRpcError as exc:
+            _log.warning(
+                "coordinator_unreachable",
+                coordinator=transfer.coordinator,
+                transfer_id=transfer.transfer_id,
+                code=exc.code().name,
+            )
+            return None
+        return int(reply.decision)
+
+    def _back_off(self, doubt: _Doubt) -> None:
+        doubt.attempts += 1
+        cap = min(self._max_backoff_s, self._tick_s * 2**doubt.attempts)
+        doubt.next_at = self._clock() + random.uniform(cap / 2, cap)
+
+
+def static_lookup(addresses: dict[str, str]) -> CoordinatorLookup:
+    async def lookup(name: str) -> str | None:
+        return addresses.get(name)
+
+    return lookup
+
+
+def registry_lookup(client: BalancerClient, static: dict[str, str]) -> CoordinatorLookup:
+    """Gateways by instance name through the balancer, after any static entries."""
+
+    async def lookup(name: str) -> str | None:
+        if name in static:
+            return static[name]
+        try:
+            return await client.resolve("gateway", name)
+        except StrifeError:
+            return None
+
+    return lookup
+
+
+async def cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

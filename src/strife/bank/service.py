@@ -1,0 +1,300 @@
+"""BankService over gRPC: a thin adapter from requests to the store and ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Any, NoReturn
+
+import grpc
+
+from strife.bank.ledger import ErrorKind, LedgerError, Leg, Outcome, TransferState, abort_error
+from strife.bank.store import BankStore, HistoryRow
+from strife.errors import Reason, abort
+from strife.faults import failpoint
+from strife.observability import context as request_context
+from strife.rpc.authz import AuthzTable, service_methods
+from strife.security.passwords import verify_password
+from strife.storage.sqlite import QueueFullError, WriterFailedError
+from strife.v1 import bank_pb2, bank_pb2_grpc, money_pb2
+
+SERVICE = "strife.v1.BankService"
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 200
+MAX_CREDENTIAL_CHARS = 256
+
+_READS = ["AuthenticateCustomer", "ValidateAccount", "GetAccountBalance", "GetTransactionHistory"]
+_TWO_PHASE = ["ProcessTransaction", "Prepare", "Commit", "Abort"]
+AUTHZ = AuthzTable(
+    {method: ("gateway", "admin") for method in service_methods(SERVICE, _READS)}
+    | {method: ("gateway",) for method in service_methods(SERVICE, _TWO_PHASE)}
+)
+
+_CODES = {
+    ErrorKind.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ErrorKind.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+    ErrorKind.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
+    ErrorKind.ABORTED: grpc.StatusCode.ABORTED,
+}
+_STATES = {
+    TransferState.PREPARED: bank_pb2.TRANSFER_STATE_PREPARED,
+    TransferState.COMMITTED: bank_pb2.TRANSFER_STATE_COMMITTED,
+    TransferState.ABORTED: bank_pb2.TRANSFER_STATE_ABORTED,
+}
+_LEGS = {bank_pb2.LEG_DEBIT: Leg.DEBIT, bank_pb2.LEG_CREDIT: Leg.CREDIT}
+
+
+def encode_page_token(account_id: str, before_seq: int) -> str:
+    return base64.urlsafe_b64encode(f"v1\n{account_id}\n{before_seq}".encode()).decode()
+
+
+def decode_page_token(token: str, account_id: str) -> int | None:
+    """The sequence to continue below, or None if the token is not one of ours for this account."""
+    try:
+        version, owner, seq = base64.urlsafe_b64decode(token.encode()).decode().split("\n")
+        before = int(seq)
+    except ValueError:
+        return None
+    return before if version == "v1" and owner == account_id and before > 0 else None
+
+
+class BankServicer(bank_pb2_grpc.BankServiceServicer):
+    def __init__(self, name: str, store: BankStore, *, check_coordinator: bool = True) -> None:
+        self.name = name
+        self.store = store
+        self._check_coordinator = check_coordinator
+
+    # ------------------------------------------------------------- customers
+
+    async def AuthenticateCustomer(self, request: Any, context: Any) -> Any:
+        if not request.username or not request.password:
+            await _invalid(context, "username and password are required")
+        if max(len(request.username), len(request.password)) > MAX_CREDENTIAL_CHARS:
+            await _invalid(context, "credentials too long")
+        customer = await self.store.customer(request.username)
+        stored = customer.password_hash if customer else None
+        ok = await asyncio.get_running_loop().run_in_executor(
+            None, verify_password, request.password, stored
+        )
+        if not ok or customer is None:
+            # Unknown user and wrong password look the same, and cost the same.
+            await abort(
+                context,
+                grpc.StatusCode.UNAUTHENTICATED,
+                Reason.INVALID_CREDENTIALS,
+                "wrong username or password",
+            )
+        _note_customer(customer.customer_id)
+        return bank_pb2.AuthenticateCustomerResponse(
+            customer_id=customer.customer_id,
+            display_name=customer.display_name,
+            accounts=[
+                self._account_pb(a.account_id, a.customer_id, a.currency)
+                for a in self.store.accounts_of(customer.customer_id)
+            ],
+        )
+
+    async def ValidateAccount(self, request: Any, context: Any) -> Any:
+        account = self.store.account(request.account_id)
+        if account is None:
+            await _account_not_found(context, request.account_id)
+        if request.currency and request.currency != account.currency:
+            await abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                Reason.CURRENCY_MISMATCH,
+                f"account {request.account_id} holds {account.currency}, not {request.currency}",
+                {"account_currency": account.currency},
+            )
+        return bank_pb2.ValidateAccountResponse(
+            account=self._account_pb(account.account_id, account.customer_id, account.currency)
+        )
+
+    async def GetAccountBalance(self, request: Any, context: Any) -> Any:
+        account = await self.store.committed_account(request.account_id)
+        if account is None:
+            await _account_not_found(context, request.account_id)
+        currency = account.currency
+        return bank_pb2.GetAccountBalanceResponse(
+            balance=money_pb2.Balance(
+                account=money_pb2.AccountRef(bank=self.name, account_id=account.account_id),
+                balance=money_pb2.Money(amount_minor=account.balance_minor, currency=currency),
+                held=money_pb2.Money(amount_minor=account.held_minor, currency=currency),
+                available=money_pb2.Money(amount_minor=account.available_minor, currency=currency),
+            )
+        )
+
+    async def GetTransactionHistory(self, request: Any, context: Any) -> Any:
+        if self.store.account(request.account_id) is None:
+            await _account_not_found(context, request.account_id)
+        if request.page_size < 0:
+            await _invalid(context, "page_size must not be negative")
+        size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        before = None
+        if request.page_token:
+            before = decode_page_token(request.page_token, request.account_id)
+            if before is None:
+                await _invalid(context, "page_token is not valid for this account")
+        rows = await self.store.history(request.account_id, before, size + 1)
+        page, more = rows[:size], len(rows) > size
+        return bank_pb2.BankHistoryResponse(
+            entries=[self._entry_pb(request.account_id, row) for row in page],
+            next_page_token=encode_page_token(request.account_id, page[-1].seq) if more else "",
+        )
+
+    # ------------------------------------------------------------- transfers
+
+    async def Prepare(self, request: Any, context: Any) -> Any:
+        await self._require_coordinator(context, request.coordinator)
+        leg = _LEGS.get(request.leg)
+        if leg is None:
+            await _invalid(context, "leg must be LEG_DEBIT or LEG_CREDIT")
+        request_context.note(
+            transfer_id=request.transfer_id, amount_minor=request.amount.amount_minor
+        )
+        outcome = await self._run(
+            context,
+            self.store.prepare(
+                transfer_id=request.transfer_id,
+                coordinator=request.coordinator,
+                leg=leg,
+                account_id=request.account_id,
+                amount_minor=request.amount.amount_minor,
+                currency=request.amount.currency,
+                fingerprint=request.fingerprint,
+                counterparty=request.counterparty,
+            ),
+        )
+        return bank_pb2.PrepareResponse(
+            transfer_id=request.transfer_id,
+            state=_STATES[outcome.transfer.state],
+            replayed=outcome.replayed,
+        )
+
+    async def Commit(self, request: Any, context: Any) -> Any:
+        await self._require_coordinator(context, request.coordinator)
+        failpoint("bank.before_commit")
+        request_context.note(transfer_id=request.transfer_id)
+        outcome = await self._run(
+            context,
+            self.store.commit(transfer_id=request.transfer_id, coordinator=request.coordinator),
+        )
+        return bank_pb2.CommitResponse(
+            transfer_id=request.transfer_id,
+            state=_STATES[outcome.transfer.state],
+            replayed=outcome.replayed,
+        )
+
+    async def Abort(self, request: Any, context: Any) -> Any:
+        await self._require_coordinator(context, request.coordinator)
+        request_context.note(transfer_id=request.transfer_id)
+        outcome = await self._run(
+            context,
+            self.store.abort(transfer_id=request.transfer_id, coordinator=request.coordinator),
+            aborted_is_success=True,
+        )
+        return bank_pb2.AbortResponse(
+            transfer_id=request.transfer_id,
+            state=_STATES[outcome.transfer.state],
+            replayed=outcome.replayed,
+        )
+
+    async def ProcessTransaction(self, request: Any, context: Any) -> Any:
+        await self._require_coordinator(context, request.coordinator)
+        request_context.note(
+            transfer_id=request.transfer_id, amount_minor=request.amount.amount_minor
+        )
+        outcome = await self._run(
+            context,
+            self.store.process(
+                transfer_id=request.transfer_id,
+                coordinator=request.coordinator,
+                from_account=request.from_account_id,
+                to_account=request.to_account_id,
+                amount_minor=request.amount.amount_minor,
+                currency=request.amount.currency,
+                fingerprint=request.fingerprint,
+            ),
+        )
+        return bank_pb2.ProcessTransactionResponse(
+            transfer_id=request.transfer_id,
+            state=_STATES[outcome.transfer.state],
+            replayed=outcome.replayed,
+        )
+
+    # ---------------------------------------------------------------- helpers
+
+    async def _require_coordinator(self, context: Any, coordinator: str) -> None:
+        """A gateway acts only under its own name: the one in its certificate."""
+        info = request_context.current()
+        if self._check_coordinator and info is not None and info.peer_name != coordinator:
+            await abort(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                Reason.NOT_COORDINATOR,
+                f"peer {info.peer_name!r} may not act as coordinator {coordinator!r}",
+            )
+
+    async def _run(self, context: Any, call: Any, *, aborted_is_success: bool = False) -> Outcome:
+        try:
+            outcome: Outcome = await call
+        except LedgerError as exc:
+            await _ledger_abort(context, exc)
+        except QueueFullError:
+            await abort(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                Reason.QUEUE_FULL,
+                "the bank's write queue is full; retry with backoff",
+                retry_delay_s=0.05,
+            )
+        except WriterFailedError:
+            await abort(
+                context, grpc.StatusCode.UNAVAILABLE, Reason.INTERNAL, "bank storage is failing"
+            )
+        if outcome.transfer.state == TransferState.ABORTED and not aborted_is_success:
+            await _ledger_abort(context, abort_error(outcome.transfer))
+        request_context.note(replay=outcome.replayed or None)
+        return outcome
+
+    def _account_pb(self, account_id: str, customer_id: str, currency: str) -> Any:
+        return money_pb2.Account(
+            ref=money_pb2.AccountRef(bank=self.name, account_id=account_id),
+            customer_id=customer_id,
+            currency=currency,
+        )
+
+    def _entry_pb(self, account_id: str, row: HistoryRow) -> Any:
+        return money_pb2.LedgerEntry(
+            sequence=row.seq,
+            transfer_id=row.transfer_id,
+            account=money_pb2.AccountRef(bank=self.name, account_id=account_id),
+            amount=money_pb2.Money(amount_minor=row.amount_minor, currency=row.currency),
+            counterparty=row.counterparty,
+            posted_at_unix_ms=row.posted_at_ms,
+        )
+
+
+def _note_customer(customer_id: str) -> None:
+    info = request_context.current()
+    if info is not None:
+        info.customer = customer_id
+
+
+async def _ledger_abort(context: Any, exc: LedgerError) -> NoReturn:
+    await abort(context, _CODES[exc.kind], exc.reason, exc.message)
+
+
+async def _invalid(context: Any, message: str) -> NoReturn:
+    await abort(context, grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_REQUEST, message)
+
+
+async def _account_not_found(context: Any, account_id: str) -> NoReturn:
+    await abort(
+        context,
+        grpc.StatusCode.NOT_FOUND,
+        Reason.ACCOUNT_NOT_FOUND,
+        f"no account {account_id!r} at this bank",
+        {"account_id": account_id},
+    )

@@ -1,0 +1,383 @@
+"""The bank's durable state: the ledger in memory, every change in SQLite first.
+
+All ledger operations run in the single writer task (see
+`strife.storage.sqlite.GroupCommitWriter`), so they are serialised without
+locks, and a caller hears its outcome only after the batch holding its change
+has committed. Accounts and PREPARED transfers are always resident; finished
+transfers are evicted beyond a bound and fetched back, one query per batch,
+when an id is seen again, so memory stays flat however long the ledger grows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from strife.bank.ledger import (
+    Account,
+    Changes,
+    Entry,
+    Ledger,
+    LedgerError,
+    Leg,
+    Outcome,
+    Posting,
+    Transfer,
+    TransferState,
+)
+from strife.bank.schema import MIGRATIONS
+from strife.bank.seed import SeedRow
+from strife.observability.logging import get_logger
+from strife.storage.sqlite import GroupCommitWriter, Synchronous, Writes, connect, migrate
+
+_log = get_logger("strife.bank.store")
+
+_UPSERT_ACCOUNT = (
+    "INSERT INTO accounts (account_id, customer_id, currency, balance_minor, held_minor,"
+    " pending_credit_minor) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (account_id) DO UPDATE SET"
+    " balance_minor = excluded.balance_minor, held_minor = excluded.held_minor,"
+    " pending_credit_minor = excluded.pending_credit_minor"
+)
+_UPSERT_TRANSFER = (
+    "INSERT INTO transfers (transfer_id, fingerprint, state, coordinator, one_phase,"
+    " abort_reason, postings, updated_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (transfer_id) DO UPDATE SET state = excluded.state,"
+    " abort_reason = excluded.abort_reason, updated_at_ms = excluded.updated_at_ms"
+)
+_INSERT_ENTRY = (
+    "INSERT INTO entries (transfer_id, account_id, amount_minor, currency, counterparty,"
+    " posted_at_ms) VALUES (?, ?, ?, ?, ?, ?)"
+)
+_INSERT_AUDIT = (
+    "INSERT INTO audit (at_ms, transfer_id, state, coordinator, reason) VALUES (?, ?, ?, ?, ?)"
+)
+_INSERT_CUSTOMER = (
+    "INSERT INTO customers (customer_id, username, display_name, password_hash)"
+    " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
+)
+_TRANSFER_COLUMNS = (
+    "transfer_id, fingerprint, state, coordinator, one_phase, abort_reason, postings"
+)
+_PRELOAD_CHUNK = 500
+OPENING_PREFIX = "opening:"
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    path: Path
+    synchronous: Synchronous = "FULL"
+    max_batch: int = 256
+    max_queue: int = 8192
+    resident_transfers: int = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class Customer:
+    customer_id: str
+    username: str
+    display_name: str
+    password_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRow:
+    seq: int
+    transfer_id: str
+    amount_minor: int
+    currency: str
+    counterparty: str
+    posted_at_ms: int
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _postings_json(postings: Iterable[Posting]) -> str:
+    return json.dumps(
+        [[p.account_id, str(p.leg), p.amount_minor, p.currency, p.counterparty] for p in postings]
+    )
+
+
+def _transfer_from_row(row: Any) -> Transfer:
+    transfer_id, fingerprint, state, coordinator, one_phase, abort_reason, postings = row
+    return Transfer(
+        transfer_id=transfer_id,
+        fingerprint=bytes(fingerprint),
+        state=TransferState(state),
+        coordinator=coordinator,
+        postings=tuple(
+            Posting(a, Leg(leg), amt, cur, cp) for a, leg, amt, cur, cp in json.loads(postings)
+        ),
+        one_phase=bool(one_phase),
+        abort_reason=abort_reason,
+    )
+
+
+def _record(writes: Writes, changes: Changes, at_ms: int) -> None:
+    for account in changes.accounts:
+        writes.add(
+            _UPSERT_ACCOUNT,
+            (
+                account.account_id,
+                account.customer_id,
+                account.currency,
+                account.balance_minor,
+                account.held_minor,
+                account.pending_credit_minor,
+            ),
+        )
+    for transfer in changes.transfers:
+        writes.add(
+            _UPSERT_TRANSFER,
+            (
+                transfer.transfer_id,
+                transfer.fingerprint,
+                str(transfer.state),
+                transfer.coordinator,
+                int(transfer.one_phase),
+                transfer.abort_reason,
+                _postings_json(transfer.postings),
+                at_ms,
+            ),
+        )
+        writes.add(
+            _INSERT_AUDIT,
+            (at_ms, transfer.transfer_id, str(transfer.state), transfer.coordinator,
+             transfer.abort_reason),
+        )  # fmt: skip
+    for entry in changes.entries:
+        writes.add(_INSERT_ENTRY, _entry_row(entry, at_ms))
+
+
+def _entry_row(entry: Entry, at_ms: int) -> tuple[Any, ...]:
+    return (entry.transfer_id, entry.account_id, entry.amount_minor, entry.currency,
+            entry.counterparty, at_ms)  # fmt: skip
+
+
+class BankStore:
+    """Open with `await BankStore.open(config)`; every write goes through the writer."""
+
+    def __init__(
+        self,
+        config: StoreConfig,
+        ledger: Ledger,
+        write_conn: aiosqlite.Connection,
+        read_conn: aiosqlite.Connection,
+        on_batch: Callable[[int], None] | None,
+    ) -> None:
+        self.config = config
+        self.ledger = ledger
+        self._write_conn = write_conn
+        self._read = read_conn
+        self._on_batch = on_batch
+        self._writer = GroupCommitWriter(
+            write_conn,
+            max_batch=config.max_batch,
+            max_queue=config.max_queue,
+            expected_errors=(LedgerError,),
+            preload=self._preload,
+            on_commit=self._after_commit,
+        )
+        self.writer_task = self._writer.start()
+
+    @classmethod
+    async def open(
+        cls, config: StoreConfig, on_batch: Callable[[int], None] | None = None
+    ) -> BankStore:
+        write_conn = await connect(config.path, synchronous=config.synchronous)
+        await migrate(write_conn, MIGRATIONS)
+        read_conn = await connect(config.path, synchronous=config.synchronous)
+        ledger = await cls._load(write_conn)
+        _log.info(
+            "store_opened",
+            path=str(config.path),
+            accounts=len(ledger.accounts),
+            prepared=len(ledger.transfers),
+        )
+        return cls(config, ledger, write_conn, read_conn, on_batch)
+
+    @staticmethod
+    async def _load(conn: aiosqlite.Connection) -> Ledger:
+        """Accounts and PREPARED transfers; the constructor checks they agree."""
+        async with conn.execute(
+            "SELECT account_id, customer_id, currency, balance_minor, held_minor,"
+            " pending_credit_minor FROM accounts"
+        ) as cursor:
+            accounts = [Account(*row) async for row in cursor]
+        async with conn.execute(
+            f"SELECT {_TRANSFER_COLUMNS} FROM transfers WHERE state = 'PREPARED'"
+        ) as cursor:
+            prepared = [_transfer_from_row(row) async for row in cursor]
+        return Ledger(accounts, prepared)
+
+    async def close(self) -> None:
+        await self._writer.close()
+        await self._read.close()
+        await self._write_conn.close()
+
+    @property
+    def queued(self) -> int:
+        return self._writer.queued
+
+    # ------------------------------------------------------------------ writes
+
+    async def _apply(self, transfer_id: str, operation: Callable[[], Outcome]) -> Outcome:
+        def work(writes: Writes) -> Outcome:
+            outcome = operation()
+            _record(writes, outcome.changes, _now_ms())
+            return outcome
+
+        result: Outcome = await self._writer.submit(work, key=transfer_id)
+        return result
+
+    async def prepare(self, **request: Any) -> Outcome:
+        return await self._apply(request["transfer_id"], lambda: self.ledger.prepare(**request))
+
+    async def commit(self, *, transfer_id: str, coordinator: str) -> Outcome:
+        return await self._apply(
+            transfer_id,
+            lambda: self.ledger.commit(transfer_id=transfer_id, coordinator=coordinator),
+        )
+
+    async def abort(self, *, transfer_id: str, coordinator: str) -> Outcome:
+        return await self._apply(
+            transfer_id, lambda: self.ledger.abort(transfer_id=transfer_id, coordinator=coordinator)
+        )
+
+    async def process(self, **request: Any) -> Outcome:
+        return await self._apply(request["transfer_id"], lambda: self.ledger.process(**request))
+
+    async def seed(self, rows: list[SeedRow], hash_password: Callable[[str], str]) -> int:
+        """Open the accounts of `rows` that do not exist yet; returns how many.
+
+        Existing accounts keep their balance: seeding is for a new bank, and
+        running it again must never reset money that has moved since.
+        """
+        new_rows = [row for row in rows if row.account_id not in self.ledger.accounts]
+        if not new_rows:
+            return 0
+        known = {c.username for c in await self._customers({r.username for r in new_rows})}
+        loop = asyncio.get_running_loop()
+        hashes: dict[str, str] = {}
+        for row in new_rows:
+            if row.username not in known and row.username not in hashes:
+                hashes[row.username] = await loop.run_in_executor(None, hash_password, row.password)
+
+        def work(writes: Writes) -> int:
+            at_ms = _now_ms()
+            opened = 0
+            for row in new_rows:  # customers first: accounts reference them
+                if row.username in hashes:
+                    writes.add(
+                        _INSERT_CUSTOMER,
+                        (row.customer_id, row.username, row.display_name, hashes[row.username]),
+                    )
+            for row in new_rows:
+                if row.account_id in self.ledger.accounts:
+                    continue
+                changes = self.ledger.add_account(
+                    account_id=row.account_id,
+                    customer_id=row.customer_id,
+                    currency=row.currency,
+                    balance_minor=row.opening_balance_minor,
+                )
+                _record(writes, changes, at_ms)
+                if row.opening_balance_minor:
+                    opening = Entry(
+                        OPENING_PREFIX + row.account_id,
+                        row.account_id,
+                        row.opening_balance_minor,
+                        row.currency,
+                        "opening balance",
+                    )
+                    writes.add(_INSERT_ENTRY, _entry_row(opening, at_ms))
+                opened += 1
+            return opened
+
+        opened: int = await self._writer.submit(work)
+        return opened
+
+    async def _preload(self, conn: aiosqlite.Connection, keys: list[Any]) -> None:
+        """Bring back finished transfers the batch names that were evicted."""
+        missing = sorted({k for k in keys if k and k not in self.ledger.transfers})
+        for start in range(0, len(missing), _PRELOAD_CHUNK):
+            chunk = missing[start : start + _PRELOAD_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            async with conn.execute(
+                f"SELECT {_TRANSFER_COLUMNS} FROM transfers WHERE transfer_id IN ({marks})", chunk
+            ) as cursor:
+                async for row in cursor:
+                    transfer = _transfer_from_row(row)
+                    assert transfer.state != TransferState.PREPARED, transfer  # always resident
+                    self.ledger.transfers[transfer.transfer_id] = transfer
+
+    def _after_commit(self, batch_size: int) -> None:
+        transfers = self.ledger.transfers
+        excess = len(transfers) - self.config.resident_transfers
+        if excess > 0:
+            finished = [tid for tid, t in transfers.items() if t.state != TransferState.PREPARED][
+                : excess + self.config.resident_transfers // 10
+            ]
+            for transfer_id in finished:
+                del transfers[transfer_id]
+        if self._on_batch is not None:
+            self._on_batch(batch_size)
+
+    # ------------------------------------------------------------------- reads
+
+    async def _customers(self, usernames: set[str]) -> list[Customer]:
+        if not usernames:
+            return []
+        names = sorted(usernames)
+        marks = ",".join("?" * len(names))
+        async with self._read.execute(
+            "SELECT customer_id, username, display_name, password_hash FROM customers"
+            f" WHERE username IN ({marks})",
+            names,
+        ) as cursor:
+            return [Customer(*row) async for row in cursor]
+
+    async def customer(self, username: str) -> Customer | None:
+        found = await self._customers({username})
+        return found[0] if found else None
+
+    def accounts_of(self, customer_id: str) -> list[Account]:
+        return sorted(
+            (a for a in self.ledger.accounts.values() if a.customer_id == customer_id),
+            key=lambda a: a.account_id,
+        )
+
+    def account(self, account_id: str) -> Account | None:
+        return self.ledger.accounts.get(account_id)
+
+    async def committed_account(self, account_id: str) -> Account | None:
+        """The account as last committed to disk (what a restart would see)."""
+        async with self._read.execute(
+            "SELECT account_id, customer_id, currency, balance_minor, held_minor,"
+            " pending_credit_minor FROM accounts WHERE account_id = ?",
+            (account_id,),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return Account(*row) if row else None
+
+    async def history(
+        self, account_id: str, before_seq: int | None, limit: int
+    ) -> list[HistoryRow]:
+        """Newest first; index-backed, so a page costs the same however long the history."""
+        async with self._read.execute(
+            "SELECT seq, transfer_id, amount_minor, currency, counterparty, posted_at_ms"
+            " FROM entries WHERE account_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+            (account_id, before_seq if before_seq is not None else 2**63 - 1, limit),
+        ) as cursor:
+            return [HistoryRow(*row) async for row in cursor]
+
+    def prepared(self) -> list[Transfer]:
+        return [t for t in self.ledger.transfers.values() if t.state == TransferState.PREPARED]

@@ -1,0 +1,56 @@
+"""Where the banks are: a name -> address directory and their stubs.
+
+Static (`--bank NAME=HOST:PORT`) for now; the balancer-backed directory
+resolves the same names through the registry.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from strife.errors import StrifeError
+from strife.rpc.channels import ChannelPool
+from strife.rpc.discovery import BalancerClient
+from strife.v1 import bank_pb2_grpc
+
+
+class BankDirectory(Protocol):
+    async def address(self, bank: str) -> str | None: ...
+
+
+class StaticDirectory:
+    def __init__(self, addresses: dict[str, str]) -> None:
+        self._addresses = dict(addresses)
+
+    async def address(self, bank: str) -> str | None:
+        return self._addresses.get(bank)
+
+
+class RegistryDirectory:
+    """Banks by name through the balancer (cached there), after any static entries."""
+
+    def __init__(self, client: BalancerClient, static: dict[str, str] | None = None) -> None:
+        self._client = client
+        self._static = dict(static or {})
+
+    async def address(self, bank: str) -> str | None:
+        if bank in self._static:
+            return self._static[bank]
+        try:
+            return await self._client.resolve("bank", bank)
+        except StrifeError:
+            return None
+
+
+class Banks:
+    """Stubs per bank over the process's long-lived channels."""
+
+    def __init__(self, directory: BankDirectory, pool: ChannelPool) -> None:
+        self._directory = directory
+        self._pool = pool
+
+    async def stub(self, bank: str) -> Any | None:
+        address = await self._directory.address(bank)
+        if address is None:
+            return None
+        return bank_pb2_grpc.BankServiceStub(self._pool.get(address))

@@ -1,0 +1,408 @@
+"""Two-phase commit with presumed abort, the gateway as coordinator.
+
+Each payment is a persisted state machine with recovery points (see
+`GatewayStore`): the PENDING record before any bank is called, the decision
+(COMMIT force-written before any bank hears it), then `settled` once every
+bank acknowledged. A crash between points resumes from the last one:
+undecided -> abort everywhere; decided but unsettled -> resend the decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import grpc
+
+from strife.errors import Reason, from_rpc_error
+from strife.faults import failpoint
+from strife.gateway.banks import Banks
+from strife.gateway.store import GatewayStore, PaymentRecord, PaymentState
+from strife.observability.logging import get_logger
+from strife.v1 import bank_pb2, coordinator_pb2, money_pb2
+
+_log = get_logger("strife.gateway.coordinator")
+
+_TRANSIENT_CODES = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+# Reasons after which a new attempt under a new key may well succeed.
+TRANSIENT_REASONS = frozenset(
+    {Reason.BANK_UNAVAILABLE, Reason.PREPARE_TIMEOUT, Reason.TRANSFER_ABORTED,
+     Reason.COORDINATOR_RESTARTED}
+)  # fmt: skip
+
+
+class Vote(Enum):
+    YES = "YES"
+    COMMITTED = "COMMITTED"  # the id was already committed (by this or another replica)
+    NO = "NO"
+    IN_PROGRESS = "IN_PROGRESS"  # another coordinator holds the id PREPARED
+    TRANSIENT = "TRANSIENT"
+
+
+@dataclass(frozen=True, slots=True)
+class Ballot:
+    vote: Vote
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LegSpec:
+    bank: str
+    leg: bank_pb2.Leg.ValueType
+    account_id: str
+    counterparty: str
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    name: str
+    prepare_timeout_s: float = 2.0
+    decision_timeout_s: float = 1.0
+    max_in_flight: int = 256
+    settle_interval_s: float = 0.5
+    settle_backoff_max_s: float = 10.0
+
+
+class InProgressError(Exception):
+    """Another coordinator owns this transfer id; the caller should ask again later."""
+
+
+class TooManyInFlightError(Exception):
+    pass
+
+
+class FingerprintMismatchError(Exception):
+    """The same idempotency key is running for a different request."""
+
+
+def legs_of(record: PaymentRecord) -> list[LegSpec]:
+    return [
+        LegSpec(record.from_bank, bank_pb2.LEG_DEBIT, record.from_account,
+                f"{record.to_bank}/{record.to_account}"),
+        LegSpec(record.to_bank, bank_pb2.LEG_CREDIT, record.to_account,
+                f"{record.from_bank}/{record.from_account}"),
+    ]  # fmt: skip
+
+
+class PaymentCoordinator:
+    def __init__(self, config: CoordinatorConfig, store: GatewayStore, banks: Banks) -> None:
+        self.config = config
+        self.store = store
+        self.banks = banks
+        self.in_flight: dict[str, tuple[PaymentRecord, asyncio.Future[PaymentRecord]]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._on_outcome: Callable[[PaymentRecord], None] | None = None
+
+    # ------------------------------------------------------------- the run
+
+    async def run(self, record: PaymentRecord) -> tuple[PaymentRecord, bool]:
+        """Coordinate a payment to its decision. Concurrent calls for the same id
+        share one run; the second element says the caller joined one."""
+        running = self.in_flight.get(record.transfer_id)
+        if running is not None:
+            if running[0].fingerprint != record.fingerprint:
+                raise FingerprintMismatchError(record.transfer_id)
+            return await asyncio.shield(running[1]), True
+        if len(self.in_flight) >= self.config.max_in_flight:
+            raise TooManyInFlightError(f"{len(self.in_flight)} payments in flight")
+        future: asyncio.Future[PaymentRecord] = asyncio.get_running_loop().create_future()
+        self.in_flight[record.transfer_id] = (record, future)
+        try:
+            result = await self._run(record)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: joiners re-raise it, nobody else must
+            raise
+        else:
+            future.set_result(result)
+            return result, False
+        finally:
+            del self.in_flight[record.transfer_id]
+
+    def running(self, transfer_id: str) -> PaymentRecord | None:
+        entry = self.in_flight.get(transfer_id)
+        return entry[0] if entry else None
+
+    async def _run(self, record: PaymentRecord) -> PaymentRecord:
+        existing = await self.store.by_transfer(record.transfer_id)
+        if existing is None:
+            await self.store.insert_pending(record)
+        if record.one_phase:
+            return await self._one_phase(record)
+        return await self._two_phase(record)
+
+    async def _two_phase(self, record: PaymentRecord) -> PaymentRecord:
+        legs = legs_of(record)
+        started = time.perf_counter()
+        ballots = await asyncio.gather(*(self._prepare(record, leg) for leg in legs))
+        votes = [b.vote for b in ballots]
+        _log.debug("votes", transfer_id=record.transfer_id, votes=[v.value for v in votes],
+                   prepare_ms=round((time.perf_counter() - started) * 1000, 3))  # fmt: skip
+
+        failpoint("gateway.before_decision")
+        if all(v is Vote.YES for v in votes):
+            decided = record.decided(PaymentState.COMMITTED)
+            await self.store.decide(decided)  # the commit point
+            failpoint("gateway.after_commit_decision")
+            await self._deliver(decided, legs)
+            return decided
+        if all(v is Vote.COMMITTED for v in votes):
+            decided = record.decided(PaymentState.COMMITTED)
+            await self.store.decide(decided, settled=True)
+            return decided
+        if any(v in (Vote.IN_PROGRESS, Vote.COMMITTED) for v in votes):
+            # Another replica owns (part of) this id: release only what we hold.
+            ours = [leg for leg, b in zip(legs, ballots, strict=True) if b.vote is Vote.YES]
+            await self._send_all(record, ours, commit=False)
+            await self.store.forget(record.transfer_id)
+            raise InProgressError(record.transfer_id)
+
+        reason, transient = _abort_reason(ballots)
+        decided = record.decided(PaymentState.ABORTED, reason, transient)
+        await self.store.decide(decided)
+        await self._deliver(decided, legs)
+        return decided
+
+    async def _one_phase(self, record: PaymentRecord) -> PaymentRecord:
+        stub = await self.banks.stub(record.from_bank)
+        ballot = Ballot(Vote.TRANSIENT, Reason.BANK_UNAVAILABLE)
+        if stub is not None:
+            try:
+                await stub.ProcessTransaction(
+                    bank_pb2.ProcessTransactionRequest(
+                        transfer_id=record.transfer_id,
+                        coordinator=self.config.name,
+                        from_account_id=record.from_account,
+                        to_account_id=record.to_account,
+                        amount=money_pb2.Money(
+                            amount_minor=record.amount_minor, currency=record.currency
+                        ),
+                        fingerprint=record.fingerprint,
+                    ),
+                    timeout=self.config.prepare_timeout_s,
+                )
+                ballot = Ballot(Vote.COMMITTED)
+            except grpc.aio.AioRpcError as exc:
+                ballot = _ballot_from_error(exc)
+        if ballot.vote is Vote.COMMITTED:
+            decided = record.decided(PaymentState.COMMITTED)
+            await self.store.decide(decided, settled=True)
+            return decided
+        if ballot.vote is Vote.NO:
+            decided = record.decided(PaymentState.ABORTED, ballot.reason, _transient(ballot))
+            await self.store.decide(decided, settled=True)
+            return decided
+        # Unknown outcome: an Abort either tombstones the id or tells us it committed.
+        resolved = await self._resolve_one_phase(record)
+        if resolved is None:
+            return record  # still PENDING; the settler keeps trying
+        return resolved
+
+    async def _resolve_one_phase(self, record: PaymentRecord) -> PaymentRecord | None:
+        stub = await self.banks.stub(record.from_bank)
+        if stub is None:
+            return None
+        try:
+            await stub.Abort(
+                bank_pb2.AbortRequest(transfer_id=record.transfer_id, coordinator=self.config.name),
+                timeout=self.config.decision_timeout_s,
+            )
+        except grpc.aio.AioRpcError as exc:
+            error = from_rpc_error(exc)
+            if error.reason == Reason.TRANSFER_COMMITTED:
+                decided = record.decided(PaymentState.COMMITTED)
+            elif exc.code() in _TRANSIENT_CODES:
+                return None
+            else:
+                _log.error(
+                    "one_phase_unresolvable", transfer_id=record.transfer_id, error=str(error)
+                )
+                return None
+        else:
+            decided = record.decided(PaymentState.ABORTED, Reason.BANK_UNAVAILABLE, True)
+        await self.store.decide(decided, settled=True)
+        self._notify(decided)
+        return decided
+
+    # --------------------------------------------------------- phase calls
+
+    async def _prepare(self, record: PaymentRecord, leg: LegSpec) -> Ballot:
+        stub = await self.banks.stub(leg.bank)
+        if stub is None:
+            return Ballot(Vote.TRANSIENT, Reason.BANK_UNAVAILABLE)
+        try:
+            reply = await stub.Prepare(
+                bank_pb2.PrepareRequest(
+                    transfer_id=record.transfer_id,
+                    coordinator=self.config.name,
+                    leg=leg.leg,
+                    account_id=leg.account_id,
+                    amount=money_pb2.Money(
+                        amount_minor=record.amount_minor, currency=record.currency
+                    ),
+                    fingerprint=record.fingerprint,
+                    counterparty=leg.counterparty,
+                ),
+                timeout=self.config.prepare_timeout_s,
+            )
+        except grpc.aio.AioRpcError as exc:
+            return _ballot_from_error(exc)
+        if reply.state == bank_pb2.TRANSFER_STATE_COMMITTED:
+            return Ballot(Vote.COMMITTED)
+        return Ballot(Vote.YES)
+
+    async def _deliver(self, record: PaymentRecord, legs: list[LegSpec]) -> None:
+        """Send the decision; settle now if every bank acknowledged, else in the background."""
+        if await self._send_all(record, legs, commit=record.state == PaymentState.COMMITTED):
+            self._spawn(self.store.settle(record.transfer_id))
+
+    async def _send_all(self, record: PaymentRecord, legs: list[LegSpec], *, commit: bool) -> bool:
+        acks = await asyncio.gather(*(self._send(record, leg.bank, commit) for leg in legs))
+        return all(acks)
+
+    async def _send(self, record: PaymentRecord, bank: str, commit: bool) -> bool:
+        stub = await self.banks.stub(bank)
+        if stub is None:
+            return False
+        try:
+            if commit:
+                await stub.Commit(
+                    bank_pb2.CommitRequest(
+                        transfer_id=record.transfer_id, coordinator=self.config.name
+                    ),
+                    timeout=self.config.decision_timeout_s,
+                )
+            else:
+                await stub.Abort(
+                    bank_pb2.AbortRequest(
+                        transfer_id=record.transfer_id, coordinator=self.config.name
+                    ),
+                    timeout=self.config.decision_timeout_s,
+                )
+        except grpc.aio.AioRpcError as exc:
+            error = from_rpc_error(exc)
+            if not commit and error.reason == Reason.NOT_COORDINATOR:
+                return True  # that leg is another coordinator's to release, not ours
+            level = "warning" if exc.code() in _TRANSIENT_CODES else "error"
+            getattr(_log, level)(
+                "decision_not_delivered", transfer_id=record.transfer_id, bank=bank,
+                commit=commit, code=exc.code().name, reason=error.reason,
+            )  # fmt: skip
+            return False
+        return True
+
+    # ----------------------------------------------------------- decisions
+
+    async def decision(self, transfer_id: str) -> coordinator_pb2.Decision.ValueType:
+        """What a participant in doubt is told. Never ABORT while COMMIT is possible."""
+        if transfer_id in self.in_flight:
+            return coordinator_pb2.DECISION_UNDECIDED
+        record = await self.store.by_transfer(transfer_id)
+        if record is not None and record.state == PaymentState.COMMITTED:
+            return coordinator_pb2.DECISION_COMMIT
+        if record is not None and record.state == PaymentState.PENDING:
+            # Not running here any more (we restarted): decide ABORT first, durably.
+            await self._abort_undecided(record)
+        return coordinator_pb2.DECISION_ABORT
+
+    # ------------------------------------------------------------ recovery
+
+    async def recover(self) -> int:
+        """At start: undecided -> ABORT; everything unsettled is resent by the settler."""
+        count = 0
+        for record in await self.store.unsettled(limit=1_000_000):
+            if record.state == PaymentState.PENDING and not record.one_phase:
+                await self._abort_undecided(record)
+                count += 1
+        if count:
+            _log.info("recovered_undecided", aborted=count)
+        return count
+
+    async def _abort_undecided(self, record: PaymentRecord) -> None:
+        decided = record.decided(PaymentState.ABORTED, Reason.COORDINATOR_RESTARTED, True)
+        await self.store.decide(decided)
+        self._notify(decided)
+
+    async def settle_forever(self) -> None:
+        """Resend decisions until every bank has acknowledged them (capped backoff)."""
+        delay = self.config.settle_interval_s
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                done = await self.settle_once()
+            except Exception as exc:  # never let the settler die; log and keep going
+                _log.error("settler_failed", error=repr(exc))
+                done = False
+            cap_s = max(self.config.settle_backoff_max_s, self.config.settle_interval_s)
+            delay = self.config.settle_interval_s if done else min(cap_s, delay * 2)
+
+    async def settle_once(self) -> bool:
+        """One pass over unsettled payments; True when nothing is left to deliver."""
+        pending = [r for r in await self.store.unsettled() if r.transfer_id not in self.in_flight]
+        results = await asyncio.gather(*(self._settle(r) for r in pending))
+        return all(results)
+
+    async def _settle(self, record: PaymentRecord) -> bool:
+        if record.state == PaymentState.PENDING:
+            if record.one_phase:
+                return await self._resolve_one_phase(record) is not None
+            await self._abort_undecided(record)
+            record = record.decided(PaymentState.ABORTED, Reason.COORDINATOR_RESTARTED, True)
+        legs = legs_of(record) if not record.one_phase else []
+        if await self._send_all(record, legs, commit=record.state == PaymentState.COMMITTED):
+            await self.store.settle(record.transfer_id)
+            _log.info("settled", transfer_id=record.transfer_id, state=str(record.state))
+            return True
+        return False
+
+    # ---------------------------------------------------------------- misc
+
+    def on_outcome(self, callback: Callable[[PaymentRecord], None]) -> None:
+        self._on_outcome = callback
+
+    def _notify(self, record: PaymentRecord) -> None:
+        if self._on_outcome is not None:
+            self._on_outcome(record)
+
+    def _spawn(self, awaitable: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(awaitable)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            with contextlib.suppress(Exception):
+                await task
+
+
+def _ballot_from_error(exc: grpc.aio.AioRpcError) -> Ballot:
+    error = from_rpc_error(exc)
+    if error.reason == Reason.REQUEST_IN_PROGRESS:
+        return Ballot(Vote.IN_PROGRESS)
+    if exc.code() in _TRANSIENT_CODES:
+        timed_out = exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        return Ballot(
+            Vote.TRANSIENT, Reason.PREPARE_TIMEOUT if timed_out else Reason.BANK_UNAVAILABLE
+        )
+    return Ballot(Vote.NO, error.reason or Reason.INTERNAL)
+
+
+def _transient(ballot: Ballot) -> bool:
+    return ballot.vote is Vote.TRANSIENT or ballot.reason in TRANSIENT_REASONS
+
+
+def _abort_reason(ballots: list[Ballot]) -> tuple[str, bool]:
+    """A business refusal (NO) explains an abort better than a timeout does."""
+    refusals = [b for b in ballots if b.vote is Vote.NO]
+    chosen = refusals[0] if refusals else next(b for b in ballots if b.vote is Vote.TRANSIENT)
+    return chosen.reason, _transient(chosen)

@@ -1,0 +1,343 @@
+"""PaymentGateway and Coordinator over gRPC: validation, ownership, idempotency."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from typing import Any, NoReturn
+
+import grpc
+
+from strife.errors import Reason, abort, from_rpc_error
+from strife.gateway.auth import GATEWAY_SERVICE, current_claims
+from strife.gateway.banks import Banks
+from strife.gateway.coordinator import (
+    FingerprintMismatchError,
+    InProgressError,
+    PaymentCoordinator,
+    TooManyInFlightError,
+)
+from strife.gateway.store import GatewayStore, PaymentRecord, PaymentState
+from strife.gateway.throttle import LoginThrottle
+from strife.gateway.tokens import TokenAuthority
+from strife.money import MoneyError, check_amount, check_currency
+from strife.observability import context as request_context
+from strife.rpc.authz import AuthzTable, service_methods
+from strife.storage.sqlite import QueueFullError, WriterFailedError
+from strife.v1 import bank_pb2, coordinator_pb2, gateway_pb2, gateway_pb2_grpc, money_pb2
+from strife.v1 import coordinator_pb2_grpc as _coordinator_grpc
+
+COORDINATOR_SERVICE = "strife.v1.Coordinator"
+BANK_TIMEOUT_S = 2.0
+MAX_DESCRIPTION_CHARS = 256
+_KEY = re.compile(r"[A-Za-z0-9._:-]{16,255}")
+_TRANSFER_NAMESPACE = uuid.UUID("6f1c1a52-3d4e-4f0b-9a55-5a1d3c2b7e10")
+
+AUTHZ = AuthzTable(
+    {
+        method: ("client", "admin")
+        for method in service_methods(
+            GATEWAY_SERVICE,
+            ["Login", "ProcessPayment", "GetPayment", "GetBalance", "GetTransactionHistory"],
+        )
+    }
+    | {f"/{COORDINATOR_SERVICE}/GetDecision": ("bank",)}
+)
+
+_STATUS = {
+    PaymentState.PENDING: gateway_pb2.PAYMENT_STATUS_PENDING,
+    PaymentState.COMMITTED: gateway_pb2.PAYMENT_STATUS_COMMITTED,
+    PaymentState.ABORTED: gateway_pb2.PAYMENT_STATUS_ABORTED,
+}
+
+
+def transfer_id_for(customer_id: str, key: str) -> str:
+    """The same on every replica, so banks see one transfer however often it is retried."""
+    return str(uuid.uuid5(_TRANSFER_NAMESPACE, f"{customer_id}\n{key}"))
+
+
+def fingerprint_of(request: Any) -> bytes:
+    canonical = "\n".join(
+        [
+            request.from_account.bank, request.from_account.account_id,
+            request.to_account.bank, request.to_account.account_id,
+            str(request.amount.amount_minor), request.amount.currency, request.description,
+        ]
+    )  # fmt: skip
+    return hashlib.sha256(canonical.encode()).digest()
+
+
+def payment_pb(record: PaymentRecord) -> Any:
+    return gateway_pb2.Payment(
+        transfer_id=record.transfer_id,
+        idempotency_key=record.idempotency_key,
+        status=_STATUS[record.state],
+        abort_reason=record.abort_reason,
+        abort_transient=record.abort_transient,
+        from_account=money_pb2.AccountRef(bank=record.from_bank, account_id=record.from_account),
+        to_account=money_pb2.AccountRef(bank=record.to_bank, account_id=record.to_account),
+        amount=money_pb2.Money(amount_minor=record.amount_minor, currency=record.currency),
+        created_at_unix_ms=record.created_at_ms,
+    )
+
+
+class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
+    def __init__(
+        self,
+        store: GatewayStore,
+        coordinator: PaymentCoordinator,
+        banks: Banks,
+        tokens: TokenAuthority,
+        throttle: LoginThrottle,
+    ) -> None:
+        self.store = store
+        self.coordinator = coordinator
+        self.banks = banks
+        self.tokens = tokens
+        self.throttle = throttle
+
+    # ------------------------------------------------------------------ login
+
+    async def Login(self, request: Any, context: Any) -> Any:
+        if not request.username or not request.password or not request.bank:
+            await _invalid(context, "username, password and bank are required")
+        peer = _peer_host(context.peer())
+        wait_s = self.throttle.retry_after_s(request.username, peer)
+        if wait_s > 0:
+            await abort(
+                context, grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.LOGIN_THROTTLED,
+                "too many failed logins; try again later", retry_delay_s=wait_s,
+            )  # fmt: skip
+        stub = await self._bank(context, request.bank)
+        try:
+            reply = await stub.AuthenticateCustomer(
+                bank_pb2.AuthenticateCustomerRequest(
+                    username=request.username, password=request.password
+                ),
+                timeout=BANK_TIMEOUT_S,
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() is grpc.StatusCode.UNAUTHENTICATED:
+                self.throttle.failed(request.username, peer)
+            await _relay(context, exc)
+        self.throttle.succeeded(request.username)
+        accounts = [f"{a.ref.bank}/{a.ref.account_id}" for a in reply.accounts]
+        token, expires_at = self.tokens.issue(reply.customer_id, request.bank, accounts)
+        info = request_context.current()
+        if info is not None:
+            info.customer = reply.customer_id
+        return gateway_pb2.LoginResponse(
+            access_token=token,
+            expires_at_unix_ms=int(expires_at * 1000),
+            customer_id=reply.customer_id,
+            accounts=reply.accounts,
+        )
+
+    # --------------------------------------------------------------- payments
+
+    async def ProcessPayment(self, request: Any, context: Any) -> Any:
+        claims = current_claims()
+        await self._validate_payment(context, request)
+        if not claims.owns(request.from_account.bank, request.from_account.account_id):
+            await _not_owner(context, request.from_account)
+        key = request.idempotency_key
+        record = PaymentRecord(
+            customer_id=claims.customer_id,
+            idempotency_key=key,
+            transfer_id=transfer_id_for(claims.customer_id, key),
+            fingerprint=fingerprint_of(request),
+            state=PaymentState.PENDING,
+            from_bank=request.from_account.bank,
+            from_account=request.from_account.account_id,
+            to_bank=request.to_account.bank,
+            to_account=request.to_account.account_id,
+            amount_minor=request.amount.amount_minor,
+            currency=request.amount.currency,
+            description=request.description,
+        )
+        request_context.note(
+            amount_minor=record.amount_minor,
+            currency=record.currency,
+            transfer_id=record.transfer_id,
+        )
+        try:
+            result, replayed = await self._process(context, record)
+        except FingerprintMismatchError:
+            await _key_reused(context, key)
+        except InProgressError:
+            await abort(
+                context, grpc.StatusCode.ABORTED, Reason.REQUEST_IN_PROGRESS,
+                "this payment is being processed elsewhere; ask again (GetPayment) shortly",
+                retry_delay_s=0.2,
+            )  # fmt: skip
+        except TooManyInFlightError:
+            await abort(
+                context, grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.TOO_MANY_IN_FLIGHT,
+                "too many payments in flight at this gateway", retry_delay_s=0.05,
+            )  # fmt: skip
+        except QueueFullError:
+            await abort(
+                context, grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.QUEUE_FULL,
+                "the gateway's write queue is full", retry_delay_s=0.05,
+            )  # fmt: skip
+        except WriterFailedError:
+            await abort(context, grpc.StatusCode.UNAVAILABLE, Reason.INTERNAL, "storage failing")
+        if replayed:
+            request_context.note(replay=True)
+        if result.state == PaymentState.PENDING:
+            await abort(
+                context, grpc.StatusCode.UNAVAILABLE, Reason.BANK_UNAVAILABLE,
+                "the bank did not answer; the outcome is being resolved, retry with the same key",
+                retry_delay_s=0.5,
+            )  # fmt: skip
+        request_context.note(status=str(result.state), abort_reason=result.abort_reason or None)
+        return gateway_pb2.ProcessPaymentResponse(payment=payment_pb(result), replayed=replayed)
+
+    async def _process(self, context: Any, record: PaymentRecord) -> tuple[PaymentRecord, bool]:
+        if self.coordinator.running(record.transfer_id) is not None:
+            return await self.coordinator.run(record)
+        existing = await self.store.get(record.customer_id, record.idempotency_key)
+        if existing is None:
+            return await self.coordinator.run(record)
+        if existing.fingerprint != record.fingerprint:
+            raise FingerprintMismatchError(record.transfer_id)
+        if existing.state != PaymentState.PENDING:
+            return existing, True
+        result, _ = await self.coordinator.run(existing)  # an unresolved one-phase payment
+        return result, True
+
+    async def _validate_payment(self, context: Any, request: Any) -> None:
+        if not _KEY.fullmatch(request.idempotency_key):
+            await abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_IDEMPOTENCY_KEY,
+                "idempotency_key must be 16-255 characters of [A-Za-z0-9._:-]"
+                " (use a random UUIDv4 or ULID)",
+            )  # fmt: skip
+        for name in ("from_account", "to_account"):
+            ref = getattr(request, name)
+            if not ref.bank or not ref.account_id:
+                await _invalid(context, f"{name} needs bank and account_id", field=name)
+        if (request.from_account.bank, request.from_account.account_id) == (
+            request.to_account.bank,
+            request.to_account.account_id,
+        ):
+            await abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, Reason.SAME_ACCOUNT,
+                "from_account and to_account are the same account",
+            )  # fmt: skip
+        try:
+            check_currency(request.amount.currency)
+            check_amount(request.amount.amount_minor)
+        except MoneyError as exc:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, exc.reason, str(exc))
+        if len(request.description) > MAX_DESCRIPTION_CHARS:
+            await _invalid(context, "description too long", field="description")
+
+    async def GetPayment(self, request: Any, context: Any) -> Any:
+        claims = current_claims()
+        tid = transfer_id_for(claims.customer_id, request.idempotency_key)
+        record = self.coordinator.running(tid) or await self.store.get(
+            claims.customer_id, request.idempotency_key
+        )
+        if record is None:
+            await abort(
+                context, grpc.StatusCode.NOT_FOUND, Reason.PAYMENT_NOT_FOUND,
+                "no payment with this idempotency key at this gateway",
+            )  # fmt: skip
+        return gateway_pb2.GetPaymentResponse(payment=payment_pb(record))
+
+    # ------------------------------------------------------------------ reads
+
+    async def GetBalance(self, request: Any, context: Any) -> Any:
+        await self._require_owner(context, request.account)
+        stub = await self._bank(context, request.account.bank)
+        try:
+            reply = await stub.GetAccountBalance(
+                bank_pb2.GetAccountBalanceRequest(account_id=request.account.account_id),
+                timeout=BANK_TIMEOUT_S,
+            )
+        except grpc.aio.AioRpcError as exc:
+            await _relay(context, exc)
+        return gateway_pb2.GetBalanceResponse(balance=reply.balance)
+
+    async def GetTransactionHistory(self, request: Any, context: Any) -> Any:
+        await self._require_owner(context, request.account)
+        stub = await self._bank(context, request.account.bank)
+        try:
+            reply = await stub.GetTransactionHistory(
+                bank_pb2.BankHistoryRequest(
+                    account_id=request.account.account_id,
+                    page_size=request.page_size,
+                    page_token=request.page_token,
+                ),
+                timeout=BANK_TIMEOUT_S,
+            )
+        except grpc.aio.AioRpcError as exc:
+            await _relay(context, exc)
+        return gateway_pb2.GetTransactionHistoryResponse(
+            entries=reply.entries, next_page_token=reply.next_page_token
+        )
+
+    async def _require_owner(self, context: Any, ref: Any) -> None:
+        if not current_claims().owns(ref.bank, ref.account_id):
+            await _not_owner(context, ref)
+
+    async def _bank(self, context: Any, bank: str) -> Any:
+        stub = await self.banks.stub(bank)
+        if stub is None:
+            await abort(
+                context, grpc.StatusCode.NOT_FOUND, Reason.BANK_NOT_FOUND,
+                f"no bank named {bank!r}", {"bank": bank},
+            )  # fmt: skip
+        return stub
+
+
+class CoordinatorServicer(_coordinator_grpc.CoordinatorServicer):
+    def __init__(self, coordinator: PaymentCoordinator) -> None:
+        self.coordinator = coordinator
+
+    async def GetDecision(self, request: Any, context: Any) -> Any:
+        if not request.transfer_id:
+            await _invalid(context, "transfer_id is required", field="transfer_id")
+        decision = await self.coordinator.decision(request.transfer_id)
+        request_context.note(transfer_id=request.transfer_id, decision=decision)
+        return coordinator_pb2.GetDecisionResponse(
+            transfer_id=request.transfer_id, decision=decision
+        )
+
+
+def _peer_host(peer: str) -> str:
+    """ "ipv4:127.0.0.1:5555" -> "ipv4:127.0.0.1": throttle hosts, not connections."""
+    return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
+
+
+async def _relay(context: Any, exc: grpc.aio.AioRpcError) -> NoReturn:
+    """Pass a bank's refusal through with its reason; a dead bank is UNAVAILABLE."""
+    error = from_rpc_error(exc)
+    if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        await abort(
+            context, grpc.StatusCode.UNAVAILABLE, Reason.BANK_UNAVAILABLE, "bank unreachable"
+        )
+    await abort(context, error.code, error.reason or Reason.INTERNAL, error.message, error.metadata)
+
+
+async def _invalid(context: Any, message: str, field: str = "") -> NoReturn:
+    await abort(
+        context, grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_REQUEST, message,
+        {"field": field} if field else None,
+    )  # fmt: skip
+
+
+async def _not_owner(context: Any, ref: Any) -> NoReturn:
+    await abort(
+        context, grpc.StatusCode.PERMISSION_DENIED, Reason.NOT_ACCOUNT_OWNER,
+        f"account {ref.bank}/{ref.account_id} is not yours",
+    )  # fmt: skip
+
+
+async def _key_reused(context: Any, key: str) -> NoReturn:
+    await abort(
+        context, grpc.StatusCode.INVALID_ARGUMENT, Reason.IDEMPOTENCY_KEY_REUSED,
+        "this idempotency key was used for a different payment", {"idempotency_key": key},
+    )  # fmt: skip

@@ -1,0 +1,263 @@
+"""The gateway's durable state: idempotency records that double as the 2PC decision log.
+
+One row per (customer, idempotency key). Its `state` is the coordinator's
+log: PENDING (no decision: presumed abort), COMMITTED (the COMMIT decision,
+force-written before any bank hears it) or ABORTED. `settled` turns 1 once
+every bank acknowledged the decision. The stored row is also the response a
+retry of the same key gets back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from strife.storage.sqlite import (
+    GroupCommitWriter,
+    Migration,
+    Synchronous,
+    Writes,
+    connect,
+    migrate,
+)
+
+
+class PaymentState(StrEnum):
+    PENDING = "PENDING"
+    COMMITTED = "COMMITTED"
+    ABORTED = "ABORTED"
+
+
+MIGRATIONS = (
+    Migration(
+        1,
+        """
+        CREATE TABLE payments (
+            customer_id     TEXT NOT NULL,
+            idempotency_key TEXT NOT NULL,
+            transfer_id     TEXT NOT NULL UNIQUE,
+            fingerprint     BLOB NOT NULL,
+            state           TEXT NOT NULL CHECK (state IN ('PENDING', 'COMMITTED', 'ABORTED')),
+            from_bank       TEXT NOT NULL,
+            from_account    TEXT NOT NULL,
+            to_bank         TEXT NOT NULL,
+            to_account      TEXT NOT NULL,
+            amount_minor    INTEGER NOT NULL CHECK (amount_minor > 0),
+            currency        TEXT NOT NULL,
+            description     TEXT NOT NULL,
+            abort_reason    TEXT NOT NULL,
+            abort_transient INTEGER NOT NULL,
+            settled         INTEGER NOT NULL,
+            created_at_ms   INTEGER NOT NULL,
+            updated_at_ms   INTEGER NOT NULL,
+            PRIMARY KEY (customer_id, idempotency_key)
+        ) WITHOUT ROWID;
+        CREATE INDEX payments_unsettled ON payments(state) WHERE settled = 0;
+        CREATE INDEX payments_created ON payments(created_at_ms);
+        CREATE TABLE audit (
+            seq          INTEGER PRIMARY KEY,
+            at_ms        INTEGER NOT NULL,
+            transfer_id  TEXT NOT NULL,
+            customer_id  TEXT NOT NULL,
+            state        TEXT NOT NULL,
+            reason       TEXT NOT NULL
+        )
+        """,
+    ),
+)
+
+_COLUMNS = (
+    "customer_id, idempotency_key, transfer_id, fingerprint, state, from_bank, from_account,"
+    " to_bank, to_account, amount_minor, currency, description, abort_reason, abort_transient,"
+    " settled, created_at_ms, updated_at_ms"
+)
+_INSERT = (
+    f"INSERT INTO payments ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT DO NOTHING"
+)
+_DECIDE = (
+    "UPDATE payments SET state = ?, abort_reason = ?, abort_transient = ?, settled = ?,"
+    " updated_at_ms = ? WHERE transfer_id = ? AND state = 'PENDING'"
+)
+_SETTLE = "UPDATE payments SET settled = 1, updated_at_ms = ? WHERE transfer_id = ?"
+_FORGET = "DELETE FROM payments WHERE transfer_id = ? AND state = 'PENDING'"
+_AUDIT = "INSERT INTO audit (at_ms, transfer_id, customer_id, state, reason) VALUES (?, ?, ?, ?, ?)"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentRecord:
+    customer_id: str
+    idempotency_key: str
+    transfer_id: str
+    fingerprint: bytes
+    state: PaymentState
+    from_bank: str
+    from_account: str
+    to_bank: str
+    to_account: str
+    amount_minor: int
+    currency: str
+    description: str
+    abort_reason: str = ""
+    abort_transient: bool = False
+    settled: bool = False
+    created_at_ms: int = 0
+    updated_at_ms: int = 0
+
+    @property
+    def one_phase(self) -> bool:
+        return self.from_bank == self.to_bank
+
+    def decided(
+        self, state: PaymentState, reason: str = "", transient: bool = False
+    ) -> PaymentRecord:
+        return replace(self, state=state, abort_reason=reason, abort_transient=transient)
+
+
+def _from_row(row: Any) -> PaymentRecord:
+    values = list(row)
+    values[3] = bytes(values[3])
+    values[4] = PaymentState(values[4])
+    values[13] = bool(values[13])
+    values[14] = bool(values[14])
+    return PaymentRecord(*values)
+
+
+class GatewayStore:
+    def __init__(
+        self,
+        write_conn: aiosqlite.Connection,
+        read_conn: aiosqlite.Connection,
+        *,
+        max_batch: int,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self._write_conn = write_conn
+        self._read = read_conn
+        self._writer = GroupCommitWriter(write_conn, max_batch=max_batch, on_commit=on_batch)
+        self.writer_task = self._writer.start()
+
+    @classmethod
+    async def open(
+        cls,
+        path: Path,
+        *,
+        synchronous: Synchronous = "FULL",
+        max_batch: int = 256,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> GatewayStore:
+        write_conn = await connect(path, synchronous=synchronous)
+        await migrate(write_conn, MIGRATIONS)
+        read_conn = await connect(path, synchronous=synchronous)
+        return cls(write_conn, read_conn, max_batch=max_batch, on_batch=on_batch)
+
+    async def close(self) -> None:
+        await self._writer.close()
+        await self._read.close()
+        await self._write_conn.close()
+
+    # ------------------------------------------------------------------ writes
+
+    async def _write(self, fill: Callable[[Writes, int], None]) -> None:
+        def work(writes: Writes) -> None:
+            fill(writes, now_ms())
+
+        await self._writer.submit(work)
+
+    async def insert_pending(self, record: PaymentRecord) -> None:
+        """The recovery point before any bank is called: the payment exists, undecided."""
+        assert record.state == PaymentState.PENDING
+
+        def fill(writes: Writes, at_ms: int) -> None:
+            row = replace(record, created_at_ms=at_ms, updated_at_ms=at_ms)
+            writes.add(_INSERT, _row(row))
+            writes.add(_AUDIT, (at_ms, record.transfer_id, record.customer_id, "PENDING", ""))
+
+        await self._write(fill)
+
+    async def decide(self, record: PaymentRecord, *, settled: bool = False) -> None:
+        """Log the decision (COMMIT is the commit point); durable when this returns."""
+        assert record.state != PaymentState.PENDING
+
+        def fill(writes: Writes, at_ms: int) -> None:
+            writes.add(
+                _DECIDE,
+                (str(record.state), record.abort_reason, int(record.abort_transient),
+                 int(settled), at_ms, record.transfer_id),
+            )  # fmt: skip
+            writes.add(
+                _AUDIT,
+                (at_ms, record.transfer_id, record.customer_id, str(record.state),
+                 record.abort_reason),
+            )  # fmt: skip
+
+        await self._write(fill)
+
+    async def settle(self, transfer_id: str) -> None:
+        await self._write(lambda writes, at_ms: writes.add(_SETTLE, (at_ms, transfer_id)))
+
+    async def forget(self, transfer_id: str) -> None:
+        """Drop an undecided record whose transfer another coordinator owns."""
+        await self._write(lambda writes, _at: writes.add(_FORGET, (transfer_id,)))
+
+    async def sweep(self, older_than_ms: int) -> int:
+        """Delete settled records past the retention window; the banks keep the ids."""
+        async with self._read.execute(
+            "SELECT COUNT(*) FROM payments WHERE settled = 1 AND created_at_ms < ?",
+            (older_than_ms,),
+        ) as cursor:
+            row = await cursor.fetchone()
+        count = int(row[0]) if row else 0
+        if count:
+            await self._write(
+                lambda writes, _at: writes.add(
+                    "DELETE FROM payments WHERE settled = 1 AND created_at_ms < ?",
+                    (older_than_ms,),
+                )
+            )
+        return count
+
+    # ------------------------------------------------------------------- reads
+
+    async def get(self, customer_id: str, key: str) -> PaymentRecord | None:
+        return await self._one(
+            f"SELECT {_COLUMNS} FROM payments WHERE customer_id = ? AND idempotency_key = ?",
+            (customer_id, key),
+        )
+
+    async def by_transfer(self, transfer_id: str) -> PaymentRecord | None:
+        return await self._one(
+            f"SELECT {_COLUMNS} FROM payments WHERE transfer_id = ?", (transfer_id,)
+        )
+
+    async def unsettled(self, limit: int = 1000) -> list[PaymentRecord]:
+        async with self._read.execute(
+            f"SELECT {_COLUMNS} FROM payments WHERE settled = 0 ORDER BY created_at_ms LIMIT ?",
+            (limit,),
+        ) as cursor:
+            return [_from_row(row) async for row in cursor]
+
+    async def _one(self, sql: str, params: tuple[Any, ...]) -> PaymentRecord | None:
+        async with self._read.execute(sql, params) as cursor:
+            row = await cursor.fetchone()
+        return _from_row(row) if row else None
+
+
+def _row(record: PaymentRecord) -> tuple[Any, ...]:
+    return (
+        record.customer_id, record.idempotency_key, record.transfer_id, record.fingerprint,
+        str(record.state), record.from_bank, record.from_account, record.to_bank,
+        record.to_account, record.amount_minor, record.currency, record.description,
+        record.abort_reason, int(record.abort_transient), int(record.settled),
+        record.created_at_ms, record.updated_at_ms,
+    )  # fmt: skip

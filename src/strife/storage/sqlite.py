@@ -1,0 +1,233 @@
+"""The one way Strife opens SQLite: pragmas, migrations, one writer with group commit.
+
+Durability costs an fsync per commit. One writer task owns the write
+connection and commits many requests' work in one transaction, so an fsync is
+shared by a whole batch; nobody is answered before the batch is on disk.
+Sharing a connection between concurrent requests without this would let one
+request's COMMIT or ROLLBACK take another's half-done work with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import aiosqlite
+
+from strife.observability.logging import get_logger
+
+Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+T = TypeVar("T")
+
+_log = get_logger("strife.storage")
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    sql: str
+
+
+async def connect(path: str | Path, *, synchronous: Synchronous = "FULL") -> aiosqlite.Connection:
+    """Open a connection in WAL mode with an explicit `synchronous` level."""
+    conn = await aiosqlite.connect(str(path), isolation_level=None)
+    await conn.execute("PRAGMA journal_mode=WAL")
+    await conn.execute(f"PRAGMA synchronous={synchronous}")
+    await conn.execute("PRAGMA foreign_keys=ON")
+    await conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+async def migrate(conn: aiosqlite.Connection, migrations: Sequence[Migration]) -> int:
+    """Apply the migrations newer than the database, each in its own transaction."""
+    versions = [m.version for m in migrations]
+    assert versions == sorted(set(versions)), "migrations must be ordered and unique"
+    await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    async with conn.execute("SELECT MAX(version) FROM schema_version") as cursor:
+        row = await cursor.fetchone()
+    current = int(row[0]) if row and row[0] is not None else 0
+    for migration in migrations:
+        if migration.version <= current:
+            continue
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(migration.sql):
+                await conn.execute(statement)
+            await conn.execute("INSERT INTO schema_version VALUES (?)", (migration.version,))
+            await conn.execute("COMMIT")
+        except BaseException:
+            await conn.execute("ROLLBACK")
+            raise
+        _log.info("migrated", version=migration.version)
+        current = migration.version
+    return current
+
+
+def _statements(sql: str) -> list[str]:
+    return [s.strip() for s in sql.split(";") if s.strip()]
+
+
+class QueueFullError(Exception):
+    """The writer's queue is at its bound: shed load instead of queueing forever."""
+
+
+class WriterFailedError(Exception):
+    """The writer hit a storage error; the process must stop and recover from disk."""
+
+
+class Writes:
+    """Rows one batch will write, grouped per statement for `executemany`.
+
+    Statements run in the order they were first added, rows in the order
+    added, so a later snapshot of the same row wins its upsert.
+    """
+
+    def __init__(self) -> None:
+        self._rows: dict[str, list[tuple[Any, ...]]] = {}
+
+    def add(self, sql: str, row: tuple[Any, ...]) -> None:
+        self._rows.setdefault(sql, []).append(row)
+
+    def extend(self, other: Writes) -> None:
+        for sql, rows in other._rows.items():
+            self._rows.setdefault(sql, []).extend(rows)
+
+    async def execute(self, conn: aiosqlite.Connection) -> None:
+        for sql, rows in self._rows.items():
+            await conn.executemany(sql, rows)
+
+    def __len__(self) -> int:
+        return sum(len(rows) for rows in self._rows.values())
+
+
+# Synchronous, so that every piece of work in a batch sees the effects of the
+# ones before it without interleaving; it records its rows in the Writes given.
+Work = Callable[[Writes], Any]
+Preload = Callable[[aiosqlite.Connection, list[Any]], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class _Item:
+    work: Work
+    key: Any
+    future: asyncio.Future[Any]
+
+
+class GroupCommitWriter:
+    """A single task that applies submitted work in batches, one COMMIT per batch.
+
+    Per batch: BEGIN IMMEDIATE, `preload` (one query fetching what the batch's
+    keys need), each work in order, one `executemany` per statement, COMMIT,
+    then every caller gets its result. A work that raises one of
+    `expected_errors` fails alone and must have changed nothing; any other
+    exception, or a failed COMMIT, stops the writer for good (fail-stop),
+    because in-memory state above may no longer match the disk.
+    """
+
+    def __init__(
+        self,
+        conn: aiosqlite.Connection,
+        *,
+        max_batch: int = 256,
+        max_queue: int = 8192,
+        expected_errors: tuple[type[Exception], ...] = (),
+        preload: Preload | None = None,
+        on_commit: Callable[[int], None] | None = None,
+    ) -> None:
+        assert 1 <= max_batch <= max_queue
+        self._conn = conn
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max_queue)
+        self._expected = expected_errors
+        self._preload = preload
+        self._on_commit = on_commit
+        self._task: asyncio.Task[None] | None = None
+        self.failure: BaseException | None = None
+
+    def start(self) -> asyncio.Task[None]:
+        self._task = asyncio.create_task(self._run(), name="sqlite-writer")
+        return self._task
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    async def submit(self, work: Work, key: Any = None) -> Any:
+        """Apply `work` in the next batch; return its result once committed."""
+        if self.failure is not None:
+            raise WriterFailedError("storage writer has failed") from self.failure
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait(_Item(work, key, future))
+        except asyncio.QueueFull:
+            raise QueueFullError(f"write queue full ({self._queue.maxsize})") from None
+        return await future
+
+    async def close(self) -> None:
+        """Finish what is queued, then stop."""
+        if self._task is None or self._task.done():
+            return
+        await self._queue.join()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                results = await self._commit(batch)
+            except BaseException as exc:
+                self.failure = exc
+                self._fail(batch, exc)
+                raise
+            for item, (ok, value) in zip(batch, results, strict=True):
+                if not item.future.done():
+                    if ok:
+                        item.future.set_result(value)
+                    else:
+                        item.future.set_exception(value)
+                self._queue.task_done()
+            if self._on_commit is not None:
+                self._on_commit(len(batch))
+
+    async def _commit(self, batch: list[_Item]) -> list[tuple[bool, Any]]:
+        conn = self._conn
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            if self._preload is not None:
+                await self._preload(conn, [item.key for item in batch])
+            writes = Writes()
+            results: list[tuple[bool, Any]] = []
+            for item in batch:
+                mine = Writes()
+                try:
+                    value = item.work(mine)
+                except self._expected as exc:
+                    results.append((False, exc))
+                    continue
+                writes.extend(mine)
+                results.append((True, value))
+            await writes.execute(conn)
+            await conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await conn.execute("ROLLBACK")
+            raise
+        return results
+
+    def _fail(self, batch: list[_Item], exc: BaseException) -> None:
+        _log.error("writer_failed", error=repr(exc))
+        pending = list(batch)
+        while not self._queue.empty():
+            pending.append(self._queue.get_nowait())
+        for item in pending:
+            if not item.future.done():
+                item.future.set_exception(WriterFailedError(f"storage writer failed: {exc!r}"))
+            self._queue.task_done()
