@@ -1,0 +1,5 @@
+"""`python -m strife.cluster up|status|down` (also `strife cluster ...`)."""
+
+from strife.cluster.cli import cluster
+
+cluster()

@@ -1,0 +1,321 @@
+"""Run a local cluster as supervised child processes on 127.0.0.1.
+
+Children are spawned (fork+exec, so no gRPC state is inherited) in their own
+sessions: Ctrl-C reaches only the supervisor, which stops them in order
+(gateways, banks, balancer) with SIGTERM and a grace period. A child that
+dies on its own is restarted on the same port with capped exponential
+backoff. `cluster.json` in the data folder lets `strife cluster status` and
+`strife cluster down` work from another terminal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from strife.cluster.seeds import seed_file
+from strife.cluster.topology import Topology
+from strife.rpc.channels import ChannelPool
+from strife.security import certs
+
+STATE_FILE = "cluster.json"
+START_TIMEOUT_S = 30.0
+GRACE_S = 5.0
+BACKOFF_START_S = 0.5
+BACKOFF_MAX_S = 30.0
+STABLE_AFTER_S = 30.0
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class Child:
+    name: str
+    script: str
+    args: list[str]
+    listen: str
+    log_path: Path
+    proc: asyncio.subprocess.Process | None = None
+    address: str = ""
+    restarts: int = 0
+    started_at: float = 0.0
+    stopping: bool = False
+    _copier: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid if self.proc else 0
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+def _bin(script: str) -> str:
+    candidate = Path(sys.executable).parent / script
+    return str(candidate) if candidate.exists() else script
+
+
+class Supervisor:
+    def __init__(self, topology: Topology, say: Say = print) -> None:
+        self.topology = topology
+        self.say = say
+        self.root = topology.data_dir.resolve()
+        self.certs_dir = self.root / "certs"
+        self.children: list[Child] = []
+        self._pool: ChannelPool | None = None
+        self._stop = asyncio.Event()
+
+    # ----------------------------------------------------------------- start
+
+    def prepare_files(self) -> None:
+        """Certificates (kept if present), seeds and folders."""
+        for sub in ("data", "logs"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        certs.dev(
+            self.certs_dir,
+            banks=tuple(b.name for b in self.topology.banks),
+            gateways=self.topology.gateways,
+            clients=("default",),
+        )
+
+    def _plan(self) -> list[Child]:
+        t, root = self.topology.timeouts, self.root
+        balancer = self.topology.balancer_listen
+        children = [
+            Child(
+                "balancer", "strife-balancer",
+                ["--certs", str(self.certs_dir / "balancer"), "--policy", self.topology.policy,
+                 "--heartbeat-interval", str(t.heartbeat_s), "--lease-ttl", str(t.lease_ttl_s)],
+                balancer, root / "logs" / "balancer.log",
+            )
+        ]  # fmt: skip
+        for bank in self.topology.banks:
+            children.append(
+                Child(
+                    f"bank-{bank.name}", "strife-bank",
+                    ["--name", bank.name, "--db", str(root / "data" / f"bank-{bank.name}.db"),
+                     "--seed", str(seed_file(self.topology, bank.name)),
+                     "--certs", str(self.certs_dir / f"bank-{bank.name}"),
+                     "--balancer", balancer, "--in-doubt-timeout", str(t.in_doubt_s)],
+                    "127.0.0.1:0", root / "logs" / f"bank-{bank.name}.log",
+                )
+            )  # fmt: skip
+        for name in self.topology.gateways:
+            children.append(
+                Child(
+                    f"gateway-{name}", "strife-gateway",
+                    ["--name", name, "--db", str(root / "data" / f"gateway-{name}.db"),
+                     "--certs", str(self.certs_dir / f"gateway-{name}"),
+                     "--token-key", str(root / "token-signing.key"),
+                     "--balancer", balancer, "--prepare-timeout", str(t.prepare_s)],
+                    "127.0.0.1:0", root / "logs" / f"gateway-{name}.log",
+                )
+            )  # fmt: skip
+        return children
+
+    async def up(self) -> None:
+        """Start everything and wait until every child answers health checks."""
+        existing = read_state(self.root)
+        if existing and _alive(existing.get("supervisor_pid", 0)):
+            raise ClusterError(f"a cluster is already running from {self.root} "
+                               f"(pid {existing['supervisor_pid']})")  # fmt: skip
+        self.prepare_files()
+        self._pool = ChannelPool(self.certs_dir / "admin")
+        self.children = self._plan()
+        try:
+            for child in self.children:
+                await self._spawn(child)
+                await self._wait_healthy(child)
+        except BaseException:
+            await self.down()
+            raise
+        self._write_state()
+
+    async def _spawn(self, child: Child) -> None:
+        child.log_path.parent.mkdir(parents=True, exist_ok=True)
+        child.proc = await asyncio.create_subprocess_exec(
+            _bin(child.script), *child.args, "--listen", child.listen,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True,
+        )  # fmt: skip
+        child.started_at = time.monotonic()
+        started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        child._copier = asyncio.create_task(_copy_log(child, started))
+        try:
+            child.address = await asyncio.wait_for(started, START_TIMEOUT_S)
+        except (TimeoutError, ClusterError) as exc:
+            raise ClusterError(f"{child.name} did not start; see {child.log_path}: {exc}") from exc
+        child.listen = child.address  # a restart comes back on the same port
+
+    async def _wait_healthy(self, child: Child) -> None:
+        assert self._pool is not None
+        stub = health_pb2_grpc.HealthStub(self._pool.get(child.address))
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            with contextlib.suppress(Exception):
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            if time.monotonic() > deadline:
+                raise ClusterError(f"{child.name} never became healthy; see {child.log_path}")
+            await asyncio.sleep(0.1)
+
+    # ------------------------------------------------------------- supervise
+
+    async def supervise(self) -> None:
+        """Restart children that die, until stop() (or SIGTERM/SIGINT)."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        watchers = [asyncio.create_task(self._watch(child)) for child in self.children]
+        await self._stop.wait()
+        for task in watchers:
+            task.cancel()
+        for task in watchers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.down()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _watch(self, child: Child) -> None:
+        backoff_s = BACKOFF_START_S
+        while True:
+            assert child.proc is not None
+            code = await child.proc.wait()
+            if child.stopping:
+                return
+            lived_s = time.monotonic() - child.started_at
+            backoff_s = BACKOFF_START_S if lived_s > STABLE_AFTER_S else backoff_s
+            self.say(f"{child.name} exited with {code}; restarting in {backoff_s:.1f}s")
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(BACKOFF_MAX_S, backoff_s * 2)
+            try:
+                await self._spawn(child)
+                await self._wait_healthy(child)
+            except ClusterError as exc:
+                self.say(str(exc))
+                continue
+            child.restarts += 1
+            self._write_state()
+            self.say(f"{child.name} is back at {child.address}")
+
+    # ------------------------------------------------------------------ stop
+
+    async def down(self) -> None:
+        """SIGTERM in reverse start order, wait the grace period, then SIGKILL."""
+        for child in reversed(self.children):
+            child.stopping = True
+            if child.proc is not None and child.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.proc.terminate()
+                try:
+                    await asyncio.wait_for(child.proc.wait(), GRACE_S)
+                except TimeoutError:
+                    with contextlib.suppress(ProcessLookupError):
+                        child.proc.kill()
+                    await child.proc.wait()
+            if child._copier is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(child._copier, 2.0)
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+        with contextlib.suppress(FileNotFoundError):
+            (self.root / STATE_FILE).unlink()
+
+    # ----------------------------------------------------------------- state
+
+    def _write_state(self) -> None:
+        state = {
+            "supervisor_pid": os.getpid(),
+            "root": str(self.root),
+            "balancer": self.children[0].address if self.children else "",
+            "children": [
+                {"name": c.name, "pid": c.pid, "address": c.address, "log": str(c.log_path),
+                 "restarts": c.restarts}
+                for c in self.children
+            ],
+        }  # fmt: skip
+        path = self.root / STATE_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=1))
+        tmp.replace(path)
+
+    def table(self) -> list[tuple[str, str, int, str]]:
+        return [(c.name, c.address, c.pid, str(c.log_path)) for c in self.children]
+
+
+async def _copy_log(child: Child, started: asyncio.Future[str]) -> None:
+    """Tee the child's stderr to its log file, noting the address it bound."""
+    assert child.proc is not None and child.proc.stderr is not None
+    with child.log_path.open("ab") as log:
+        async for line in child.proc.stderr:
+            log.write(line)
+            log.flush()
+            if not started.done() and b'"server_started"' in line:
+                with contextlib.suppress(ValueError):
+                    started.set_result(str(json.loads(line)["address"]))
+    if not started.done():
+        started.set_exception(ClusterError(f"exited with {await child.proc.wait()}"))
+
+
+def read_state(root: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((root / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _alive(pid: int) -> bool:
+    """Running, and not a zombie waiting for its parent to reap it."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def stop_from_outside(root: Path, timeout_s: float = 30.0) -> list[str]:
+    """`strife cluster down`: ask the supervisor to stop; clean up if it is gone."""
+    state = read_state(root)
+    if state is None:
+        return []
+    supervisor = int(state.get("supervisor_pid", 0))
+    if _alive(supervisor):
+        os.kill(supervisor, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while _alive(supervisor) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    leftovers = []
+    for child in state.get("children", []):
+        pid = int(child.get("pid", 0))
+        if _alive(pid):
+            leftovers.append(str(child["name"]))
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(FileNotFoundError):
+        (root / STATE_FILE).unlink()
+    return leftovers

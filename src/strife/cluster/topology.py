@@ -1,0 +1,123 @@
+"""A local cluster's shape, from a TOML file or the embedded default.
+
+```toml
+data_dir = ".strife/cluster"      # relative to the file
+policy = "round_robin"
+[balancer]
+listen = "127.0.0.1:7400"         # fixed: everyone finds everyone through it
+[[banks]]
+name = "alpha"
+seed = "seed.json"                # optional; default: generated customers
+customers = 3                     # generated customers when no seed is given
+[gateways]
+count = 2                         # or: names = ["gw-1", "gw-2"]
+[timeouts]
+prepare_s = 2.0
+in_doubt_s = 5.0
+heartbeat_s = 1.0
+lease_ttl_s = 3.0
+```
+Banks and gateways listen on ephemeral ports and register with the balancer;
+the supervisor keeps each child's port across restarts.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_BALANCER = "127.0.0.1:7400"
+POLICIES = ("pick_first", "round_robin", "least_load", "power_of_two")
+
+
+@dataclass(frozen=True)
+class BankSpec:
+    name: str
+    seed: Path | None = None
+    customers: int = 3
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    prepare_s: float = 2.0
+    in_doubt_s: float = 5.0
+    heartbeat_s: float = 1.0
+    lease_ttl_s: float = 3.0
+
+
+@dataclass(frozen=True)
+class Topology:
+    data_dir: Path
+    balancer_listen: str = DEFAULT_BALANCER
+    policy: str = "round_robin"
+    banks: tuple[BankSpec, ...] = ()
+    gateways: tuple[str, ...] = ("gw-1", "gw-2")
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+    def with_data_dir(self, data_dir: Path) -> Topology:
+        return Topology(
+            data_dir, self.balancer_listen, self.policy, self.banks, self.gateways, self.timeouts
+        )
+
+
+class TopologyError(ValueError):
+    pass
+
+
+def default_topology(data_dir: Path = Path(".strife/cluster")) -> Topology:
+    """1 balancer, 3 banks with seeded customers, 2 gateways."""
+    return Topology(
+        data_dir=data_dir,
+        banks=(BankSpec("alpha"), BankSpec("beta"), BankSpec("gamma")),
+    )
+
+
+def load_topology(path: Path) -> Topology:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise TopologyError(f"{path}: {exc}") from exc
+    return parse_topology(raw, base=path.parent)
+
+
+def parse_topology(raw: dict[str, Any], base: Path) -> Topology:
+    policy = str(raw.get("policy", "round_robin"))
+    if policy not in POLICIES:
+        raise TopologyError(f"policy must be one of {', '.join(POLICIES)}")
+    banks = []
+    for entry in raw.get("banks", []):
+        if "name" not in entry:
+            raise TopologyError("every [[banks]] entry needs a name")
+        seed = entry.get("seed")
+        banks.append(
+            BankSpec(
+                name=str(entry["name"]),
+                seed=(base / seed) if seed else None,
+                customers=int(entry.get("customers", 3)),
+            )
+        )
+    if not banks:
+        raise TopologyError("a topology needs at least one bank")
+    if len({b.name for b in banks}) != len(banks):
+        raise TopologyError("bank names must be unique")
+    gw = raw.get("gateways", {})
+    names = gw.get("names") or [f"gw-{i + 1}" for i in range(int(gw.get("count", 2)))]
+    if not names:
+        raise TopologyError("a topology needs at least one gateway")
+    t = raw.get("timeouts", {})
+    timeouts = Timeouts(
+        prepare_s=float(t.get("prepare_s", 2.0)),
+        in_doubt_s=float(t.get("in_doubt_s", 5.0)),
+        heartbeat_s=float(t.get("heartbeat_s", 1.0)),
+        lease_ttl_s=float(t.get("lease_ttl_s", 3.0)),
+    )
+    return Topology(
+        data_dir=base / str(raw.get("data_dir", ".strife/cluster")),
+        balancer_listen=str(raw.get("balancer", {}).get("listen", DEFAULT_BALANCER)),
+        policy=policy,
+        banks=tuple(banks),
+        gateways=tuple(str(n) for n in names),
+        timeouts=timeouts,
+    )
