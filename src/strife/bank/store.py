@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -35,7 +36,14 @@ from strife.bank.ledger import (
 from strife.bank.schema import MIGRATIONS
 from strife.bank.seed import SeedRow
 from strife.observability.logging import get_logger
-from strife.storage.sqlite import GroupCommitWriter, Synchronous, Writes, connect, migrate
+from strife.storage.sqlite import (
+    GroupCommitWriter,
+    InThread,
+    Synchronous,
+    Writes,
+    connect,
+    migrate,
+)
 
 _log = get_logger("strife.bank.store")
 
@@ -305,19 +313,27 @@ class BankStore:
         opened: int = await self._writer.submit(work)
         return opened
 
-    async def _preload(self, conn: aiosqlite.Connection, keys: list[Any]) -> None:
+    async def _preload(self, run: InThread[Any], keys: list[Any]) -> None:
         """Bring back finished transfers the batch names that were evicted."""
         missing = sorted({k for k in keys if k and k not in self.ledger.transfers})
-        for start in range(0, len(missing), _PRELOAD_CHUNK):
-            chunk = missing[start : start + _PRELOAD_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            async with conn.execute(
-                f"SELECT {_TRANSFER_COLUMNS} FROM transfers WHERE transfer_id IN ({marks})", chunk
-            ) as cursor:
-                async for row in cursor:
-                    transfer = _transfer_from_row(row)
-                    assert transfer.state != TransferState.PREPARED, transfer  # always resident
-                    self.ledger.transfers[transfer.transfer_id] = transfer
+        if not missing:
+            return
+
+        def fetch(conn: sqlite3.Connection) -> list[Any]:
+            rows: list[Any] = []
+            for start in range(0, len(missing), _PRELOAD_CHUNK):
+                chunk = missing[start : start + _PRELOAD_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows += conn.execute(
+                    f"SELECT {_TRANSFER_COLUMNS} FROM transfers WHERE transfer_id IN ({marks})",
+                    chunk,
+                ).fetchall()
+            return rows
+
+        for row in await run(fetch):
+            transfer = _transfer_from_row(row)
+            assert transfer.state != TransferState.PREPARED, transfer  # always resident
+            self.ledger.transfers[transfer.transfer_id] = transfer
 
     def _after_commit(self, batch_size: int) -> None:
         transfers = self.ledger.transfers

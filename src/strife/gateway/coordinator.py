@@ -134,8 +134,7 @@ class PaymentCoordinator:
         return entry[0] if entry else None
 
     async def _run(self, record: PaymentRecord) -> PaymentRecord:
-        existing = await self.store.by_transfer(record.transfer_id)
-        if existing is None:
+        if not record.created_at_ms:  # new: make the recovery point before any bank call
             await self.store.insert_pending(record)
         if record.one_phase:
             return await self._one_phase(record)
