@@ -131,6 +131,7 @@ def assert_recorded_refusal(ledger: Ledger, outcome: Outcome, reason: Reason) ->
         ({"transfer_id": "x" * (MAX_ID_LENGTH + 1)}, Reason.INVALID_REQUEST),
         ({"coordinator": ""}, Reason.INVALID_REQUEST),
         ({"account_id": ""}, Reason.INVALID_REQUEST),
+        ({"leg": "SIDEWAYS"}, Reason.INVALID_REQUEST),
         ({"counterparty": "x" * (MAX_ID_LENGTH + 1)}, Reason.INVALID_REQUEST),
         ({"amount_minor": 0}, Reason.INVALID_AMOUNT),
         ({"amount_minor": -5}, Reason.INVALID_AMOUNT),
@@ -217,8 +218,12 @@ def test_add_account_refuses_duplicates_and_bad_balances(ledger: Ledger) -> None
         ledger.add_account(
             account_id="n", customer_id="c", currency="EUR", balance_minor=MAX_AMOUNT_MINOR + 1
         )
+    with refused(ledger, ErrorKind.INVALID_ARGUMENT, Reason.INVALID_AMOUNT):
+        ledger.add_account(account_id="n", customer_id="c", currency="EUR", balance_minor=1.5)  # type: ignore[arg-type]
     with refused(ledger, ErrorKind.INVALID_ARGUMENT, Reason.INVALID_CURRENCY):
         ledger.add_account(account_id="n", customer_id="c", currency="euro")
+    with refused(ledger, ErrorKind.INVALID_ARGUMENT, Reason.INVALID_CURRENCY):
+        ledger.add_account(account_id="n", customer_id="c", currency="XYZ")  # not ISO 4217
 
 
 # ------------------------------------------------------------------------ prepare

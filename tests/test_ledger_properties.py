@@ -96,6 +96,15 @@ def state_of(ledger: Ledger) -> tuple[dict[str, Account], dict[str, Transfer]]:
 
 
 class PaymentNetwork(RuleBasedStateMachine):
+    """Banks, coordinators and a lossy, reordering, duplicating network.
+
+    Coordinators decide as soon as they can (any NO aborts, two YES commit) or
+    when a prepare deadline passes; participants in doubt ask the coordinator,
+    which records ABORT first if it has not decided (presumed abort). Every
+    result a bank returns is "persisted" into a shadow store, from which a bank
+    may restart at any step.
+    """
+
     def __init__(self) -> None:
         super().__init__()
         self.banks: list[Ledger] = []

@@ -258,7 +258,7 @@ class Ledger:
         """Open an account (seed data). An opening balance is money from outside."""
         _require_id(account_id, "account_id")
         _require_currency(currency)
-        if not 0 <= balance_minor <= MAX_AMOUNT_MINOR:
+        if not _is_int(balance_minor) or not 0 <= balance_minor <= MAX_AMOUNT_MINOR:
             raise LedgerError(
                 ErrorKind.INVALID_ARGUMENT,
                 Reason.INVALID_AMOUNT,
@@ -290,6 +290,7 @@ class Ledger:
         """Vote on one leg. YES (PREPARED) means the funds are held and we may no
         longer decide alone; NO is recorded ABORTED so it stays NO forever."""
         _require_transfer_request(transfer_id, coordinator, fingerprint)
+        _require_leg(leg)
         _require_id(account_id, "account_id")
         _require_counterparty(counterparty)
         _require_amount(amount_minor)
@@ -563,6 +564,8 @@ class Ledger:
     def _apply(self, accounts: list[Account], transfer: Transfer, entries: list[Entry]) -> Outcome:
         """Install one operation's snapshots, asserting on the way in and out."""
         previous = self.transfers.get(transfer.transfer_id)
+        if previous is not None:
+            _assert_transfer(previous)
         _assert_transition(previous, transfer)
         assert len({account.account_id for account in accounts}) == len(accounts), accounts
         for account in accounts:
@@ -648,6 +651,13 @@ def _require_id(value: str, name: str) -> None:
         )
 
 
+def _require_leg(leg: str) -> None:
+    if leg not in (Leg.DEBIT, Leg.CREDIT):
+        raise LedgerError(
+            ErrorKind.INVALID_ARGUMENT, Reason.INVALID_REQUEST, "leg must be DEBIT or CREDIT"
+        )
+
+
 def _require_counterparty(value: str) -> None:
     if len(value) > MAX_ID_LENGTH:
         raise LedgerError(
@@ -672,6 +682,10 @@ def _require_currency(currency: str) -> None:
             Reason.INVALID_CURRENCY,
             f"unsupported currency {currency!r}",
         )
+
+
+def _is_int(value: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_currency(currency: str) -> bool:
