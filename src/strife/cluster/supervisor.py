@@ -76,6 +76,7 @@ class Supervisor:
         self.children: list[Child] = []
         self._pool: ChannelPool | None = None
         self._stop = asyncio.Event()
+        self._watchers: list[asyncio.Task[None]] = []
 
     # ----------------------------------------------------------------- start
 
@@ -179,17 +180,37 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
-        watchers = [asyncio.create_task(self._watch(child)) for child in self.children]
+        self._watchers = [asyncio.create_task(self._watch(child)) for child in self.children]
         await self._stop.wait()
-        for task in watchers:
+        for task in self._watchers:
             task.cancel()
-        for task in watchers:
+        for task in self._watchers:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.down()
 
     def stop(self) -> None:
         self._stop.set()
+
+    def child(self, name: str) -> Child:
+        return next(c for c in self.children if c.name == name)
+
+    async def pause(self, name: str) -> None:
+        """Stop one child on purpose (SIGTERM, no restart) until `resume`."""
+        child = self.child(name)
+        child.stopping = True
+        if child.proc is not None and child.proc.returncode is None:
+            child.proc.terminate()
+            await child.proc.wait()
+
+    async def resume(self, name: str) -> None:
+        """Start a paused child again on its old address, and supervise it."""
+        child = self.child(name)
+        child.stopping = False
+        await self._spawn(child)
+        await self._wait_healthy(child)
+        self._watchers.append(asyncio.create_task(self._watch(child)))
+        self._write_state()
 
     async def _watch(self, child: Child) -> None:
         backoff_s = BACKOFF_START_S
