@@ -16,7 +16,7 @@ from strife.bank.service import AUTHZ, SERVICE, BankServicer
 from strife.bank.store import BankStore, StoreConfig
 from strife.observability.logging import get_logger
 from strife.rpc.channels import ChannelPool
-from strife.rpc.cli import server_config, server_options
+from strife.rpc.cli import named_addresses, server_config, server_options
 from strife.rpc.discovery import BalancerClient, Heartbeat
 from strife.rpc.server import StrifeServer, run
 from strife.security.passwords import hash_password
@@ -28,16 +28,6 @@ BATCH_SIZE = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
 )
 _log = get_logger("strife.bank")
-
-
-def _named_addresses(values: tuple[str, ...]) -> dict[str, str]:
-    result = {}
-    for value in values:
-        name, sep, address = value.partition("=")
-        if not sep or not name or not address:
-            raise click.BadParameter(f"expected NAME=HOST:PORT, got {value!r}")
-        result[name] = address
-    return result
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -69,7 +59,7 @@ def main(**options: Any) -> None:
         rows = load_seed(options["seed"], bank=options["name"]) if options["seed"] else []
     except (SeedError, OSError, ValueError) as exc:
         raise click.ClickException(f"seed: {exc}") from exc
-    coordinators = _named_addresses(options["coordinators"])
+    coordinators = named_addresses(options["coordinators"])
 
     async def serve() -> None:
         store = await BankStore.open(

@@ -25,7 +25,7 @@ from strife.gateway.throttle import LoginThrottle
 from strife.gateway.tokens import TokenAuthority, load_or_create_key
 from strife.observability.logging import get_logger
 from strife.rpc.channels import ChannelPool
-from strife.rpc.cli import server_config, server_options
+from strife.rpc.cli import named_addresses, server_config, server_options
 from strife.rpc.discovery import BalancerClient, Heartbeat
 from strife.rpc.server import StrifeServer, run
 from strife.v1 import coordinator_pb2_grpc, gateway_pb2_grpc
@@ -37,16 +37,6 @@ BATCH_SIZE = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
 _log = get_logger("strife.gateway")
-
-
-def _named_addresses(values: tuple[str, ...]) -> dict[str, str]:
-    result = {}
-    for value in values:
-        name, sep, address = value.partition("=")
-        if not sep or not name or not address:
-            raise click.BadParameter(f"expected NAME=HOST:PORT, got {value!r}")
-        result[name] = address
-    return result
 
 
 def _count(record: PaymentRecord) -> None:
@@ -91,7 +81,7 @@ async def _sweep_forever(store: GatewayStore, retention_s: float) -> None:
 def main(**options: Any) -> None:
     """Serve the customer API and coordinate payments with two-phase commit."""
     config = server_config(options["name"], options)
-    bank_addresses = _named_addresses(options["banks"])
+    bank_addresses = named_addresses(options["banks"])
     key_path = options["token_key"]
     if key_path is None:
         if config.certs is None:

@@ -59,6 +59,17 @@ def server_config(name: str, options: dict[str, Any]) -> ServerConfig:
     )
 
 
+def named_addresses(values: tuple[str, ...]) -> dict[str, str]:
+    """Repeated NAME=HOST:PORT options (--bank, --coordinator) as a mapping."""
+    result = {}
+    for value in values:
+        name, sep, address = value.partition("=")
+        if not sep or not name or not address:
+            raise click.BadParameter(f"expected NAME=HOST:PORT, got {value!r}")
+        result[name] = address
+    return result
+
+
 def not_yet_available(what: str, issue: str) -> None:
     """Honest exit for a command whose implementation has not landed."""
     raise click.ClickException(f"{what} is not yet available (tracked as {issue}).")
