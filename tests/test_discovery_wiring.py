@@ -8,6 +8,7 @@ import uuid
 from contextlib import ExitStack
 from pathlib import Path
 
+from strife.errors import StrifeError
 from strife.rpc.channels import ChannelPool
 from strife.rpc.discovery import BalancerClient
 from strife.v1 import gateway_pb2
@@ -49,8 +50,15 @@ async def test_payment_through_registry_only(pki: Pki, tmp_path: Path) -> None:
         async with ChannelPool(pki.identity("client", "default")) as pool:
             registry = BalancerClient(pool, balancer.address)
             deadline = time.monotonic() + 10
-            while {s.instance for s in await registry.list("bank")} != {"alpha", "beta"}:
-                assert time.monotonic() < deadline, "banks never registered"
+
+            async def registered(service: str) -> set[str]:
+                try:
+                    return {s.instance for s in await registry.list(service)}
+                except StrifeError:  # nothing registered yet
+                    return set()
+
+            while await registered("bank") != {"alpha", "beta"} or not await registered("gateway"):
+                assert time.monotonic() < deadline, "banks and gateway never registered"
                 await asyncio.sleep(0.05)
             assert await registry.best("gateway") == gateway.address
             ada = Customer(pool, gateway.address)

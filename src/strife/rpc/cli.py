@@ -68,8 +68,3 @@ def named_addresses(values: tuple[str, ...]) -> dict[str, str]:
             raise click.BadParameter(f"expected NAME=HOST:PORT, got {value!r}")
         result[name] = address
     return result
-
-
-def not_yet_available(what: str, issue: str) -> None:
-    """Honest exit for a command whose implementation has not landed."""
-    raise click.ClickException(f"{what} is not yet available (tracked as {issue}).")
