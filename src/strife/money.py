@@ -7,6 +7,7 @@ refused instead.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
@@ -65,16 +66,27 @@ class Money:
         return f"{format_amount(self.amount_minor, self.currency)} {self.currency}"
 
 
+# Plain decimal text only: `Decimal` would also take "1e3", "NaN" or "1_000",
+# which a person typing an amount almost never means.
+_PLAIN_DECIMAL = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+
+
 def parse_amount(text: str, currency: str) -> int:
-    """Decimal text ("12.34") to minor units, refusing anything that would round."""
+    """Plain decimal text ("12.34") to minor units, refusing anything that would round.
+
+    Signs, exponents, underscores, NaN and infinities are refused, and so is
+    anything with more decimals than the currency has ("12.345" USD).
+    """
     exponent = CURRENCY_EXPONENTS[check_currency(currency)]
-    cleaned = text.strip().replace("_", "")
+    cleaned = text.strip()
+    if not _PLAIN_DECIMAL.fullmatch(cleaned):
+        raise MoneyError(
+            "INVALID_AMOUNT", f"not a plain positive decimal amount: {text!r} (write it like 12.34)"
+        )
     try:
         value = Decimal(cleaned)
-    except InvalidOperation:
+    except InvalidOperation:  # pragma: no cover - the pattern admits only valid decimals
         raise MoneyError("INVALID_AMOUNT", f"not a decimal amount: {text!r}") from None
-    if not value.is_finite():
-        raise MoneyError("INVALID_AMOUNT", f"not a finite amount: {text!r}")
     minor = value.scaleb(exponent)
     if minor != minor.to_integral_value():
         raise MoneyError(

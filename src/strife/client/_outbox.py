@@ -83,18 +83,15 @@ MIGRATIONS = (
             outcome         TEXT NOT NULL DEFAULT '',
             reason          TEXT NOT NULL DEFAULT ''
         );
-        CREATE INDEX entry_keys_entry ON entry_keys(entry_id)
+        CREATE INDEX entry_keys_entry ON entry_keys(entry_id);
+        -- The database itself refuses to reopen a settled payment.
+        CREATE TRIGGER settled_entries_are_final
+            BEFORE UPDATE OF state ON entries
+            WHEN OLD.state IN ('COMMITTED', 'ABORTED') AND NEW.state != OLD.state
+            BEGIN SELECT RAISE(ABORT, 'a committed or aborted entry is final'); END
         """,
     ),
 )
-# Outside the migrations because `strife.storage.sqlite.migrate` splits on ";",
-# which a trigger body contains; IF NOT EXISTS makes it safe to run every open.
-_FINAL_TRIGGER = """
-    CREATE TRIGGER IF NOT EXISTS settled_entries_are_final
-        BEFORE UPDATE OF state ON entries
-        WHEN OLD.state IN ('COMMITTED', 'ABORTED') AND NEW.state != OLD.state
-        BEGIN SELECT RAISE(ABORT, 'a committed or aborted entry is final'); END
-"""
 
 _COLUMNS = (
     "id, customer_id, idempotency_key, from_bank, from_account, to_bank, to_account,"
@@ -178,7 +175,6 @@ class Outbox:
         conn = await connect(path, synchronous=synchronous)
         try:
             await migrate(conn, MIGRATIONS)
-            await conn.execute(_FINAL_TRIGGER)
         except BaseException:
             await conn.close()
             raise

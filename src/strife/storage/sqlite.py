@@ -69,7 +69,16 @@ async def migrate(conn: aiosqlite.Connection, migrations: Sequence[Migration]) -
 
 
 def _statements(sql: str) -> list[str]:
-    return [s.strip() for s in sql.split(";") if s.strip()]
+    """Split a script into complete statements (a trigger body keeps its semicolons)."""
+    statements, current = [], ""
+    for line in sql.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    if current.strip():
+        statements.append(current.strip())
+    return [s for s in statements if s.strip(" ;\n")]
 
 
 class QueueFullError(Exception):
