@@ -92,8 +92,9 @@ class ClientConfig:
       pick up payments another process queued in the same profile.
     - `login_poll_s` (30): retry period while no credentials are available.
     - `refresh_margin_s` (30): log in again this long before the token expires.
-    - `read_attempts` (3): tries of a read (balance, history, status) over
-      replicas before its error is raised.
+    - `read_attempts` (8) and `read_deadline_s` (3): a read (login, balance,
+      history, status) is tried over replicas until either runs out, so a
+      balancer or gateway that is briefly slow does not fail it at once.
     - `page_size` (100, at most 200): history page size.
     - `notification_buffer` (1,024): undelivered notifications kept per
       `outcomes()` iterator; beyond it the oldest are dropped (the outbox
@@ -113,7 +114,8 @@ class ClientConfig:
     idle_poll_s: float = 1.0
     login_poll_s: float = 30.0
     refresh_margin_s: float = 30.0
-    read_attempts: int = 3
+    read_attempts: int = 8
+    read_deadline_s: float = 3.0
     page_size: int = 100
     notification_buffer: int = 1024
     failed_gateway_ttl_s: float = 10.0
@@ -734,7 +736,10 @@ class StrifeClient:
     async def _read(self, method: str, request: Any, *, auth: bool = True) -> Any:
         """A call that may go to any replica: retried on retryable errors, bounded."""
         retrying = self.config.retry.retrying(
-            stop=tenacity.stop_after_attempt(self.config.read_attempts), rng=self._rng, what=method
+            stop=tenacity.stop_after_attempt(self.config.read_attempts)
+            | tenacity.stop_after_delay(self.config.read_deadline_s),
+            rng=self._rng,
+            what=method,
         )
         async for attempt in retrying:
             with attempt:
