@@ -46,7 +46,7 @@ def main(
         leases = LeaseConfig(heartbeat_interval_s=heartbeat_interval_s, lease_ttl_s=lease_ttl_s)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--lease-ttl") from exc
-    config = server_config("balancer", options)
+    config = server_config("balancer", options, identity="balancer")
     settings = BalancerSettings(policy=policy, leases=leases)
     try:
         run(lambda: _serve(config, settings))

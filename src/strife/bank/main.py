@@ -31,8 +31,11 @@ _log = get_logger("strife.bank")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--name", required=True, help="Bank name, e.g. alpha.")
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--name", "--bank-name", "name", required=True, help="Bank name, e.g. alpha.")
+@click.option(
+    "--db", type=click.Path(dir_okay=False, path_type=Path),
+    help="SQLite file.  [default: data/bank-NAME.db]",
+)  # fmt: skip
 @click.option("--seed", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
     "--coordinator",
@@ -54,7 +57,9 @@ _log = get_logger("strife.bank")
 @server_options
 def main(**options: Any) -> None:
     """Serve one bank: accounts, holds, ledger, two-phase-commit participant."""
-    config = server_config(options["name"], options)
+    config = server_config(options["name"], options, identity=f"bank-{options['name']}")
+    db: Path = options["db"] or Path("data") / f"bank-{options['name']}.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
     try:
         rows = load_seed(options["seed"], bank=options["name"]) if options["seed"] else []
     except (SeedError, OSError, ValueError) as exc:
@@ -64,7 +69,7 @@ def main(**options: Any) -> None:
     async def serve() -> None:
         store = await BankStore.open(
             StoreConfig(
-                path=options["db"],
+                path=db,
                 synchronous=options["synchronous"],
                 max_batch=options["max_batch"],
                 max_queue=options["max_queue"],

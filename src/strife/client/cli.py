@@ -72,6 +72,7 @@ def _common_options(func: F) -> F:
     options = [
         click.option(
             "--gateway",
+            "--gateway-addr",
             "gateways",
             multiple=True,
             envvar="STRIFE_GATEWAY",
@@ -339,12 +340,21 @@ async def _drain_first(settings: _Settings, client: StrifeClient) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
+@click.option("--username", help="Default user name for `login` (as the original quick start).")
+@click.option("--gateway-addr", help="Default gateway HOST:PORT for every command.")
+def main(username: str | None, gateway_addr: str | None) -> None:
     """Pay, check balances and history, and manage the offline outbox."""
+    # Options given before the command become the commands' defaults.
+    if username:
+        os.environ["STRIFE_USERNAME"] = username
+    if gateway_addr:
+        os.environ["STRIFE_GATEWAY"] = gateway_addr
 
 
 @main.command()
-@click.option("--username", "-u", help="Your user name (prompted when missing).")
+@click.option(
+    "--username", "-u", envvar="STRIFE_USERNAME", help="Your user name (prompted when missing)."
+)
 @click.option("--bank", help="The bank that holds your credentials.")
 @click.option("--password-stdin", is_flag=True, help="Read the password from stdin.")
 @_common_options

@@ -53,8 +53,13 @@ async def _sweep_forever(store: GatewayStore, retention_s: float) -> None:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--name", required=True, help="Replica name; must match its certificate.")
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option(
+    "--name", default="gw-1", show_default=True, help="Replica name; must match its certificate."
+)
+@click.option(
+    "--db", type=click.Path(dir_okay=False, path_type=Path),
+    help="SQLite file.  [default: data/gateway-NAME.db]",
+)  # fmt: skip
 @click.option("--bank", "banks", multiple=True, help="NAME=HOST:PORT of a bank.")
 @click.option("--balancer", default=None, help="Balancer HOST:PORT: register, and find banks.")
 @click.option(
@@ -80,17 +85,20 @@ async def _sweep_forever(store: GatewayStore, retention_s: float) -> None:
 @server_options
 def main(**options: Any) -> None:
     """Serve the customer API and coordinate payments with two-phase commit."""
-    config = server_config(options["name"], options)
+    config = server_config(options["name"], options, identity=f"gateway-{options['name']}")
+    db: Path = options["db"] or Path("data") / f"gateway-{options['name']}.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
     bank_addresses = named_addresses(options["banks"])
     key_path = options["token_key"]
     if key_path is None:
         if config.certs is None:
             raise click.UsageError("--token-key is required with --insecure")
-        key_path = Path(config.certs).parent / "token-signing.key"
+        anchor = config.certs if isinstance(config.certs, Path) else config.certs.cert.parent
+        key_path = anchor.parent / "token-signing.key"
 
     async def serve() -> None:
         store = await GatewayStore.open(
-            options["db"],
+            db,
             synchronous=options["synchronous"],
             max_batch=options["max_batch"],
             on_batch=BATCH_SIZE.observe,

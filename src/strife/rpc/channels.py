@@ -16,7 +16,7 @@ import grpc
 
 from strife.observability import context as request_context
 from strife.rpc.interceptors import REQUEST_ID_KEY
-from strife.security.tls import TlsMaterial
+from strife.security.tls import TlsFiles, TlsMaterial
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
@@ -81,7 +81,7 @@ class ChannelPool:
     dials plaintext and exists only for debugging.
     """
 
-    def __init__(self, certs: str | Path | None, *, insecure: bool = False) -> None:
+    def __init__(self, certs: str | Path | TlsFiles | None, *, insecure: bool = False) -> None:
         if certs is None and not insecure:
             raise ValueError("an identity folder is required unless insecure=True")
         self._credentials = None if insecure else TlsMaterial.load(certs).channel_credentials()  # type: ignore[arg-type]

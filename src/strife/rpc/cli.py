@@ -10,6 +10,7 @@ import click
 
 from strife.observability.logging import configure_logging
 from strife.rpc.server import DEFAULT_TRUST_DOMAIN, ServerConfig
+from strife.security.tls import TlsFiles
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -32,6 +33,15 @@ _OPTIONS = (
         "--log-format", type=click.Choice(["json", "console"]), default="json", show_default=True
     ),
     click.option("--log-level", default="info", show_default=True),
+    # The original design's quick start spelled these differently; keep it working.
+    click.option("--port", type=click.IntRange(0, 65535), help="Alias: --listen 127.0.0.1:PORT."),
+    click.option("--ssl-cert", type=click.Path(dir_okay=False, path_type=Path), help="PEM file."),
+    click.option("--ssl-key", type=click.Path(dir_okay=False, path_type=Path), help="PEM file."),
+    click.option(
+        "--ssl-ca",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="CA PEM file (default: ca.crt beside --ssl-cert).",
+    ),
 )
 
 
@@ -41,17 +51,40 @@ def server_options(func: F) -> F:
     return func
 
 
-def server_config(name: str, options: dict[str, Any]) -> ServerConfig:
-    """Configure logging and build the ServerConfig from parsed options."""
+def _tls_source(identity: str, options: dict[str, Any]) -> Path | TlsFiles | None:
+    """--certs DIR, or --ssl-cert/--ssl-key(/--ssl-ca), or ./certs/<identity> if it exists."""
+    if options["ssl_cert"] or options["ssl_key"]:
+        if not (options["ssl_cert"] and options["ssl_key"]):
+            raise click.UsageError("--ssl-cert and --ssl-key go together")
+        ca = options["ssl_ca"] or Path(options["ssl_cert"]).parent / "ca.crt"
+        return TlsFiles(ca=ca, cert=options["ssl_cert"], key=options["ssl_key"])
+    if options["certs"] is not None:
+        return Path(options["certs"])
+    default = Path("certs") / identity
+    return default if default.is_dir() else None
+
+
+def server_config(name: str, options: dict[str, Any], identity: str | None = None) -> ServerConfig:
+    """Configure logging and build the ServerConfig from parsed options.
+
+    `identity` names the default identity folder under ./certs (what
+    `strife-certs dev --out certs` writes), e.g. "bank-alpha".
+    """
     configure_logging(options["log_format"], options["log_level"])
-    if options["certs"] is None and not options["insecure"]:
-        raise click.UsageError("--certs DIR is required (or --insecure for debugging)")
+    certs = _tls_source(identity or name, options)
+    if certs is None and not options["insecure"]:
+        raise click.UsageError(
+            "--certs DIR is required (or --ssl-cert/--ssl-key; or --insecure for debugging)"
+        )
     if options["insecure"]:
         click.echo("WARNING: --insecure: plaintext gRPC without authentication", err=True)
+    listen = options["listen"]
+    if options["port"] is not None:
+        listen = f"127.0.0.1:{options['port']}"
     return ServerConfig(
         name=name,
-        listen=options["listen"],
-        certs=options["certs"],
+        listen=listen,
+        certs=None if options["insecure"] else certs,
         insecure=options["insecure"],
         trust_domain=options["trust_domain"],
         grace_s=options["grace_s"],

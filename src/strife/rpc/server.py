@@ -25,7 +25,7 @@ from strife.rpc.addresses import join_host_port, split_host_port
 from strife.rpc.authz import AuthzTable
 from strife.rpc.channels import MAX_MESSAGE_BYTES
 from strife.rpc.interceptors import AuthzInterceptor, LoggingInterceptor, PeerAuthInterceptor
-from strife.security.tls import TlsMaterial
+from strife.security.tls import TlsFiles, TlsMaterial
 
 _log = get_logger("strife.server")
 
@@ -40,7 +40,7 @@ class AddressInUseError(OSError):
 class ServerConfig:
     name: str
     listen: str
-    certs: Path | None
+    certs: Path | TlsFiles | None
     insecure: bool = False
     trust_domain: str = DEFAULT_TRUST_DOMAIN
     grace_s: float = 5.0

@@ -17,14 +17,32 @@ KEY_FILE = "tls.key"
 
 
 @dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """The three PEM files named one by one (`--ssl-ca/--ssl-cert/--ssl-key`)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+TlsSource = Path | TlsFiles
+
+
+@dataclass(frozen=True, slots=True)
 class TlsMaterial:
     ca: bytes
     cert: bytes
     key: bytes
 
     @classmethod
-    def load(cls, directory: str | Path) -> TlsMaterial:
-        folder = Path(directory)
+    def load(cls, source: str | Path | TlsFiles) -> TlsMaterial:
+        """From an identity folder, or from three named files."""
+        if isinstance(source, TlsFiles):
+            missing = [str(p) for p in (source.ca, source.cert, source.key) if not p.is_file()]
+            if missing:
+                raise FileNotFoundError(f"missing TLS files: {', '.join(missing)}")
+            return cls(source.ca.read_bytes(), source.cert.read_bytes(), source.key.read_bytes())
+        folder = Path(source)
         missing = [n for n in (CA_FILE, CERT_FILE, KEY_FILE) if not (folder / n).is_file()]
         if missing:
             raise FileNotFoundError(
