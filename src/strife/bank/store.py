@@ -42,6 +42,8 @@ from strife.storage.sqlite import (
     Synchronous,
     Writes,
     connect,
+    fetch_all,
+    fetch_one,
     migrate,
 )
 
@@ -354,12 +356,13 @@ class BankStore:
             return []
         names = sorted(usernames)
         marks = ",".join("?" * len(names))
-        async with self._read.execute(
+        rows = await fetch_all(
+            self._read,
             "SELECT customer_id, username, display_name, password_hash FROM customers"
             f" WHERE username IN ({marks})",
             names,
-        ) as cursor:
-            return [Customer(*row) async for row in cursor]
+        )
+        return [Customer(*row) for row in rows]
 
     async def customer(self, username: str) -> Customer | None:
         found = await self._customers({username})
@@ -376,24 +379,25 @@ class BankStore:
 
     async def committed_account(self, account_id: str) -> Account | None:
         """The account as last committed to disk (what a restart would see)."""
-        async with self._read.execute(
+        row = await fetch_one(
+            self._read,
             "SELECT account_id, customer_id, currency, balance_minor, held_minor,"
             " pending_credit_minor FROM accounts WHERE account_id = ?",
             (account_id,),
-        ) as cursor:
-            row = await cursor.fetchone()
+        )
         return Account(*row) if row else None
 
     async def history(
         self, account_id: str, before_seq: int | None, limit: int
     ) -> list[HistoryRow]:
         """Newest first; index-backed, so a page costs the same however long the history."""
-        async with self._read.execute(
+        rows = await fetch_all(
+            self._read,
             "SELECT seq, transfer_id, amount_minor, currency, counterparty, posted_at_ms"
             " FROM entries WHERE account_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
             (account_id, before_seq if before_seq is not None else 2**63 - 1, limit),
-        ) as cursor:
-            return [HistoryRow(*row) async for row in cursor]
+        )
+        return [HistoryRow(*row) for row in rows]
 
     def prepared(self) -> list[Transfer]:
         return [t for t in self.ledger.transfers.values() if t.state == TransferState.PREPARED]

@@ -135,7 +135,7 @@ class PaymentCoordinator:
 
     async def _run(self, record: PaymentRecord) -> PaymentRecord:
         if not record.created_at_ms:  # new: make the recovery point before any bank call
-            await self.store.insert_pending(record)
+            self.store.insert_pending(record)
         if record.one_phase:
             return await self._one_phase(record)
         return await self._two_phase(record)

@@ -9,6 +9,7 @@ retry of the same key gets back.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -24,6 +25,8 @@ from strife.storage.sqlite import (
     Synchronous,
     Writes,
     connect,
+    fetch_all,
+    fetch_one,
     migrate,
 )
 
@@ -174,16 +177,23 @@ class GatewayStore:
 
         await self._writer.submit(work)
 
-    async def insert_pending(self, record: PaymentRecord) -> None:
-        """The recovery point before any bank is called: the payment exists, undecided."""
+    def insert_pending(self, record: PaymentRecord) -> None:
+        """The recovery point before any bank is called: the payment exists, undecided.
+
+        Queued, not awaited: it commits in the same or an earlier batch than the
+        decision (the writer keeps order), and losing it in a crash before that
+        is harmless, because presumed abort needs no record of an undecided
+        transfer: a bank that asks gets ABORT, and a retry starts it afresh.
+        """
         assert record.state == PaymentState.PENDING
 
-        def fill(writes: Writes, at_ms: int) -> None:
+        def work(writes: Writes) -> None:
+            at_ms = now_ms()
             row = replace(record, created_at_ms=at_ms, updated_at_ms=at_ms)
             writes.add(_INSERT, _row(row))
             writes.add(_AUDIT, (at_ms, record.transfer_id, record.customer_id, "PENDING", ""))
 
-        await self._write(fill)
+        self._writer.enqueue(work).add_done_callback(_ignore_result)
 
     async def decide(self, record: PaymentRecord, *, settled: bool = False) -> None:
         """Log the decision (COMMIT is the commit point); durable when this returns."""
@@ -212,11 +222,11 @@ class GatewayStore:
 
     async def sweep(self, older_than_ms: int) -> int:
         """Delete settled records past the retention window; the banks keep the ids."""
-        async with self._read.execute(
+        row = await fetch_one(
+            self._read,
             "SELECT COUNT(*) FROM payments WHERE settled = 1 AND created_at_ms < ?",
             (older_than_ms,),
-        ) as cursor:
-            row = await cursor.fetchone()
+        )
         count = int(row[0]) if row else 0
         if count:
             await self._write(
@@ -241,16 +251,25 @@ class GatewayStore:
         )
 
     async def unsettled(self, limit: int = 1000) -> list[PaymentRecord]:
-        async with self._read.execute(
+        rows = await fetch_all(
+            self._read,
             f"SELECT {_COLUMNS} FROM payments WHERE settled = 0 ORDER BY created_at_ms LIMIT ?",
             (limit,),
-        ) as cursor:
-            return [_from_row(row) async for row in cursor]
+        )
+        return [_from_row(row) for row in rows]
 
     async def _one(self, sql: str, params: tuple[Any, ...]) -> PaymentRecord | None:
-        async with self._read.execute(sql, params) as cursor:
-            row = await cursor.fetchone()
+        row = await fetch_one(self._read, sql, params)
         return _from_row(row) if row else None
+
+
+def _ignore_result(future: asyncio.Future[Any]) -> None:
+    """A queued write nobody awaits: retrieve its outcome so asyncio does not warn.
+
+    A failed commit stops the writer (fail-stop), which the process watches.
+    """
+    if not future.cancelled():
+        future.exception()
 
 
 def _row(record: PaymentRecord) -> tuple[Any, ...]:

@@ -132,6 +132,16 @@ async def in_thread(conn: aiosqlite.Connection, fn: Callable[[sqlite3.Connection
     return result
 
 
+async def fetch_all(conn: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    """All rows of a query in one hop to the connection's thread."""
+    return await in_thread(conn, lambda raw: raw.execute(sql, params).fetchall())
+
+
+async def fetch_one(conn: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> Any:
+    """The first row of a query (or None) in one hop to the connection's thread."""
+    return await in_thread(conn, lambda raw: raw.execute(sql, params).fetchone())
+
+
 def _write_batch(conn: sqlite3.Connection, writes: Writes) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -193,6 +203,11 @@ class GroupCommitWriter:
 
     async def submit(self, work: Work, key: Any = None) -> Any:
         """Apply `work` in the next batch; return its result once committed."""
+        return await self.enqueue(work, key)
+
+    def enqueue(self, work: Work, key: Any = None) -> asyncio.Future[Any]:
+        """Queue `work` now (raising QueueFullError at the bound); the future
+        resolves once its batch has committed. Work runs in queue order."""
         if self.failure is not None:
             raise WriterFailedError("storage writer has failed") from self.failure
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -200,7 +215,7 @@ class GroupCommitWriter:
             self._queue.put_nowait(_Item(work, key, future))
         except asyncio.QueueFull:
             raise QueueFullError(f"write queue full ({self._queue.maxsize})") from None
-        return await future
+        return future
 
     async def close(self) -> None:
         """Finish what is queued, then stop."""
