@@ -134,16 +134,24 @@ class PaymentCoordinator:
         return entry[0] if entry else None
 
     async def _run(self, record: PaymentRecord) -> PaymentRecord:
-        if not record.created_at_ms:  # new: make the recovery point before any bank call
-            self.store.insert_pending(record)
-        if record.one_phase:
+        if record.created_at_ms:  # already recorded (an unresolved one-phase payment)
             return await self._one_phase(record)
-        return await self._two_phase(record)
+        # The recovery point commits while the banks are asked, not before: a
+        # crash that loses it is harmless under presumed abort, and waiting for
+        # it first would put one more fsync on every payment's path.
+        recorded = self.store.insert_pending(record)
+        try:
+            if record.one_phase:
+                return await self._one_phase(record)
+            return await self._two_phase(record, recorded)
+        finally:
+            await recorded
 
-    async def _two_phase(self, record: PaymentRecord) -> PaymentRecord:
+    async def _two_phase(self, record: PaymentRecord, recorded: Awaitable[None]) -> PaymentRecord:
         legs = legs_of(record)
         started = time.perf_counter()
         ballots = await asyncio.gather(*(self._prepare(record, leg) for leg in legs))
+        await recorded  # durable before any decision, so recovery knows every undecided one
         votes = [b.vote for b in ballots]
         _log.debug("votes", transfer_id=record.transfer_id, votes=[v.value for v in votes],
                    prepare_ms=round((time.perf_counter() - started) * 1000, 3))  # fmt: skip

@@ -177,13 +177,13 @@ class GatewayStore:
 
         await self._writer.submit(work)
 
-    def insert_pending(self, record: PaymentRecord) -> None:
-        """The recovery point before any bank is called: the payment exists, undecided.
+    def insert_pending(self, record: PaymentRecord) -> asyncio.Future[Any]:
+        """Queue the recovery point: the payment exists, undecided.
 
-        Queued, not awaited: it commits in the same or an earlier batch than the
-        decision (the writer keeps order), and losing it in a crash before that
-        is harmless, because presumed abort needs no record of an undecided
-        transfer: a bank that asks gets ABORT, and a retry starts it afresh.
+        Returns the commit's future instead of waiting for it, so the caller
+        can overlap the fsync with the prepares. Losing the record in a crash
+        before it commits is harmless: presumed abort needs no record of an
+        undecided transfer (a bank that asks gets ABORT, a retry starts afresh).
         """
         assert record.state == PaymentState.PENDING
 
@@ -193,7 +193,9 @@ class GatewayStore:
             writes.add(_INSERT, _row(row))
             writes.add(_AUDIT, (at_ms, record.transfer_id, record.customer_id, "PENDING", ""))
 
-        self._writer.enqueue(work).add_done_callback(_ignore_result)
+        future = self._writer.enqueue(work)
+        future.add_done_callback(_ignore_result)
+        return future
 
     async def decide(self, record: PaymentRecord, *, settled: bool = False) -> None:
         """Log the decision (COMMIT is the commit point); durable when this returns."""
