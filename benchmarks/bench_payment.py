@@ -43,7 +43,8 @@ SEED = [
 ]  # fmt: skip
 
 
-def start_cluster(root: Path) -> tuple[list[Child], str, Path]:
+def start_cluster(root: Path, balancer: str | None = None) -> tuple[list[Child], str, Path]:
+    """Two banks and one gateway; the gateway registers with `balancer` when given."""
     identities = certs.dev(root / "certs", banks=("alpha", "beta"), gateways=("gw-1",))
     seed = root / "seed.json"
     seed.write_text(json.dumps(SEED))
@@ -67,7 +68,8 @@ def start_cluster(root: Path) -> tuple[list[Child], str, Path]:
             "strife-gateway",
             ["--name", "gw-1", "--listen", f"127.0.0.1:{gw_port}", "--db", str(root / "gw.db"),
              "--certs", str(identities["gateway-gw-1"]), "--synchronous", "FULL",
-             *[f"--bank={b}=127.0.0.1:{p}" for b, p in bank_ports.items()], *quiet],
+             *[f"--bank={b}=127.0.0.1:{p}" for b, p in bank_ports.items()],
+             *(["--balancer", balancer] if balancer else []), *quiet],
             root / "gw.log",
         ).start()
     )  # fmt: skip
