@@ -8,6 +8,7 @@ task, where `context.auth_context()` holds the verified peer certificate.
 from __future__ import annotations
 
 import inspect
+from abc import abstractmethod
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -81,8 +82,9 @@ class WrappingInterceptor(ServerInterceptor):
             return None
         return _wrap(handler, self._around_for(handler_call_details))
 
+    @abstractmethod
     def _around_for(self, details: grpc.HandlerCallDetails) -> Around:
-        raise NotImplementedError
+        """The context manager that runs around one call of this method."""
 
 
 def _status_code(raw: Any) -> grpc.StatusCode | None:
