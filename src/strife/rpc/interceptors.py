@@ -8,9 +8,9 @@ task, where `context.auth_context()` holds the verified peer certificate.
 from __future__ import annotations
 
 import inspect
-from abc import abstractmethod
 import time
 import uuid
+from abc import abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
