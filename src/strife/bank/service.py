@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from typing import Any, NoReturn
 
@@ -14,7 +13,7 @@ from strife.errors import Reason, abort
 from strife.faults import failpoint
 from strife.observability import context as request_context
 from strife.rpc.authz import AuthzTable, service_methods
-from strife.security.passwords import verify_password
+from strife.security.passwords import verify_password_async
 from strife.storage.sqlite import QueueFullError, WriterFailedError
 from strife.v1 import bank_pb2, bank_pb2_grpc, money_pb2
 
@@ -74,9 +73,7 @@ class BankServicer(bank_pb2_grpc.BankServiceServicer):
             await _invalid(context, "credentials too long")
         customer = await self.store.customer(request.username)
         stored = customer.password_hash if customer else None
-        ok = await asyncio.get_running_loop().run_in_executor(
-            None, verify_password, request.password, stored
-        )
+        ok = await verify_password_async(request.password, stored)
         if not ok or customer is None:
             # Unknown user and wrong password look the same, and cost the same.
             await abort(

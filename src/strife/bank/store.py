@@ -36,6 +36,7 @@ from strife.bank.ledger import (
 from strife.bank.schema import MIGRATIONS
 from strife.bank.seed import SeedRow
 from strife.observability.logging import get_logger
+from strife.security.passwords import HASHING_EXECUTOR
 from strife.storage.sqlite import (
     GroupCommitWriter,
     InThread,
@@ -276,10 +277,11 @@ class BankStore:
             return 0
         known = {c.username for c in await self._customers({r.username for r in new_rows})}
         loop = asyncio.get_running_loop()
-        hashes: dict[str, str] = {}
-        for row in new_rows:
-            if row.username not in known and row.username not in hashes:
-                hashes[row.username] = await loop.run_in_executor(None, hash_password, row.password)
+        passwords = {r.username: r.password for r in new_rows if r.username not in known}
+        digests = await asyncio.gather(
+            *(loop.run_in_executor(HASHING_EXECUTOR, hash_password, p) for p in passwords.values())
+        )
+        hashes = dict(zip(passwords, digests, strict=True))
 
         def work(writes: Writes) -> int:
             at_ms = _now_ms()

@@ -48,9 +48,14 @@ class Banks:
     def __init__(self, directory: BankDirectory, pool: ChannelPool) -> None:
         self._directory = directory
         self._pool = pool
+        # A stub builds eight multicallables; one per address, not one per call.
+        self._stubs: dict[str, Any] = {}
 
     async def stub(self, bank: str) -> Any | None:
         address = await self._directory.address(bank)
         if address is None:
             return None
-        return bank_pb2_grpc.BankServiceStub(self._pool.get(address))
+        stub = self._stubs.get(address)
+        if stub is None:
+            stub = self._stubs[address] = bank_pb2_grpc.BankServiceStub(self._pool.get(address))
+        return stub

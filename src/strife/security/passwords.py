@@ -7,10 +7,12 @@ dummy hash so that it costs the same time as a wrong password.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 PREFIX = "scrypt"
@@ -68,3 +70,16 @@ def verify_password(password: str, stored: str | None) -> bool:
 
 
 _DUMMY_SALT = secrets.token_bytes(SALT_BYTES)
+
+
+# Each scrypt call allocates 16 MiB, and glibc keeps a thread's arena after
+# it: a small pool bounds that memory (the default executor has up to 6
+# threads here) and bounds how much CPU a login flood can take.
+HASHING_EXECUTOR = ThreadPoolExecutor(max_workers=2, thread_name_prefix="scrypt")
+
+
+async def verify_password_async(password: str, stored: str | None) -> bool:
+    """`verify_password` off the event loop, on the bounded hashing pool."""
+    return await asyncio.get_running_loop().run_in_executor(
+        HASHING_EXECUTOR, verify_password, password, stored
+    )
