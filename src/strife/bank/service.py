@@ -163,11 +163,7 @@ class BankServicer(bank_pb2_grpc.BankServiceServicer):
                 counterparty=request.counterparty,
             ),
         )
-        return bank_pb2.PrepareResponse(
-            transfer_id=request.transfer_id,
-            state=_STATES[outcome.transfer.state],
-            replayed=outcome.replayed,
-        )
+        return _reply(bank_pb2.PrepareResponse, outcome)
 
     async def Commit(self, request: Any, context: Any) -> Any:
         await self._require_coordinator(context, request.coordinator)
@@ -177,11 +173,7 @@ class BankServicer(bank_pb2_grpc.BankServiceServicer):
             context,
             self.store.commit(transfer_id=request.transfer_id, coordinator=request.coordinator),
         )
-        return bank_pb2.CommitResponse(
-            transfer_id=request.transfer_id,
-            state=_STATES[outcome.transfer.state],
-            replayed=outcome.replayed,
-        )
+        return _reply(bank_pb2.CommitResponse, outcome)
 
     async def Abort(self, request: Any, context: Any) -> Any:
         await self._require_coordinator(context, request.coordinator)
@@ -191,11 +183,7 @@ class BankServicer(bank_pb2_grpc.BankServiceServicer):
             self.store.abort(transfer_id=request.transfer_id, coordinator=request.coordinator),
             aborted_is_success=True,
         )
-        return bank_pb2.AbortResponse(
-            transfer_id=request.transfer_id,
-            state=_STATES[outcome.transfer.state],
-            replayed=outcome.replayed,
-        )
+        return _reply(bank_pb2.AbortResponse, outcome)
 
     async def ProcessTransaction(self, request: Any, context: Any) -> Any:
         await self._require_coordinator(context, request.coordinator)
@@ -214,11 +202,7 @@ class BankServicer(bank_pb2_grpc.BankServiceServicer):
                 fingerprint=request.fingerprint,
             ),
         )
-        return bank_pb2.ProcessTransactionResponse(
-            transfer_id=request.transfer_id,
-            state=_STATES[outcome.transfer.state],
-            replayed=outcome.replayed,
-        )
+        return _reply(bank_pb2.ProcessTransactionResponse, outcome)
 
     # ---------------------------------------------------------------- helpers
 
@@ -271,6 +255,14 @@ class BankServicer(bank_pb2_grpc.BankServiceServicer):
             counterparty=row.counterparty,
             posted_at_unix_ms=row.posted_at_ms,
         )
+
+
+def _reply(response: Any, outcome: Outcome) -> Any:
+    """Every transfer RPC answers the same three facts about the transfer."""
+    transfer = outcome.transfer
+    return response(
+        transfer_id=transfer.transfer_id, state=_STATES[transfer.state], replayed=outcome.replayed
+    )
 
 
 def _note_customer(customer_id: str) -> None:
