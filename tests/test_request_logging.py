@@ -111,3 +111,9 @@ def test_redaction_reaches_nested_values_and_card_numbers() -> None:
     assert "4111 1111" not in out["text"] and out["text"].count("1111") == 1
     assert "xyz.abc" not in out["text"]
     assert out["amount_minor"] == 4111111111111111  # integers are amounts, not cards
+
+
+def test_redaction_is_case_blind_for_bearer_tokens() -> None:
+    out = redact_secrets(None, "info", {"note": "sent bEaReR abc.def.ghi", "n": 5, "none": None})
+    assert "abc.def.ghi" not in out["note"]
+    assert out["n"] == 5 and out["none"] is None

@@ -31,16 +31,38 @@ def _mask_card(match: re.Match[str]) -> str:
     return "*" * (len(digits) - 4) + digits[-4:]
 
 
+_SAFE_TYPES = (int, float, bool, type(None))
+_secret_keys: dict[str, bool] = {}
+
+
+def _is_secret_key(key: str) -> bool:
+    """Cached: a process logs the same few dozen field names over and over."""
+    known = _secret_keys.get(key)
+    if known is None:
+        known = bool(_SECRET_KEY.search(key))
+        if len(_secret_keys) < 4096:
+            _secret_keys[key] = known
+    return known
+
+
+def _scrub_text(text: str) -> str:
+    if "bearer" in text.lower():
+        text = _BEARER.sub("Bearer " + REDACTED, text)
+    return _CARD.sub(_mask_card, text)
+
+
 def _scrub(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, _SAFE_TYPES):
+        return value
     if depth > 8:
         return REDACTED
     if isinstance(value, str):
-        return _CARD.sub(_mask_card, _BEARER.sub("Bearer " + REDACTED, value))
+        return _scrub_text(value)
     if isinstance(value, bytes):
         return _scrub(value.decode("utf-8", "replace"), depth + 1)
     if isinstance(value, Mapping):
         return {
-            k: REDACTED if _SECRET_KEY.search(str(k)) else _scrub(v, depth + 1)
+            k: REDACTED if _is_secret_key(str(k)) else _scrub(v, depth + 1)
             for k, v in value.items()
         }
     if isinstance(value, list | tuple | set | frozenset):
@@ -52,11 +74,11 @@ def redact_secrets(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     """Replace secret-named fields and bearer tokens; mask card-like numbers."""
-    for key in list(event_dict):
-        if _SECRET_KEY.search(key):
+    for key, value in event_dict.items():
+        if _is_secret_key(key):
             event_dict[key] = REDACTED
-        else:
-            event_dict[key] = _scrub(event_dict[key])
+        elif not isinstance(value, _SAFE_TYPES):
+            event_dict[key] = _scrub(value)
     return event_dict
 
 
