@@ -14,7 +14,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -206,3 +207,19 @@ def percentile(values: Sequence[float], fraction: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+@contextmanager
+def stopping(children: Sequence[Child]) -> Iterator[None]:
+    """Stop every child afterwards; on a failure, show each child's log tail first."""
+    try:
+        yield
+    except BaseException:
+        for child in children:
+            child.stop()
+            if tail := child.log_tail().strip():
+                print(f"--- {child.log_path.name} ---\n{tail}", file=sys.stderr)
+        raise
+    finally:
+        for child in children:
+            child.stop()

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from _harness import Child, Run, closed_loop, free_port, percentile
+from _harness import Child, Run, closed_loop, free_port, percentile, stopping
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from strife.observability.logging import configure_logging
@@ -726,21 +726,12 @@ def main() -> None:
         else:
             root = args.workdir
             root.mkdir(parents=True, exist_ok=False)
-        try:
+        with stopping(children):
 
             async def body() -> None:
                 report.update(await measure(args, root, children))
 
             run(body)
-        except BaseException:
-            for child in children:
-                child.stop()
-                if tail := child.log_tail().strip():
-                    print(f"--- {child.log_path.name} ---\n{tail}", file=sys.stderr)
-            raise
-        finally:
-            for child in children:
-                child.stop()
     report["wall_s"] = round(time.monotonic() - began, 1)
     print_report(report, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)

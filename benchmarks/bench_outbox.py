@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from _harness import Child, free_port, own_cpu_s
+from _harness import Child, free_port, own_cpu_s, stopping
 
 from strife.client import ClientConfig, EntryState, StrifeClient
 from strife.observability.logging import configure_logging
@@ -248,17 +248,8 @@ def main() -> None:
                     flush=True,
                 )
 
-        try:
+        with stopping(children):
             asyncio.run(body())
-        except BaseException:
-            for child in children:
-                child.stop()
-                if tail := child.log_tail().strip():
-                    print(f"--- {child.log_path.name} ---\n{tail}", file=sys.stderr)
-            raise
-        finally:
-            for child in children:
-                child.stop()
     report["wall_s"] = round(time.monotonic() - began, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
