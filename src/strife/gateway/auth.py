@@ -2,63 +2,48 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
-
 import grpc
 
-from strife.errors import Reason, abort
+from strife.errors import Reason
 from strife.gateway.tokens import Claims, TokenAuthority, TokenError
 from strife.observability import context as request_context
-from strife.rpc.interceptors import Around, WrappingInterceptor
+from strife.observability.context import RequestInfo
+from strife.rpc.interceptors import CallRefusedError, Metadata
 
 GATEWAY_SERVICE = "strife.v1.PaymentGateway"
 OPEN_METHODS = frozenset({f"/{GATEWAY_SERVICE}/Login"})
 
 
-class TokenInterceptor(WrappingInterceptor):
+class TokenCheck:
     """Runs after peer authorization: the certificate says "a client", the token says who."""
 
     def __init__(self, tokens: TokenAuthority) -> None:
         self._tokens = tokens
 
-    async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
-        method = handler_call_details.method
-        if not method.startswith(f"/{GATEWAY_SERVICE}/") or method in OPEN_METHODS:
-            return await continuation(handler_call_details)
-        return await super().intercept_service(continuation, handler_call_details)
+    def applies_to(self, method: str) -> bool:
+        return method.startswith(f"/{GATEWAY_SERVICE}/") and method not in OPEN_METHODS
 
-    def _around_for(self, details: Any) -> Around:
+    def check(self, metadata: Metadata, info: RequestInfo) -> None:
         token = ""
-        for key, value in details.invocation_metadata or ():
+        for key, value in metadata:
             if key == "authorization" and isinstance(value, str):
                 scheme, _, token = value.partition(" ")
                 token = token.strip() if scheme.lower() == "bearer" else ""
-
-        @asynccontextmanager
-        async def around(context: Any) -> AsyncIterator[None]:
-            if not token:
-                await abort(
-                    context,
-                    grpc.StatusCode.UNAUTHENTICATED,
-                    Reason.TOKEN_MISSING,
-                    "send `authorization: Bearer <access token>` (from Login)",
-                )
-            try:
-                claims = self._tokens.verify(token)
-            except TokenError as exc:
-                await abort(context, grpc.StatusCode.UNAUTHENTICATED, exc.reason, str(exc))
-            info = request_context.current()
-            if info is not None:
-                info.customer = claims.customer_id
-                info.principal = claims
-            yield
-
-        return around
+        if not token:
+            raise CallRefusedError(
+                grpc.StatusCode.UNAUTHENTICATED,
+                Reason.TOKEN_MISSING,
+                "send `authorization: Bearer <access token>` (from Login)",
+            )
+        try:
+            claims = self._tokens.verify(token)
+        except TokenError as exc:
+            raise CallRefusedError(grpc.StatusCode.UNAUTHENTICATED, exc.reason, str(exc)) from None
+        info.customer = claims.customer_id
+        info.principal = claims
 
 
 def current_claims() -> Claims:
     info = request_context.current()
-    assert info is not None and isinstance(info.principal, Claims), "TokenInterceptor not installed"
+    assert info is not None and isinstance(info.principal, Claims), "TokenCheck not installed"
     return info.principal

@@ -11,7 +11,7 @@ from typing import Any
 import click
 from prometheus_client import Counter, Histogram
 
-from strife.gateway.auth import GATEWAY_SERVICE, TokenInterceptor
+from strife.gateway.auth import GATEWAY_SERVICE, TokenCheck
 from strife.gateway.banks import BankDirectory, Banks, RegistryDirectory, StaticDirectory
 from strife.gateway.coordinator import CoordinatorConfig, PaymentCoordinator
 from strife.gateway.service import (
@@ -122,7 +122,7 @@ def main(**options: Any) -> None:
         coordinator.on_outcome(_count)
         await coordinator.recover()
         tokens = TokenAuthority(load_or_create_key(key_path), ttl_s=options["token_ttl_s"])
-        server = StrifeServer(config, AUTHZ, extra_interceptors=[TokenInterceptor(tokens)])
+        server = StrifeServer(config, AUTHZ, checks=[TokenCheck(tokens)])
         servicer = GatewayServicer(store, coordinator, banks, tokens, LoginThrottle())
         server.add_service(
             GATEWAY_SERVICE,

@@ -1,8 +1,16 @@
-"""Server interceptors, in this order: logging -> peer authentication -> authorization.
+"""The server's one interceptor: logging, peer authentication, authorization, checks.
 
-`intercept_service` only sees the method name and metadata, so each
-interceptor wraps the handler it returns; the wrapper runs inside the RPC's
-task, where `context.auth_context()` holds the verified peer certificate.
+Every call passes the same gates in this order: a request context and its
+log line, the caller's SPIFFE identity from the verified certificate, the
+method's allowed roles (deny by default), then the service's own checks
+(a customer's bearer token on the gateway).
+
+`intercept_service` only sees the method name and metadata, so the gates run
+in a wrapper around the handler, inside the RPC's task, where
+`context.auth_context()` holds the verified certificate. The wrapper is
+built once per method and reused; per call there is one coroutine frame
+and no closure, generator or context manager. Parsed identities are cached
+by the certificate's URI SANs, which only a verified handshake produces.
 """
 
 from __future__ import annotations
@@ -10,10 +18,8 @@ from __future__ import annotations
 import inspect
 import time
 import uuid
-from abc import abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 import grpc
 from grpc.aio import ServerInterceptor
@@ -23,48 +29,48 @@ from strife.observability import context as request_context
 from strife.observability.logging import get_logger
 from strife.observability.metrics import IN_FLIGHT, RPC_LATENCY, RPC_REQUESTS
 from strife.rpc.authz import AuthzTable
-from strife.security.identity import identity_from_auth_context
+from strife.security.identity import PeerIdentity, identity_from_auth_context
 
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
-# Entered before the handler and left after it; raising (e.g. via `abort`)
-# in __aenter__ stops the call.
-Around = Callable[[Any], AbstractAsyncContextManager[None]]
+Metadata = Sequence[tuple[str, str | bytes]]
 
 _log = get_logger("strife.rpc")
 REQUEST_ID_KEY = "x-request-id"
+_IDENTITY_CACHE_LIMIT = 4096
+_HANDLER_CACHE_LIMIT = 1024
 
 
-def _wrap(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMethodHandler:
-    """A copy of handler whose behaviour runs inside `around`, keeping its kind.
+class CallRefusedError(Exception):
+    """A check refused the call: it ends with this status and ErrorInfo reason."""
 
-    grpc.aio drives a streaming handler differently when it is an async
-    generator, so the wrapper is a generator exactly when the wrapped
-    behaviour is one.
-    """
-    attr, factory = next((a, f) for a, f in _FACTORIES if getattr(handler, a) is not None)
-    inner = getattr(handler, attr)
-    if inspect.isasyncgenfunction(inner):
-
-        async def behavior_gen(request: Any, context: Any) -> AsyncIterator[Any]:
-            async with around(context):
-                async for item in inner(request, context):
-                    yield item
-
-        behavior: Any = behavior_gen
-    else:
-
-        async def behavior_coro(request: Any, context: Any) -> Any:
-            async with around(context):
-                return await inner(request, context)
-
-        behavior = behavior_coro
-    return factory(
-        behavior,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+    def __init__(self, code: grpc.StatusCode, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
 
 
+class CallCheck(Protocol):
+    """A service's own gate after authorization (e.g. the customer's bearer token)."""
+
+    def applies_to(self, method: str) -> bool:
+        """Decided once per method, when its wrapper is built."""
+
+    def check(self, metadata: Metadata, info: request_context.RequestInfo) -> None:
+        """Raise CallRefusedError to refuse; may record who the caller is in `info`."""
+
+
+class _Refusal(Exception):
+    def __init__(self, code: grpc.StatusCode, reason: str, message: str, meta: dict[str, str]):
+        super().__init__(message)
+        self.code, self.reason, self.message, self.meta = code, reason, message, meta
+
+    async def send(self, context: Any) -> None:
+        await abort(context, self.code, self.reason, self.message, self.meta or None)
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+_SERVER_FAULTS = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS}
 _FACTORIES: tuple[tuple[str, Any], ...] = (
     ("unary_unary", grpc.unary_unary_rpc_method_handler),
     ("unary_stream", grpc.unary_stream_rpc_method_handler),
@@ -73,134 +79,196 @@ _FACTORIES: tuple[tuple[str, Any], ...] = (
 )
 
 
-class WrappingInterceptor(ServerInterceptor):
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        return _wrap(handler, self._around_for(handler_call_details))
-
-    @abstractmethod
-    def _around_for(self, details: grpc.HandlerCallDetails) -> Around:
-        """The context manager that runs around one call of this method."""
-
-
 def _status_code(raw: Any) -> grpc.StatusCode | None:
     if raw is None or isinstance(raw, grpc.StatusCode):
         return raw
     return _CODES.get(raw, grpc.StatusCode.UNKNOWN)
 
 
-class LoggingInterceptor(WrappingInterceptor):
-    """One log line and the RPC metrics per call, with the facts handlers noted."""
+class _Gate:
+    """The per-method part: what was decided once when the method's wrapper was built."""
 
-    def _around_for(self, details: grpc.HandlerCallDetails) -> Around:
-        method: str = details.method
-        request_id = ""
-        for key, value in details.invocation_metadata or ():
-            if key == REQUEST_ID_KEY and isinstance(value, str) and len(value) <= 64:
-                request_id = value
-        request_id = request_id or uuid.uuid4().hex[:16]
+    __slots__ = ("allowed", "checks", "method")
 
-        @asynccontextmanager
-        async def around(context: Any) -> AsyncIterator[None]:
-            info = request_context.RequestInfo(
-                request_id=request_id, method=method, peer_address=context.peer()
-            )
-            request_context.begin(info)
-            started = time.perf_counter()
-            failed = False
-            IN_FLIGHT.enter()
-            try:
-                yield
-            except BaseException:
-                failed = True
-                raise
-            finally:
-                IN_FLIGHT.leave()
-                elapsed = time.perf_counter() - started
-                code = _status_code(context.code()) or (
-                    grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
-                )
-                RPC_REQUESTS.labels(method, code.name).inc()
-                RPC_LATENCY.labels(method).observe(elapsed)
-                level = "error" if code in _SERVER_FAULTS else "info"
-                getattr(_log, level)(
-                    "rpc",
-                    method=method,
-                    peer=info.peer,
-                    peer_address=info.peer_address,
-                    customer=info.customer or None,
-                    request_id=info.request_id,
-                    code=code.name,
-                    reason=info.error_reason or None,
-                    duration_ms=round(elapsed * 1000, 3),
-                    **info.fields,
-                )
-
-        return around
+    def __init__(self, method: str, allowed: frozenset[str], checks: tuple[CallCheck, ...]):
+        self.method = method
+        self.allowed = allowed
+        self.checks = checks
 
 
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
-_SERVER_FAULTS = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS}
+class ServerGuard(ServerInterceptor):
+    """Logging -> peer identity -> authorization -> checks, in one pass per call."""
 
-
-class PeerAuthInterceptor(WrappingInterceptor):
-    """Establish the caller's SPIFFE identity from the verified certificate."""
-
-    def __init__(self, trust_domain: str, insecure: bool = False) -> None:
+    def __init__(
+        self,
+        authz: AuthzTable,
+        trust_domain: str,
+        *,
+        insecure: bool = False,
+        checks: Sequence[CallCheck] = (),
+    ) -> None:
+        self._authz = authz
         self._trust_domain = trust_domain
         self._insecure = insecure
+        self._checks = tuple(checks)
+        self._handlers: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._identities: dict[tuple[bytes, ...], PeerIdentity | None] = {}
 
-    def _around_for(self, details: grpc.HandlerCallDetails) -> Around:
-        @asynccontextmanager
-        async def around(context: Any) -> AsyncIterator[None]:
-            info = request_context.current()
-            if self._insecure:
-                if info is not None:
-                    info.peer, info.role = "insecure", "insecure"
-            else:
-                identity = identity_from_auth_context(context.auth_context(), self._trust_domain)
-                if identity is None:
-                    await abort(
-                        context,
-                        grpc.StatusCode.UNAUTHENTICATED,
-                        Reason.PEER_NOT_AUTHENTICATED,
-                        "the client certificate carries no SPIFFE id of this trust domain",
-                    )
-                if info is not None:
-                    info.peer = identity.spiffe_id
-                    info.role, info.peer_name = identity.role, identity.name
-            yield
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method: str = handler_call_details.method
+        cached = self._handlers.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(method, handler)
+        if len(self._handlers) < _HANDLER_CACHE_LIMIT:
+            self._handlers[method] = (handler, wrapped)
+        return wrapped
 
-        return around
+    # ------------------------------------------------------------ wrapping
 
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """A copy of handler behind the gates, keeping its kind (grpc.aio drives an
+        async-generator behaviour differently from a coroutine one)."""
+        gate = _Gate(
+            method,
+            self._authz.allowed_roles(method),
+            tuple(c for c in self._checks if c.applies_to(method)),
+        )
+        attr, factory = next((a, f) for a, f in _FACTORIES if getattr(handler, a) is not None)
+        inner = getattr(handler, attr)
+        enter, leave = self._enter, self._leave
 
-class AuthzInterceptor(WrappingInterceptor):
-    """Refuse methods the caller's role may not call (deny by default)."""
+        if inspect.isasyncgenfunction(inner):
 
-    def __init__(self, table: AuthzTable, insecure: bool = False) -> None:
-        self._table = table
-        self._insecure = insecure
+            async def behavior_gen(request: Any, context: Any) -> AsyncIterator[Any]:
+                info, started, refusal = enter(gate, context)
+                failed = True
+                try:
+                    if refusal is not None:
+                        await refusal.send(context)
+                    async for item in inner(request, context):
+                        yield item
+                    failed = False
+                finally:
+                    leave(info, context, started, failed)
 
-    def _around_for(self, details: grpc.HandlerCallDetails) -> Around:
-        method = details.method
-        allowed = self._table.allowed_roles(method)
+            behavior: Any = behavior_gen
+        else:
 
-        @asynccontextmanager
-        async def around(context: Any) -> AsyncIterator[None]:
-            info = request_context.current()
-            role = info.role if info is not None else ""
-            if not self._insecure and role not in allowed:
-                await abort(
-                    context,
+            async def behavior_coro(request: Any, context: Any) -> Any:
+                info, started, refusal = enter(gate, context)
+                failed = True
+                try:
+                    if refusal is not None:
+                        await refusal.send(context)
+                    result = await inner(request, context)
+                    failed = False
+                    return result
+                finally:
+                    leave(info, context, started, failed)
+
+            behavior = behavior_coro
+        return factory(
+            behavior,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    # ---------------------------------------------------------- the gates
+
+    def _enter(
+        self, gate: _Gate, context: Any
+    ) -> tuple[request_context.RequestInfo, float, _Refusal | None]:
+        metadata: Metadata = context.invocation_metadata() or ()
+        request_id = ""
+        for key, value in metadata:
+            if key == REQUEST_ID_KEY and isinstance(value, str) and len(value) <= 64:
+                request_id = value
+        info = request_context.RequestInfo(
+            request_id=request_id or uuid.uuid4().hex[:16],
+            method=gate.method,
+            peer_address=context.peer(),
+        )
+        request_context.begin(info)
+        IN_FLIGHT.enter()
+        refusal = None
+        try:
+            self._admit(gate, context, metadata, info)
+        except _Refusal as refused:
+            refusal = refused
+        return info, time.perf_counter(), refusal
+
+    def _admit(
+        self, gate: _Gate, context: Any, metadata: Metadata, info: request_context.RequestInfo
+    ) -> None:
+        if self._insecure:
+            info.peer, info.role = "insecure", "insecure"
+        else:
+            identity = self._identity(context)
+            if identity is None:
+                raise _Refusal(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    Reason.PEER_NOT_AUTHENTICATED,
+                    "the client certificate carries no SPIFFE id of this trust domain",
+                    {},
+                )
+            info.peer = identity.spiffe_id
+            info.role, info.peer_name = identity.role, identity.name
+            if identity.role not in gate.allowed:
+                raise _Refusal(
                     grpc.StatusCode.PERMISSION_DENIED,
                     Reason.ROLE_NOT_ALLOWED,
-                    f"role {role or 'unknown'!r} may not call {method}",
-                    {"role": role, "method": method},
+                    f"role {identity.role!r} may not call {gate.method}",
+                    {"role": identity.role, "method": gate.method},
                 )
-            yield
+        for check in gate.checks:
+            try:
+                check.check(metadata, info)
+            except CallRefusedError as exc:
+                raise _Refusal(exc.code, exc.reason, exc.message, {}) from None
 
-        return around
+    def _identity(self, context: Any) -> PeerIdentity | None:
+        auth = context.auth_context()
+        if auth.get("transport_security_type", (b"",))[0] != b"ssl":
+            return None
+        key = tuple(
+            auth.get("x509_uri_subject_alternative_name")
+            or auth.get("x509_subject_alternative_name", ())
+        )
+        if key in self._identities:
+            return self._identities[key]
+        identity = identity_from_auth_context(auth, self._trust_domain)
+        if len(self._identities) < _IDENTITY_CACHE_LIMIT:
+            self._identities[key] = identity
+        return identity
+
+    @staticmethod
+    def _leave(
+        info: request_context.RequestInfo, context: Any, started: float, failed: bool
+    ) -> None:
+        IN_FLIGHT.leave()
+        elapsed = time.perf_counter() - started
+        code = _status_code(context.code()) or (
+            grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
+        )
+        method = info.method
+        RPC_REQUESTS.labels(method, code.name).inc()
+        RPC_LATENCY.labels(method).observe(elapsed)
+        level = "error" if code in _SERVER_FAULTS else "info"
+        getattr(_log, level)(
+            "rpc",
+            method=method,
+            peer=info.peer,
+            peer_address=info.peer_address,
+            customer=info.customer or None,
+            request_id=info.request_id,
+            code=code.name,
+            reason=info.error_reason or None,
+            duration_ms=round(elapsed * 1000, 3),
+            **info.fields,
+        )

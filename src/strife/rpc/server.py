@@ -1,7 +1,7 @@
 """The one way a Strife process serves gRPC.
 
-mTLS with client certificates required, the interceptor chain (logging ->
-peer authentication -> authorization -> extra), health and reflection,
+mTLS with client certificates required, one interceptor (logging -> peer
+authentication -> authorization -> the service's checks), health and reflection,
 message-size limits, a port that cannot be shared by accident, and a graceful
 stop on SIGTERM/SIGINT.
 """
@@ -24,7 +24,7 @@ from strife.observability.metrics import serve_metrics
 from strife.rpc.addresses import join_host_port, split_host_port
 from strife.rpc.authz import AuthzTable
 from strife.rpc.channels import MAX_MESSAGE_BYTES
-from strife.rpc.interceptors import AuthzInterceptor, LoggingInterceptor, PeerAuthInterceptor
+from strife.rpc.interceptors import CallCheck, ServerGuard
 from strife.security.tls import TlsFiles, TlsMaterial
 
 _log = get_logger("strife.server")
@@ -60,17 +60,14 @@ class StrifeServer:
         self,
         config: ServerConfig,
         authz: AuthzTable,
-        extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        checks: Sequence[CallCheck] = (),
     ) -> None:
         if config.certs is None and not config.insecure:
             raise ValueError("--certs is required (or --insecure for debugging)")
         self.config = config
         self.server = grpc.aio.server(
             interceptors=[
-                LoggingInterceptor(),
-                PeerAuthInterceptor(config.trust_domain, insecure=config.insecure),
-                AuthzInterceptor(authz, insecure=config.insecure),
-                *extra_interceptors,
+                ServerGuard(authz, config.trust_domain, insecure=config.insecure, checks=checks)
             ],
             options=[
                 ("grpc.so_reuseport", 0),
