@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -71,6 +71,9 @@ class CoordinatorConfig:
     max_in_flight: int = 256
     settle_interval_s: float = 0.5
     settle_backoff_max_s: float = 10.0
+    # "decision": answer once the decision is durable and deliver it in the
+    # background (the design's rule 6); "settled": answer after every bank acked.
+    reply_after: str = "decision"
 
 
 class InProgressError(Exception):
@@ -101,6 +104,10 @@ class PaymentCoordinator:
         self.banks = banks
         self.in_flight: dict[str, tuple[PaymentRecord, asyncio.Future[PaymentRecord]]] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        # Decisions being delivered after the reply, by transfer id and by account,
+        # so reads through this gateway can wait for them (read your own writes).
+        self._delivering: dict[str, asyncio.Future[None]] = {}
+        self._by_account: dict[tuple[str, str], set[asyncio.Future[bool]]] = {}
         self._on_outcome: Callable[[PaymentRecord], None] | None = None
 
     # ------------------------------------------------------------- the run
@@ -113,8 +120,9 @@ class PaymentCoordinator:
             if running[0].fingerprint != record.fingerprint:
                 raise FingerprintMismatchError(record.transfer_id)
             return await asyncio.shield(running[1]), True
-        if len(self.in_flight) >= self.config.max_in_flight:
-            raise TooManyInFlightError(f"{len(self.in_flight)} payments in flight")
+        busy = len(self.in_flight) + len(self._delivering)
+        if busy >= self.config.max_in_flight:
+            raise TooManyInFlightError(f"{busy} payments in flight")
         future: asyncio.Future[PaymentRecord] = asyncio.get_running_loop().create_future()
         self.in_flight[record.transfer_id] = (record, future)
         try:
@@ -161,7 +169,7 @@ class PaymentCoordinator:
             decided = record.decided(PaymentState.COMMITTED)
             await self.store.decide(decided)  # the commit point
             failpoint("gateway.after_commit_decision")
-            await self._deliver(decided, legs)
+            await self._decided(decided, legs)
             return decided
         if all(v is Vote.COMMITTED for v in votes):
             decided = record.decided(PaymentState.COMMITTED)
@@ -177,7 +185,7 @@ class PaymentCoordinator:
         reason, transient = _abort_reason(ballots)
         decided = record.decided(PaymentState.ABORTED, reason, transient)
         await self.store.decide(decided)
-        await self._deliver(decided, legs)
+        await self._decided(decided, legs)
         return decided
 
     async def _one_phase(self, record: PaymentRecord) -> PaymentRecord:
@@ -268,6 +276,51 @@ class PaymentCoordinator:
             return Ballot(Vote.COMMITTED)
         return Ballot(Vote.YES)
 
+    async def _decided(self, record: PaymentRecord, legs: list[LegSpec]) -> None:
+        """Deliver a durable decision: before the reply, or after it in the background."""
+        if self.config.reply_after == "settled":
+            await self._deliver(record, legs)
+            return
+        commit = record.state == PaymentState.COMMITTED
+        sends = [asyncio.ensure_future(self._send(record, leg.bank, commit)) for leg in legs]
+        for leg, send in zip(legs, sends, strict=True):
+            self._watch((leg.bank, leg.account_id), send)
+        self._delivering[record.transfer_id] = asyncio.ensure_future(
+            self._settle_after(record, sends)
+        )
+
+    async def _settle_after(
+        self, record: PaymentRecord, sends: Sequence[asyncio.Future[bool]]
+    ) -> None:
+        try:
+            if all(await asyncio.gather(*sends)):
+                await self.store.settle(record.transfer_id)
+        except Exception as exc:  # the settler resends what this could not deliver
+            _log.error("delivery_failed", transfer_id=record.transfer_id, error=repr(exc))
+        finally:
+            del self._delivering[record.transfer_id]
+
+    def _watch(self, account: tuple[str, str], send: asyncio.Future[bool]) -> None:
+        self._by_account.setdefault(account, set()).add(send)
+
+        def done(finished: asyncio.Future[bool]) -> None:
+            waiting = self._by_account.get(account)
+            if waiting is not None:
+                waiting.discard(finished)
+                if not waiting:
+                    del self._by_account[account]
+
+        send.add_done_callback(done)
+
+    async def delivered(self, bank: str, account_id: str, timeout_s: float) -> bool:
+        """Wait (bounded) until decisions touching this account reached its bank;
+        False when some are still on their way (a bank slow or down)."""
+        waiting = self._by_account.get((bank, account_id))
+        if not waiting:
+            return True
+        _, pending = await asyncio.wait(set(waiting), timeout=timeout_s)
+        return not pending
+
     async def _deliver(self, record: PaymentRecord, legs: list[LegSpec]) -> None:
         """Send the decision; settle now if every bank acknowledged, else in the background."""
         if await self._send_all(record, legs, commit=record.state == PaymentState.COMMITTED):
@@ -355,7 +408,8 @@ class PaymentCoordinator:
 
     async def settle_once(self) -> bool:
         """One pass over unsettled payments; True when nothing is left to deliver."""
-        pending = [r for r in await self.store.unsettled() if r.transfer_id not in self.in_flight]
+        busy = self.in_flight.keys() | self._delivering.keys()
+        pending = [r for r in await self.store.unsettled() if r.transfer_id not in busy]
         results = await asyncio.gather(*(self._settle(r) for r in pending))
         return all(results)
 
@@ -387,9 +441,15 @@ class PaymentCoordinator:
         task.add_done_callback(self._background.discard)
 
     async def close(self) -> None:
-        for task in list(self._background):
-            with contextlib.suppress(Exception):
-                await task
+        """Let deliveries finish (each is bounded by the decision timeout); the
+        settler resends whatever they could not deliver after the next start."""
+        for _ in range(3):  # a delivery spawns its settle write: a second pass
+            tasks = [*self._delivering.values(), *self._background]
+            if not tasks:
+                return
+            for task in tasks:
+                with contextlib.suppress(Exception):
+                    await task
 
 
 def _ballot_from_error(exc: grpc.aio.AioRpcError) -> Ballot:

@@ -76,6 +76,12 @@ async def _sweep_forever(store: GatewayStore, retention_s: float) -> None:
     "--settle-interval", "settle_interval_s", default=0.5, show_default=True,
     help="Seconds between resends of undelivered decisions (doubles while failing).",
 )  # fmt: skip
+@click.option(
+    "--reply-after", type=click.Choice(["decision", "settled"]), default="decision",
+    show_default=True,
+    help="Answer a payment once its decision is durable (banks hear it right after),"
+    " or only once every bank acknowledged it.",
+)  # fmt: skip
 @click.option("--retention", "retention_s", default=86_400.0, show_default=True)
 @click.option(
     "--synchronous", type=click.Choice(["FULL", "NORMAL", "EXTRA"]), default="FULL",
@@ -115,6 +121,7 @@ def main(**options: Any) -> None:
                 decision_timeout_s=options["decision_timeout_s"],
                 max_in_flight=options["max_in_flight"],
                 settle_interval_s=options["settle_interval_s"],
+                reply_after=options["reply_after"],
             ),
             store,
             banks,

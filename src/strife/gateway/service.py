@@ -280,8 +280,13 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
         )
 
     async def _require_owner(self, context: Any, ref: Any) -> None:
+        """Owner only; then wait for this gateway's decisions on the account to reach
+        its bank, so a customer reads what its own payments did."""
         if not current_claims().owns(ref.bank, ref.account_id):
             await _not_owner(context, ref)
+        await self.coordinator.delivered(
+            ref.bank, ref.account_id, self.coordinator.config.decision_timeout_s
+        )
 
     async def _bank(self, context: Any, bank: str) -> Any:
         stub = await self.banks.stub(bank)

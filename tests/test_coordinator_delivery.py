@@ -1,0 +1,156 @@
+"""When the coordinator answers: after the durable decision, with delivery after it.
+
+The banks here are in-process fakes whose Commit can be held back, so the
+tests can see exactly what the coordinator does while a bank has not yet
+heard the decision. Everything else is real: the gateway's SQLite decision
+log and the coordinator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from strife.gateway.coordinator import (
+    CoordinatorConfig,
+    PaymentCoordinator,
+    TooManyInFlightError,
+)
+from strife.gateway.store import GatewayStore, PaymentRecord, PaymentState
+from strife.v1 import bank_pb2
+
+
+class FakeBank:
+    """Votes YES; holds Commit until `release` is set; counts what it heard."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.release.set()
+        self.commits: list[str] = []
+        self.prepares: list[str] = []
+
+    async def Prepare(self, request: Any, **_call: Any) -> Any:
+        self.prepares.append(request.transfer_id)
+        return bank_pb2.PrepareResponse(state=bank_pb2.TRANSFER_STATE_PREPARED)
+
+    async def Commit(self, request: Any, **_call: Any) -> Any:
+        await self.release.wait()
+        self.commits.append(request.transfer_id)
+        return bank_pb2.CommitResponse()
+
+    async def Abort(self, request: Any, **_call: Any) -> Any:
+        return bank_pb2.AbortResponse()
+
+
+class FakeBanks:
+    def __init__(self) -> None:
+        self.by_name = {"alpha": FakeBank(), "beta": FakeBank()}
+
+    async def stub(self, bank: str) -> Any:
+        return self.by_name.get(bank)
+
+
+def payment(n: int) -> PaymentRecord:
+    return PaymentRecord(
+        customer_id="c-ada", idempotency_key=f"key-{n:012d}", transfer_id=f"t-{n}",
+        fingerprint=b"fp", state=PaymentState.PENDING, from_bank="alpha",
+        from_account="ada-usd", to_bank="beta", to_account="cy-usd", amount_minor=100,
+        currency="USD", description="",
+    )  # fmt: skip
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[GatewayStore]:
+    opened = await GatewayStore.open(tmp_path / "gw.db")
+    yield opened
+    await opened.close()
+
+
+def coordinator(
+    store: GatewayStore, banks: FakeBanks, reply_after: str, max_in_flight: int = 8
+) -> PaymentCoordinator:
+    config = CoordinatorConfig(
+        name="gw-1", reply_after=reply_after, max_in_flight=max_in_flight, decision_timeout_s=5
+    )
+    return PaymentCoordinator(config, store, banks)  # type: ignore[arg-type]
+
+
+async def test_reply_after_decision_does_not_wait_for_the_banks(store: GatewayStore) -> None:
+    banks = FakeBanks()
+    beta = banks.by_name["beta"]
+    beta.release.clear()
+    coord = coordinator(store, banks, "decision")
+
+    result, joined = await asyncio.wait_for(coord.run(payment(1)), 5)
+
+    assert result.state is PaymentState.COMMITTED and not joined
+    assert beta.commits == []  # answered while beta has not heard COMMIT yet
+    # The decision is on disk before the answer, so a restart would resend it.
+    stored = await store.by_transfer("t-1")
+    assert stored is not None and stored.state is PaymentState.COMMITTED
+    assert not stored.settled
+    # A read of beta's account waits for the delivery (bounded); alpha's does not.
+    assert await coord.delivered("alpha", "ada-usd", timeout_s=5)
+    assert not await coord.delivered("beta", "cy-usd", timeout_s=0.05)
+    beta.release.set()
+    assert await coord.delivered("beta", "cy-usd", timeout_s=5)
+    assert beta.commits == ["t-1"]
+    await coord.close()
+    stored = await store.by_transfer("t-1")
+    assert stored is not None and stored.settled
+
+
+async def test_reply_after_settled_waits_for_every_bank(store: GatewayStore) -> None:
+    banks = FakeBanks()
+    banks.by_name["beta"].release.clear()
+    coord = coordinator(store, banks, "settled")
+
+    running = asyncio.ensure_future(coord.run(payment(2)))
+    done, _ = await asyncio.wait({running}, timeout=0.2)
+    assert not done  # still waiting for beta's acknowledgement
+
+    banks.by_name["beta"].release.set()
+    result, _ = await asyncio.wait_for(running, 5)
+    assert result.state is PaymentState.COMMITTED
+    assert banks.by_name["beta"].commits == ["t-2"]
+    await coord.close()
+
+
+async def test_undelivered_decisions_count_against_the_in_flight_bound(
+    store: GatewayStore,
+) -> None:
+    banks = FakeBanks()
+    banks.by_name["beta"].release.clear()
+    coord = coordinator(store, banks, "decision", max_in_flight=2)
+    await coord.run(payment(3))
+    await coord.run(payment(4))
+
+    with pytest.raises(TooManyInFlightError):
+        await coord.run(payment(5))
+
+    banks.by_name["beta"].release.set()
+    assert await coord.delivered("beta", "cy-usd", timeout_s=5)
+    await coord.close()
+    result, _ = await coord.run(payment(5))  # room again once delivered
+    assert result.state is PaymentState.COMMITTED
+    await coord.close()
+
+
+async def test_settler_leaves_decisions_being_delivered_alone(store: GatewayStore) -> None:
+    banks = FakeBanks()
+    beta = banks.by_name["beta"]
+    beta.release.clear()
+    coord = coordinator(store, banks, "decision")
+    await coord.run(payment(6))
+
+    # The record is unsettled on disk, but its delivery is still running: the
+    # settler must not send a second COMMIT alongside it.
+    assert await asyncio.wait_for(coord.settle_once(), 1)
+    beta.release.set()
+    await coord.close()
+    assert beta.commits == ["t-6"]
+    assert banks.by_name["alpha"].commits == ["t-6"]
