@@ -188,6 +188,11 @@ class BankStore:
         self.ledger = ledger
         self._write_conn = write_conn
         self._read = read_conn
+        # Point lookups of evicted transfers, run on the event loop itself: a
+        # primary-key read costs microseconds, a hop to a database thread and
+        # back costs more, and every prepare of a new id asks one.
+        self._lookup = sqlite3.connect(config.path, isolation_level=None, check_same_thread=False)
+        self._lookup.execute("PRAGMA query_only=1")
         self._on_batch = on_batch
         self._writer = GroupCommitWriter(
             write_conn,
@@ -233,6 +238,7 @@ class BankStore:
         await self._writer.close()
         await self._read.close()
         await self._write_conn.close()
+        self._lookup.close()
 
     @property
     def queued(self) -> int:
@@ -317,24 +323,22 @@ class BankStore:
         opened: int = await self._writer.submit(work)
         return opened
 
-    async def _preload(self, run: InThread[Any], keys: list[Any]) -> None:
-        """Bring back finished transfers the batch names that were evicted."""
+    async def _preload(self, _run: InThread[Any], keys: list[Any]) -> None:
+        """Bring back finished transfers the batch names that were evicted.
+
+        The writer is the only writer and runs this between batches, so the
+        lookup connection sees every committed transfer.
+        """
         missing = sorted({k for k in keys if k and k not in self.ledger.transfers})
-        if not missing:
-            return
-
-        def fetch(conn: sqlite3.Connection) -> list[Any]:
-            rows: list[Any] = []
-            for start in range(0, len(missing), _PRELOAD_CHUNK):
-                chunk = missing[start : start + _PRELOAD_CHUNK]
-                marks = ",".join("?" * len(chunk))
-                rows += conn.execute(
-                    f"SELECT {_TRANSFER_COLUMNS} FROM transfers WHERE transfer_id IN ({marks})",
-                    chunk,
-                ).fetchall()
-            return rows
-
-        for row in await run(fetch):
+        rows: list[Any] = []
+        for start in range(0, len(missing), _PRELOAD_CHUNK):
+            chunk = missing[start : start + _PRELOAD_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows += self._lookup.execute(
+                f"SELECT {_TRANSFER_COLUMNS} FROM transfers WHERE transfer_id IN ({marks})",
+                chunk,
+            ).fetchall()
+        for row in rows:
             transfer = _transfer_from_row(row)
             assert transfer.state != TransferState.PREPARED, transfer  # always resident
             self.ledger.transfers[transfer.transfer_id] = transfer
