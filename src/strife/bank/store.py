@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from strife.storage.sqlite import (
     fetch_all,
     fetch_one,
     migrate,
+    open_lookup,
 )
 
 _log = get_logger("strife.bank.store")
@@ -188,11 +188,8 @@ class BankStore:
         self.ledger = ledger
         self._write_conn = write_conn
         self._read = read_conn
-        # Point lookups of evicted transfers, run on the event loop itself: a
-        # primary-key read costs microseconds, a hop to a database thread and
-        # back costs more, and every prepare of a new id asks one.
-        self._lookup = sqlite3.connect(config.path, isolation_level=None, check_same_thread=False)
-        self._lookup.execute("PRAGMA query_only=1")
+        # Every prepare of a new id asks whether it was evicted: on the loop.
+        self._lookup = open_lookup(config.path)
         self._on_batch = on_batch
         self._writer = GroupCommitWriter(
             write_conn,

@@ -10,6 +10,7 @@ retry of the same key gets back.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -28,6 +29,7 @@ from strife.storage.sqlite import (
     fetch_all,
     fetch_one,
     migrate,
+    open_lookup,
 )
 
 
@@ -141,12 +143,14 @@ class GatewayStore:
         self,
         write_conn: aiosqlite.Connection,
         read_conn: aiosqlite.Connection,
+        lookup: sqlite3.Connection,
         *,
         max_batch: int,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self._write_conn = write_conn
         self._read = read_conn
+        self._lookup = lookup
         self._writer = GroupCommitWriter(write_conn, max_batch=max_batch, on_commit=on_batch)
         self.writer_task = self._writer.start()
 
@@ -162,12 +166,13 @@ class GatewayStore:
         write_conn = await connect(path, synchronous=synchronous)
         await migrate(write_conn, MIGRATIONS)
         read_conn = await connect(path, synchronous=synchronous)
-        return cls(write_conn, read_conn, max_batch=max_batch, on_batch=on_batch)
+        return cls(write_conn, read_conn, open_lookup(path), max_batch=max_batch, on_batch=on_batch)
 
     async def close(self) -> None:
         await self._writer.close()
         await self._read.close()
         await self._write_conn.close()
+        self._lookup.close()
 
     # ------------------------------------------------------------------ writes
 
@@ -261,7 +266,8 @@ class GatewayStore:
         return [_from_row(row) for row in rows]
 
     async def _one(self, sql: str, params: tuple[Any, ...]) -> PaymentRecord | None:
-        row = await fetch_one(self._read, sql, params)
+        """An indexed point read on the loop: every payment asks one (its key)."""
+        row = self._lookup.execute(sql, params).fetchone()
         return _from_row(row) if row else None
 
 

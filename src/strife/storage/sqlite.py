@@ -43,6 +43,18 @@ async def connect(path: str | Path, *, synchronous: Synchronous = "FULL") -> aio
     return conn
 
 
+def open_lookup(path: str | Path) -> sqlite3.Connection:
+    """A read-only connection for point lookups run on the event loop itself.
+
+    An indexed single-row read takes microseconds; a hop to an aiosqlite
+    thread and back takes more than that in wake-ups alone. Scans and
+    anything that can touch many pages belong on an aiosqlite reader.
+    """
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA query_only=1")
+    return conn
+
+
 async def migrate(conn: aiosqlite.Connection, migrations: Sequence[Migration]) -> int:
     """Apply the migrations newer than the database, each in its own transaction."""
     versions = [m.version for m in migrations]
