@@ -54,11 +54,18 @@ async def _pay(root: Path, balancer: str, amount_minor: int) -> int:
             timeout=5,
         )
         payer.token = reply.access_token
-        paid = await payer.pay(
-            str(uuid.uuid4()), ("alpha", account_of("alpha-1")),
-            ("beta", account_of("beta-1")), amount_minor,
-        )  # fmt: skip
-        return int(paid.payment.status)
+        # A bank that was just restarted may still be starting, or the gateway's
+        # channel to it waiting out a reconnect backoff: that payment aborts as
+        # transient, and a client tries again under a new key, as here (bounded).
+        deadline = time.monotonic() + UP_TIMEOUT_S
+        while True:
+            paid = await payer.pay(
+                str(uuid.uuid4()), ("alpha", account_of("alpha-1")),
+                ("beta", account_of("beta-1")), amount_minor,
+            )  # fmt: skip
+            if not paid.payment.abort_transient or time.monotonic() > deadline:
+                return int(paid.payment.status)
+            await asyncio.sleep(0.2)
 
 
 def test_cluster_up_serves_restarts_and_goes_down(tmp_path: Path) -> None:

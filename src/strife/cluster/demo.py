@@ -123,10 +123,16 @@ async def play(supervisor: Supervisor, topology: Topology, story: Story) -> None
 
         before = await books.balance(*payer_acct), await books.balance(*payee_acct)
         result = await client.pay(f"beta/{payee_acct[1]}", 1234, "USD")
-        after = await books.balance(*payer_acct), await books.balance(*payee_acct)
+
+        # The gateway answers once COMMIT is durable in its log and tells the
+        # banks right after; the books show it once both banks have heard.
+        async def both_posted() -> bool:
+            after = await books.balance(*payer_acct), await books.balance(*payee_acct)
+            return after == (before[0] - 1234, before[1] + 1234)
+
         story.check(
-            result.state == EntryState.COMMITTED and after == (before[0] - 1234, before[1] + 1234),
-            f"cross-bank payment of {_usd(1234)} from alpha to beta commits",
+            result.state == EntryState.COMMITTED and await _until(both_posted, SETTLE_TIMEOUT_S),
+            f"cross-bank payment of {_usd(1234)} from alpha to beta commits at both banks",
             f"transfer {result.transfer_id}",
         )
 
@@ -142,10 +148,14 @@ async def play(supervisor: Supervisor, topology: Topology, story: Story) -> None
         before_payer = await books.balance(*payer_acct)
         first = await client.pay(f"beta/{payee_acct[1]}", 700, "USD", key=key)
         again = await client.pay(f"beta/{payee_acct[1]}", 700, "USD", key=key)
+
+        async def debited_once() -> bool:
+            return await books.balance(*payer_acct) == before_payer - 700
+
         story.check(
             first.state == again.state == EntryState.COMMITTED
             and first.transfer_id == again.transfer_id
-            and await books.balance(*payer_acct) == before_payer - 700,
+            and await _until(debited_once, SETTLE_TIMEOUT_S),
             "the same payment sent twice with one idempotency key moves money once",
         )
 
@@ -189,9 +199,13 @@ async def play(supervisor: Supervisor, topology: Topology, story: Story) -> None
                         settled = outcome
                         break
         outcomes.close()
+
+        async def credited() -> bool:
+            return await books.balance(*payee_acct) == before_payee + 900
+
         story.check(
             settled is not None and settled.state == EntryState.COMMITTED
-            and await books.balance(*payee_acct) == before_payee + 900,
+            and await _until(credited, SETTLE_TIMEOUT_S),
             "gateways back: the queued payment is delivered once and its notification arrives",
         )  # fmt: skip
 
@@ -210,10 +224,15 @@ async def play(supervisor: Supervisor, topology: Topology, story: Story) -> None
             return await books.balance(*payee_acct) == before_payee + 20 * 100
 
         story.check(
-            all(r.state == EntryState.COMMITTED for r in done) and await _until(delivered, 10),
+            all(r.state == EntryState.COMMITTED for r in done)
+            and await _until(delivered, SETTLE_TIMEOUT_S),
             f"{gateways[0]} killed mid-run: all 20 payments still complete exactly once",
         )
 
+        async def conserved() -> bool:
+            return await books.total() == opening_total
+
+        await _until(conserved, SETTLE_TIMEOUT_S)
         closing_total = await books.total()
         balance = await client.balance()
         say(f"  {payer}: balance {_usd(balance.balance_minor)}, last ledger lines:")
