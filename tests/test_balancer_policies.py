@@ -12,15 +12,18 @@ from hypothesis import strategies as st
 
 from strife.balancer.policies import (
     LATENCY_FLOOR_MS,
+    NEAR_TIE,
     POLICY_NAMES,
     Chooser,
     LeastLoad,
     PickFirst,
+    PolicyName,
     PowerOfTwo,
     RoundRobin,
-    load_score,
+    latencies,
     make_policy,
 )
+from strife.balancer.registry import LeaseConfig, Load, Registry
 
 
 @dataclass(frozen=True)
@@ -100,25 +103,69 @@ def test_every_policy_ignores_exclude_when_it_would_leave_nothing() -> None:
 # --- least_load --------------------------------------------------------------
 
 
-def test_least_load_picks_the_lowest_score() -> None:
+def test_least_load_picks_the_fewest_in_flight_at_equal_latency() -> None:
     policy = LeastLoad()
     pool = views("a", "b", "c", a=5, b=1, c=3)
     assert names([policy.choose(pool) for _ in range(3)]) == ["b"] * 3
 
 
-def test_least_load_weighs_latency_with_in_flight() -> None:
-    fast_busy = View("fast", in_flight=3, latency_ms_ewma=2.0)  # 4 x 2 = 8
-    slow_idle = View("slow", in_flight=0, latency_ms_ewma=20.0)  # 1 x 20 = 20
-    assert LeastLoad().choose([slow_idle, fast_busy]).instance == "fast"
-    very_busy = View("fast", in_flight=12, latency_ms_ewma=2.0)  # 13 x 2 = 26
-    assert LeastLoad().choose([slow_idle, very_busy]).instance == "slow"
+def test_least_load_prefers_a_fast_busy_instance_to_a_slow_one_with_few_calls() -> None:
+    """Measured: a gateway held to 10% of a CPU reported fewer calls and a latency
+    4x its peer's; (in_flight + 1) x latency ranked it better (8,347 < 10,890)."""
+    slow = View("gw-2", in_flight=16, latency_ms_ewma=491.0)
+    fast = View("gw-1", in_flight=89, latency_ms_ewma=121.0)
+    for pool in ([slow, fast], [fast, slow]):
+        assert LeastLoad().choose(pool).instance == "gw-1"
+        two = PowerOfTwo(random.Random(0))
+        assert {two.choose(pool).instance for _ in range(20)} == {"gw-1"}
 
 
-def test_a_zero_latency_report_does_not_make_an_instance_free() -> None:
-    assert load_score(View("x", in_flight=0, latency_ms_ewma=0.0)) == LATENCY_FLOOR_MS
-    unreported_busy = View("new", in_flight=9, latency_ms_ewma=0.0)  # 10 x floor
-    idle = View("old", in_flight=0, latency_ms_ewma=5.0)  # 5
-    assert LeastLoad().choose([unreported_busy, idle]).instance == "old"
+def test_near_equal_latencies_are_decided_by_in_flight() -> None:
+    busy = View("busy", in_flight=10, latency_ms_ewma=100.0)
+    within = View("idle", in_flight=2, latency_ms_ewma=100.0 * (1 + NEAR_TIE))
+    beyond = View("idle", in_flight=2, latency_ms_ewma=100.0 * (1 + NEAR_TIE) + 1)
+    assert LeastLoad().choose([busy, within]).instance == "idle"
+    assert LeastLoad().choose([busy, beyond]).instance == "busy"
+    two = PowerOfTwo(random.Random(0))
+    assert {two.choose([busy, within]).instance for _ in range(20)} == {"idle"}
+    assert {two.choose([busy, beyond]).instance for _ in range(20)} == {"busy"}
+
+
+def test_the_near_tie_is_measured_from_the_fastest() -> None:
+    """b is near a and c near b, but c is not near a, the fastest: c is out."""
+    pool = [
+        View("a", in_flight=9, latency_ms_ewma=100.0),
+        View("b", in_flight=5, latency_ms_ewma=120.0),
+        View("c", in_flight=0, latency_ms_ewma=140.0),
+    ]
+    assert LeastLoad().choose(pool).instance == "b"
+
+
+def test_sub_millisecond_latencies_tie_at_the_floor() -> None:
+    pool = [
+        View("a", in_flight=3, latency_ms_ewma=0.2),
+        View("b", in_flight=1, latency_ms_ewma=0.9),
+    ]
+    assert latencies(pool) == [LATENCY_FLOOR_MS, LATENCY_FLOOR_MS]
+    assert LeastLoad().choose(pool).instance == "b"
+
+
+def test_an_unreported_latency_reads_as_the_fastest_known() -> None:
+    """A zero report neither makes a newcomer free (it would take every call)
+    nor keeps it out: it competes on in-flight."""
+    pool = [
+        View("new", in_flight=0, latency_ms_ewma=0.0),
+        View("old", in_flight=5, latency_ms_ewma=80.0),
+    ]
+    assert latencies(pool) == [80.0, 80.0]
+    assert LeastLoad().choose(pool).instance == "new"
+    busy_new = [
+        View("new", in_flight=9, latency_ms_ewma=0.0),
+        View("old", in_flight=0, latency_ms_ewma=5.0),
+    ]
+    assert LeastLoad().choose(busy_new).instance == "old"
+    assert PowerOfTwo(random.Random(0)).choose(busy_new).instance == "old"
+    assert latencies([View("x", latency_ms_ewma=0.0)]) == [LATENCY_FLOOR_MS]
 
 
 def test_least_load_breaks_ties_by_rotation() -> None:
@@ -183,6 +230,55 @@ def test_power_of_two_honours_exclude() -> None:
     policy = PowerOfTwo(random.Random(9))
     pool = views("a", "b", "c", a=0, b=5, c=5)
     assert set(names([policy.choose(pool, exclude={"a"}) for _ in range(50)])) == {"b", "c"}
+
+
+# --- within one heartbeat interval: the registry counts what it sent -----------
+
+
+def pool_of(*reports: tuple[str, int, float]) -> Registry:
+    """A registry whose gateways have each just reported (in-flight, latency)."""
+    registry = Registry(LeaseConfig(), clock=lambda: 0.0, wall_clock=lambda: 0.0)
+    for port, (name, in_flight, latency_ms) in enumerate(reports, start=6000):
+        registry.renew("gateway", name, f"127.0.0.1:{port}", {}, Load(in_flight, latency_ms))
+    return registry
+
+
+def picks_between_reports(registry: Registry, policy: PolicyName, calls: int) -> Counter[str]:
+    """What GetBestServer does `calls` times before any instance reports again."""
+    chooser = Chooser(policy, random.Random(4))
+    counts: Counter[str] = Counter()
+    for _ in range(calls):
+        chosen = chooser.choose("gateway", registry.healthy("gateway"))
+        chosen.note_sent()
+        counts[chosen.instance] += 1
+    return counts
+
+
+@pytest.mark.parametrize("policy", ["least_load", "power_of_two"])
+def test_equal_instances_share_the_calls_of_one_interval(policy: PolicyName) -> None:
+    """Without the count, every call would go to whichever reported fewer in flight."""
+    registry = pool_of(("gw-1", 30, 100.0), ("gw-2", 10, 100.0))
+    # gw-2 takes 20 to catch up, then they alternate.
+    assert picks_between_reports(registry, policy, 200) == {"gw-2": 110, "gw-1": 90}
+    even = pool_of(("gw-1", 7, 100.0), ("gw-2", 7, 100.0), ("gw-3", 7, 100.0))
+    assert picks_between_reports(even, policy, 300) == {"gw-1": 100, "gw-2": 100, "gw-3": 100}
+
+
+@pytest.mark.parametrize("policy", ["least_load", "power_of_two"])
+def test_a_slow_instance_gets_no_calls_however_many_go_to_the_fast_one(
+    policy: PolicyName,
+) -> None:
+    registry = pool_of(("gw-1", 89, 121.0), ("gw-2", 16, 491.0))
+    assert picks_between_reports(registry, policy, 200) == {"gw-1": 200}
+
+
+def test_power_of_two_never_sends_a_call_to_the_one_slow_instance_of_many() -> None:
+    registry = pool_of(
+        ("gw-1", 50, 100.0), ("gw-2", 50, 100.0), ("gw-3", 50, 100.0), ("slow", 0, 400.0)
+    )
+    counts = picks_between_reports(registry, "power_of_two", 600)
+    assert "slow" not in counts
+    assert all(n == pytest.approx(200, abs=2) for n in counts.values())
 
 
 # --- the chooser -------------------------------------------------------------

@@ -82,6 +82,22 @@ def test_renew_records_load_and_extends_the_lease(registry: Registry, clock: Fak
     assert lease.last_heartbeat_unix_ms > lease.registered_at_unix_ms
 
 
+def test_answers_sent_count_as_in_flight_until_the_next_report(registry: Registry) -> None:
+    register(registry, "alpha")
+    beat(registry, "alpha", in_flight=4)
+    lease = registry.find("bank", "alpha")
+    assert lease is not None
+    lease.note_sent()
+    lease.note_sent()
+    assert lease.in_flight == 6
+    assert lease.load.in_flight == 4  # the report itself, as ListServers shows it
+    beat(registry, "alpha", in_flight=5)
+    assert lease.in_flight == 5
+    lease.note_sent()
+    registry.register("bank", "alpha", "127.0.0.1:5000", {})
+    assert lease.in_flight == 0
+
+
 def test_renew_of_an_unknown_instance_registers_it_and_says_so(registry: Registry) -> None:
     """What a restarted balancer sees: heartbeats from instances it never met."""
     assert beat(registry, "alpha", in_flight=2, port=7001) is True

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -145,13 +146,20 @@ async def register(stub: Any, service: str, instance: str, port: int = 5000) -> 
     )
 
 
-async def report(stub: Any, service: str, instance: str, in_flight: int, port: int = 5000) -> Any:
+async def report(
+    stub: Any,
+    service: str,
+    instance: str,
+    in_flight: int,
+    port: int = 5000,
+    latency_ms: float = 5.0,
+) -> Any:
     return await stub.ReportServerLoad(
         balancer_pb2.ReportServerLoadRequest(
             service=service,
             instance=instance,
             address=f"127.0.0.1:{port}",
-            load=balancer_pb2.ServerLoad(in_flight=in_flight, latency_ms_ewma=5.0),
+            load=balancer_pb2.ServerLoad(in_flight=in_flight, latency_ms_ewma=latency_ms),
         ),
         timeout=TIMEOUT_S,
     )
@@ -309,8 +317,8 @@ async def test_an_empty_pool_is_unavailable_with_a_retry_hint(
 
 
 async def three_banks(peers: Peers, address: str) -> None:
-    """alpha, beta, gamma in that order, with in-flight 4, 1, 2."""
-    for port, (name, in_flight) in enumerate((("alpha", 4), ("beta", 1), ("gamma", 2))):
+    """alpha, beta, gamma in that order, with in-flight 40, 1, 2 and equal latency."""
+    for port, (name, in_flight) in enumerate((("alpha", 40), ("beta", 1), ("gamma", 2))):
         stub = await peers.stub("bank", name, address)
         await register(stub, "bank", name, port=6000 + port)
         await report(stub, "bank", name, in_flight=in_flight, port=6000 + port)
@@ -325,8 +333,10 @@ async def test_policies_choose_over_the_wire(balancer: BalancerServer, peers: Pe
     pick_first = balancer_pb2.POLICY_PICK_FIRST
     assert [await best(client, policy=pick_first) for _ in range(3)] == ["alpha"] * 3
     assert await best(client, policy=pick_first, exclude=["alpha"]) == "beta"
+    # Every answer so far counts as a call at its instance until the next
+    # report: in-flight is now alpha 40 + 6, beta 1 + 2, gamma 2 + 2.
     least = balancer_pb2.POLICY_LEAST_LOAD
-    assert [await best(client, policy=least) for _ in range(3)] == ["beta"] * 3
+    assert [await best(client, policy=least) for _ in range(3)] == ["beta", "gamma", "beta"]
     assert await best(client, policy=least, exclude=["beta"]) == "gamma"
     two = balancer_pb2.POLICY_POWER_OF_TWO
     picks = {await best(client, policy=two) for _ in range(30)}
@@ -340,7 +350,49 @@ async def test_the_balancer_default_policy_applies_when_none_is_asked(
     async with running_balancer(pki.identity("balancer", "lb-1"), policy="least_load") as lb:
         await three_banks(peers, lb.address)
         client = await peers.stub("client", "ada", lb.address)
-        assert [await best(client) for _ in range(3)] == ["beta"] * 3
+        assert [await best(client) for _ in range(3)] == ["beta", "gamma", "beta"]
+
+
+async def test_least_load_counts_its_answers_until_the_next_report(
+    balancer: BalancerServer, peers: Peers
+) -> None:
+    """Equal instances share the calls of one heartbeat interval; a report resets the count."""
+    stubs = {}
+    for port, (name, in_flight) in enumerate((("alpha", 3), ("beta", 0))):
+        stubs[name] = stub = await peers.stub("bank", name, balancer.address)
+        await register(stub, "bank", name, port=6000 + port)
+        await report(stub, "bank", name, in_flight=in_flight, port=6000 + port)
+    client = await peers.stub("client", "ada", balancer.address)
+    least = balancer_pb2.POLICY_LEAST_LOAD
+
+    picks = [await best(client, policy=least) for _ in range(9)]
+    # beta catches up with alpha's 3, then they alternate.
+    assert picks[:3] == ["beta"] * 3
+    assert Counter(picks) == {"beta": 6, "alpha": 3}
+    listed = await client.ListServers(
+        balancer_pb2.ListServersRequest(service="bank"), timeout=TIMEOUT_S
+    )
+    assert {s.instance: s.load.in_flight for s in listed.servers} == {"alpha": 3, "beta": 0}
+
+    await report(stubs["alpha"], "bank", "alpha", in_flight=3, port=6000)
+    await report(stubs["beta"], "bank", "beta", in_flight=0, port=6001)
+    assert [await best(client, policy=least) for _ in range(3)] == ["beta"] * 3
+
+
+async def test_least_load_and_power_of_two_avoid_a_slow_instance_with_few_calls(
+    balancer: BalancerServer, peers: Peers
+) -> None:
+    """The case that misled `(in_flight + 1) x latency`: (89 + 1) x 121 > (16 + 1) x 491."""
+    for port, (name, in_flight, latency_ms) in enumerate(
+        (("slow", 16, 491.0), ("fast", 89, 121.0))
+    ):
+        stub = await peers.stub("gateway", name, balancer.address)
+        await register(stub, "gateway", name, port=6000 + port)
+        await report(stub, "gateway", name, in_flight, port=6000 + port, latency_ms=latency_ms)
+    client = await peers.stub("client", "ada", balancer.address)
+    for policy in (balancer_pb2.POLICY_LEAST_LOAD, balancer_pb2.POLICY_POWER_OF_TWO):
+        picks = {await best(client, "gateway", policy=policy) for _ in range(20)}
+        assert picks == {"fast"}
 
 
 # --- leases ------------------------------------------------------------------

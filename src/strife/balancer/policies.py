@@ -17,37 +17,68 @@ from typing import Literal, Protocol, TypeVar, get_args
 PolicyName = Literal["pick_first", "round_robin", "least_load", "power_of_two"]
 POLICY_NAMES: tuple[PolicyName, ...] = get_args(PolicyName)
 
-# An instance that has not reported a latency yet (or reports a sub-millisecond
-# one) is scored as if one call took this long, so that in-flight counts still
-# separate idle instances and a zero report cannot make an instance "free".
+# Latencies are floored here, so sub-millisecond noise between fast instances
+# counts as a tie and in-flight counts decide.
 LATENCY_FLOOR_MS = 1.0
+# Latencies within this fraction of the lower one count as equal. Equal
+# replicas' EWMAs differ by noise, and there in-flight is the better guide;
+# a replica slow enough to avoid reports clearly more (a gateway held to 10%
+# of a CPU reported 200-560 ms where its healthy peer reported 121 ms).
+NEAR_TIE = 0.25
 
 
 class LoadView(Protocol):
-    """What a policy needs to know about an instance: its name and last load report."""
+    """What a policy needs to know about an instance: its name and its load."""
 
     @property
     def instance(self) -> str: ...
 
     @property
-    def in_flight(self) -> int: ...
+    def in_flight(self) -> int:
+        """Calls at the instance; the registry adds the callers it sent since the report."""
+        ...
 
     @property
-    def latency_ms_ewma(self) -> float: ...
+    def latency_ms_ewma(self) -> float:
+        """Reported EWMA of served latency; 0 means none reported yet."""
+        ...
 
 
 V = TypeVar("V", bound=LoadView)
 
 
-def load_score(view: LoadView) -> float:
-    """Expected wait at this instance: (in-flight + the new call) x per-call latency.
+def latencies(pool: Sequence[LoadView]) -> list[float]:
+    """Each candidate's latency as the policies compare it.
 
-    This is the "peak EWMA" cost of Finagle and Linkerd: it ranks an idle but
-    slow instance behind an idle fast one, and a busy fast one behind both
-    when its queue is long enough. CPU is reported but not scored: on shared
-    hosts it measures the neighbours as much as the instance.
+    Floored at `LATENCY_FLOOR_MS`. An instance that has served nothing yet
+    reports 0 and is read as the fastest known one: a newcomer then competes
+    on in-flight instead of looking free, which would send it every call
+    until its first report.
     """
-    return (max(view.in_flight, 0) + 1) * max(view.latency_ms_ewma, LATENCY_FLOOR_MS)
+    known = [max(v.latency_ms_ewma, LATENCY_FLOOR_MS) for v in pool if v.latency_ms_ewma > 0]
+    unknown = min(known, default=LATENCY_FLOOR_MS)
+    return [
+        max(v.latency_ms_ewma, LATENCY_FLOOR_MS) if v.latency_ms_ewma > 0 else unknown for v in pool
+    ]
+
+
+def near(latency_ms: float, best_ms: float) -> bool:
+    """True when `latency_ms` is within `NEAR_TIE` of the lower `best_ms`."""
+    return latency_ms <= best_ms * (1 + NEAR_TIE)
+
+
+def lighter(a: LoadView, a_ms: float, b: LoadView, b_ms: float) -> bool:
+    """True when `a` is no worse a choice than `b`: latency first, in-flight on a near tie.
+
+    Latency leads because for a concurrent server it already includes the
+    wait behind the other calls there, and in-flight is not queue length: a
+    throttled replica under-reports both, since calls queued before its
+    handlers start count in neither. Multiplying the two, as "peak EWMA" does,
+    ranked a fast gateway with many calls behind a slow one with few.
+    """
+    if near(a_ms, b_ms) and near(b_ms, a_ms):
+        return a.in_flight <= b.in_flight
+    return a_ms < b_ms
 
 
 def usable(candidates: Sequence[V], exclude: Collection[str]) -> Sequence[V]:
@@ -113,10 +144,12 @@ class RoundRobin:
 
 
 class LeastLoad:
-    """The lowest `load_score`; ties go round in turn.
+    """The lowest latency; among those near it, the fewest in flight; then in turn.
 
-    Without the rotation every caller between two reports would pick the same
-    tied instance (the first one), which is the herd effect at its worst.
+    In-flight includes the callers the balancer has sent since each report,
+    so equal instances share the calls of one heartbeat interval instead of
+    all of them going to whichever looked idlest at the last report. A
+    clearly faster instance takes every call until a report says otherwise.
     """
 
     name: PolicyName = "least_load"
@@ -127,21 +160,23 @@ class LeastLoad:
     def choose(self, candidates: Sequence[V], exclude: Collection[str] = ()) -> V:
         assert candidates, "a policy needs at least one candidate"
         pool = usable(candidates, exclude)
-        scores = [load_score(c) for c in pool]
-        best = min(scores)
-        tied = [c for c, s in zip(pool, scores, strict=True) if s == best]
+        scored = latencies(pool)
+        fastest = min(scored)
+        near_best = [c for c, ms in zip(pool, scored, strict=True) if near(ms, fastest)]
+        fewest = min(c.in_flight for c in near_best)
+        tied = [c for c in near_best if c.in_flight == fewest]
         index = self._turn % len(tied)
         self._turn = index + 1
         return tied[index]
 
 
 class PowerOfTwo:
-    """Two candidates at random, the less loaded of them.
+    """Two candidates at random, the lighter of them (`lighter`).
 
-    Load reports are up to one heartbeat old; least_load sends every call of
-    that interval to the same instance, while two random choices spread them
-    and still avoid the busiest instances (the worst one can never win a
-    pair). See `benchmarks/bench_balancer.py` for the measured difference.
+    Reports are up to one heartbeat old. The randomness spreads the calls of
+    one interval even where the balancer's count of what it sent is wrong
+    (one answer followed by many calls), and the worst instance still never
+    wins a pair. See `benchmarks/bench_balancer.py` for the simulation.
     """
 
     name: PolicyName = "power_of_two"
@@ -156,7 +191,13 @@ class PowerOfTwo:
             return pool[0]
         first, second = self._rng.sample(range(len(pool)), 2)
         a, b = pool[first], pool[second]
-        return a if load_score(a) <= load_score(b) else b
+        if a.latency_ms_ewma > 0 and b.latency_ms_ewma > 0:
+            a_ms = max(a.latency_ms_ewma, LATENCY_FLOOR_MS)
+            b_ms = max(b.latency_ms_ewma, LATENCY_FLOOR_MS)
+        else:
+            scored = latencies(pool)
+            a_ms, b_ms = scored[first], scored[second]
+        return a if lighter(a, a_ms, b, b_ms) else b
 
 
 def make_policy(name: PolicyName, rng: random.Random) -> Policy:

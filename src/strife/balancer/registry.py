@@ -91,10 +91,19 @@ class Lease:
     # On the injected monotonic clock: wall time may jump, leases must not.
     expires_at_s: float
     load: Load = field(default_factory=Load)
+    # Callers sent here since the last report: the report cannot show them
+    # yet, and without them every caller between two heartbeats would be
+    # sent to the same instance.
+    sent_since_report: int = 0
 
     @property
     def in_flight(self) -> int:
-        return self.load.in_flight
+        """The balancer's estimate: the last report plus the callers sent since."""
+        return self.load.in_flight + self.sent_since_report
+
+    def note_sent(self) -> None:
+        """Count one answer that sends a caller here, until the next report."""
+        self.sent_since_report += 1
 
     @property
     def latency_ms_ewma(self) -> float:
@@ -188,6 +197,7 @@ class Registry:
             lease.address, lease.metadata = address, dict(metadata)
             lease.registered_at_unix_ms = lease.last_heartbeat_unix_ms = now_ms
             lease.load = Load()
+            lease.sent_since_report = 0
             lease.expires_at_s = self._clock() + self.config.lease_ttl_s
         return lease
 
@@ -214,6 +224,7 @@ class Registry:
         else:
             lease.address, lease.metadata = address, dict(metadata)
         lease.load = load
+        lease.sent_since_report = 0
         lease.last_heartbeat_unix_ms = now_ms
         lease.expires_at_s = self._clock() + self.config.lease_ttl_s
         return Renewal(lease, reregistered)

@@ -76,6 +76,7 @@ def to_proto(lease: Lease) -> balancer_pb2.ServerInstance:
         instance=lease.instance,
         address=lease.address,
         metadata=lease.metadata,
+        # The report as the instance sent it, not the balancer's estimate.
         load=balancer_pb2.ServerLoad(
             in_flight=lease.load.in_flight,
             latency_ms_ewma=lease.load.latency_ms_ewma,
@@ -239,6 +240,7 @@ class LoadBalancerService(balancer_pb2_grpc.LoadBalancerServicer):
         if not candidates:
             await self._no_instance(context, service, "")
         chosen = self._chooser.choose(service, candidates, policy, frozenset(request.exclude))
+        chosen.note_sent()
         request_context.note(
             service=service, policy=policy or self._chooser.default, chosen=chosen.instance
         )
