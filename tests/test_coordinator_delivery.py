@@ -21,7 +21,7 @@ from strife.gateway.coordinator import (
     TooManyInFlightError,
 )
 from strife.gateway.store import GatewayStore, PaymentRecord, PaymentState
-from strife.v1 import bank_pb2
+from strife.v1 import bank_pb2, coordinator_pb2
 
 
 class FakeBank:
@@ -32,6 +32,7 @@ class FakeBank:
         self.release.set()
         self.commits: list[str] = []
         self.prepares: list[str] = []
+        self.aborts: list[str] = []
 
     async def Prepare(self, request: Any, **_call: Any) -> Any:
         self.prepares.append(request.transfer_id)
@@ -43,6 +44,7 @@ class FakeBank:
         return bank_pb2.CommitResponse()
 
     async def Abort(self, request: Any, **_call: Any) -> Any:
+        self.aborts.append(request.transfer_id)
         return bank_pb2.AbortResponse()
 
 
@@ -154,3 +156,53 @@ async def test_settler_leaves_decisions_being_delivered_alone(store: GatewayStor
     await coord.close()
     assert beta.commits == ["t-6"]
     assert banks.by_name["alpha"].commits == ["t-6"]
+
+
+@pytest.mark.parametrize("delivered_first", [False, True])
+async def test_a_stale_listing_never_aborts_a_committed_payment(
+    store: GatewayStore, delivered_first: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The settler lists unsettled payments, then acts on them; a payment can be
+    decided COMMIT in between. Acting on the listed PENDING state would abort at
+    the banks a payment the client was told is COMMITTED."""
+    banks = FakeBanks()
+    beta = banks.by_name["beta"]
+    beta.release.clear()
+    coord = coordinator(store, banks, "decision")
+    stale = payment(7)
+
+    result, _ = await coord.run(stale)
+    assert result.state is PaymentState.COMMITTED
+    if delivered_first:
+        beta.release.set()
+        await coord.close()  # delivered and marked settled: nothing of it runs any more
+
+    async def listing_from_before_the_decision(limit: int = 1000) -> list[PaymentRecord]:
+        return [stale]  # PENDING, as read before the COMMIT was written
+
+    monkeypatch.setattr(store, "unsettled", listing_from_before_the_decision)
+    assert await asyncio.wait_for(coord.settle_once(), 5)
+    assert await coord.decision("t-7") == coordinator_pb2.DECISION_COMMIT
+
+    beta.release.set()
+    await coord.close()
+    assert banks.by_name["alpha"].aborts == beta.aborts == []
+    assert banks.by_name["alpha"].commits == beta.commits == ["t-7"]
+    stored = await store.by_transfer("t-7")
+    assert stored is not None and stored.state is PaymentState.COMMITTED
+
+
+async def test_an_undecided_payment_nobody_runs_is_aborted_once(store: GatewayStore) -> None:
+    """A PENDING record with no run here (left by a crash) is decided ABORT, and
+    a second look at it finds the decision instead of deciding again."""
+    banks = FakeBanks()
+    coord = coordinator(store, banks, "decision")
+    await store.insert_pending(payment(8))
+
+    assert await coord.decision("t-8") == coordinator_pb2.DECISION_ABORT
+    assert await coord.decision("t-8") == coordinator_pb2.DECISION_ABORT
+    assert await coord.settle_once()
+    await coord.close()
+    stored = await store.by_transfer("t-8")
+    assert stored is not None and stored.state is PaymentState.ABORTED and stored.settled
+    assert banks.by_name["alpha"].aborts == banks.by_name["beta"].aborts == ["t-8"]

@@ -76,6 +76,13 @@ class CoordinatorConfig:
     reply_after: str = "decision"
 
 
+class _Owned:
+    """Marker: a run in this process is deciding the transfer right now."""
+
+
+_OWNED = _Owned()
+
+
 class InProgressError(Exception):
     """Another coordinator owns this transfer id; the caller should ask again later."""
 
@@ -365,15 +372,14 @@ class PaymentCoordinator:
 
     async def decision(self, transfer_id: str) -> coordinator_pb2.Decision.ValueType:
         """What a participant in doubt is told. Never ABORT while COMMIT is possible."""
-        if transfer_id in self.in_flight:
+        record = await self._resolve_undecided(transfer_id)
+        if isinstance(record, _Owned):
             return coordinator_pb2.DECISION_UNDECIDED
-        record = await self.store.by_transfer(transfer_id)
         if record is not None and record.state == PaymentState.COMMITTED:
             return coordinator_pb2.DECISION_COMMIT
         if record is not None and record.state == PaymentState.PENDING:
-            # Not running here any more (we restarted): decide ABORT first, durably.
-            await self._abort_undecided(record)
-        return coordinator_pb2.DECISION_ABORT
+            return coordinator_pb2.DECISION_UNDECIDED  # a one-phase payment, still resolving
+        return coordinator_pb2.DECISION_ABORT  # decided ABORT, or unknown (presumed abort)
 
     # ------------------------------------------------------------ recovery
 
@@ -382,16 +388,42 @@ class PaymentCoordinator:
         count = 0
         for record in await self.store.unsettled(limit=1_000_000):
             if record.state == PaymentState.PENDING and not record.one_phase:
-                await self._abort_undecided(record)
+                await self._resolve_undecided(record.transfer_id)
                 count += 1
         if count:
             _log.info("recovered_undecided", aborted=count)
         return count
 
-    async def _abort_undecided(self, record: PaymentRecord) -> None:
-        decided = record.decided(PaymentState.ABORTED, Reason.COORDINATOR_RESTARTED, True)
-        await self.store.decide(decided)
-        self._notify(decided)
+    async def _resolve_undecided(self, transfer_id: str) -> PaymentRecord | _Owned | None:
+        """The current record (or _OWNED while a run here has it); a two-phase one
+        left PENDING by no run here is first
+        decided ABORT, durably (the restart rule).
+
+        A listing read earlier may predate the decision: a payment can be decided
+        COMMIT between the read and now. So the check of ownership and the fresh
+        read happen with no `await` between them, and the takeover registers as
+        the transfer's run before yielding, so no run can start beside it.
+        """
+        if transfer_id in self.in_flight:
+            return _OWNED
+        record = self.store.by_transfer_now(transfer_id)
+        if record is None or record.state != PaymentState.PENDING or record.one_phase:
+            return record
+        future: asyncio.Future[PaymentRecord] = asyncio.get_running_loop().create_future()
+        self.in_flight[transfer_id] = (record, future)
+        try:
+            decided = record.decided(PaymentState.ABORTED, Reason.COORDINATOR_RESTARTED, True)
+            await self.store.decide(decided)
+            self._notify(decided)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()
+            raise
+        else:
+            future.set_result(decided)
+            return decided
+        finally:
+            del self.in_flight[transfer_id]
 
     async def settle_forever(self) -> None:
         """Resend decisions until every bank has acknowledged them (capped backoff)."""
@@ -408,23 +440,46 @@ class PaymentCoordinator:
 
     async def settle_once(self) -> bool:
         """One pass over unsettled payments; True when nothing is left to deliver."""
-        busy = self.in_flight.keys() | self._delivering.keys()
-        pending = [r for r in await self.store.unsettled() if r.transfer_id not in busy]
-        results = await asyncio.gather(*(self._settle(r) for r in pending))
+        listed = await self.store.unsettled()
+        results = await asyncio.gather(*(self._settle(r.transfer_id) for r in listed))
         return all(results)
 
-    async def _settle(self, record: PaymentRecord) -> bool:
-        if record.state == PaymentState.PENDING:
-            if record.one_phase:
-                return await self._resolve_one_phase(record) is not None
-            await self._abort_undecided(record)
-            record = record.decided(PaymentState.ABORTED, Reason.COORDINATOR_RESTARTED, True)
+    async def _settle(self, transfer_id: str) -> bool:
+        if transfer_id in self._delivering:
+            return True  # decided; its delivery is under way
+        record = await self._resolve_undecided(transfer_id)
+        if isinstance(record, _Owned) or record is None or record.settled:
+            return True  # its own run or delivery finishes it, or it is done
+        if record.state == PaymentState.PENDING:  # one-phase: ask the bank what happened
+            return await self._exclusively(record, self._resolve_one_phase) is not None
         legs = legs_of(record) if not record.one_phase else []
         if await self._send_all(record, legs, commit=record.state == PaymentState.COMMITTED):
             await self.store.settle(record.transfer_id)
             _log.info("settled", transfer_id=record.transfer_id, state=str(record.state))
             return True
         return False
+
+    async def _exclusively(
+        self,
+        record: PaymentRecord,
+        resolve: Callable[[PaymentRecord], Awaitable[PaymentRecord | None]],
+    ) -> PaymentRecord | None:
+        """Run `resolve` as the transfer's one run: a request for the same payment
+        joins it instead of racing it (the caller checked nobody owns it)."""
+        transfer_id = record.transfer_id
+        future: asyncio.Future[PaymentRecord] = asyncio.get_running_loop().create_future()
+        self.in_flight[transfer_id] = (record, future)
+        try:
+            resolved = await resolve(record)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()
+            raise
+        else:
+            future.set_result(resolved or record)
+            return resolved
+        finally:
+            del self.in_flight[transfer_id]
 
     # ---------------------------------------------------------------- misc
 

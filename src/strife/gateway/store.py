@@ -253,9 +253,15 @@ class GatewayStore:
         )
 
     async def by_transfer(self, transfer_id: str) -> PaymentRecord | None:
-        return await self._one(
+        return self.by_transfer_now(transfer_id)
+
+    def by_transfer_now(self, transfer_id: str) -> PaymentRecord | None:
+        """The record as last committed, read without yielding to the loop: a caller
+        can act on it before any other task runs (see the coordinator's takeovers)."""
+        row = self._lookup.execute(
             f"SELECT {_COLUMNS} FROM payments WHERE transfer_id = ?", (transfer_id,)
-        )
+        ).fetchone()
+        return _from_row(row) if row else None
 
     async def unsettled(self, limit: int = 1000) -> list[PaymentRecord]:
         rows = await fetch_all(
