@@ -13,7 +13,7 @@ import pytest
 
 from strife.balancer.service import BalancerServer
 from strife.errors import InvalidArgument, Unavailable
-from strife.observability.metrics import IN_FLIGHT, RPC_LATENCY
+from strife.observability.metrics import IN_FLIGHT, SERVED
 from strife.rpc.discovery import BalancerClient, Heartbeat, LoadSample, ProcessLoad
 
 from .conftest import Pki
@@ -208,11 +208,9 @@ def test_process_load_reports_in_flight_latency_ewma_and_cpu() -> None:
     wall = iter([0.0, 1.0, 2.0, 3.0])
     cpu = iter([10.0, 10.25, 10.25, 10.75])
     load = ProcessLoad(alpha=0.5, clock=lambda: next(wall), cpu_clock=lambda: next(cpu))
-    method = RPC_LATENCY.labels("/strife.v1.Test/Load")
-    health = RPC_LATENCY.labels("/grpc.health.v1.Health/Check")
-    method.observe(0.010)
-    method.observe(0.010)
-    health.observe(5.0)  # trivial probes must not drag the figure either way
+    SERVED.add("/strife.v1.Test/Load", 0.010)
+    SERVED.add("/strife.v1.Test/Load", 0.010)
+    SERVED.add("/grpc.health.v1.Health/Check", 5.0)  # probes must not drag the figure
     IN_FLIGHT.enter()
     try:
         first = load()
@@ -221,7 +219,7 @@ def test_process_load_reports_in_flight_latency_ewma_and_cpu() -> None:
     assert first.in_flight >= 1
     assert first.latency_ms_ewma == pytest.approx(10.0)
     assert first.cpu_percent == pytest.approx(25.0)
-    method.observe(0.030)
+    SERVED.add("/strife.v1.Test/Load", 0.030)
     second = load()
     assert second.latency_ms_ewma == pytest.approx(20.0)  # 10 + 0.5 x (30 - 10)
     assert second.cpu_percent == pytest.approx(0.0)

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from strife.observability.logging import configure_logging, redact_secrets
+from strife.observability.logging import configure_logging, log_line, redact_secrets
 from strife.rpc.channels import ChannelPool
 from strife.v1 import coordinator_pb2, coordinator_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 
@@ -117,3 +117,33 @@ def test_redaction_is_case_blind_for_bearer_tokens() -> None:
     out = redact_secrets(None, "info", {"note": "sent bEaReR abc.def.ghi", "n": 5, "none": None})
     assert "abc.def.ghi" not in out["note"]
     assert out["n"] == 5 and out["none"] is None
+
+
+def test_the_per_rpc_line_scrubs_what_callers_sent(log_stream: io.StringIO) -> None:
+    log_line(
+        "strife.rpc", "info", "rpc",
+        {"method": "/strife.v1.PaymentGateway/ProcessPayment", "code": "OK"},
+        {"request_id": f"Bearer {TOKEN}", "password": PASSWORD, "note": "4111 1111 1111 1111",
+         "amount_minor": 1234},
+    )  # fmt: skip
+    log_line("strife.rpc", "debug", "rpc", {"method": "/x"}, {})  # below the level: dropped
+    [line] = [json.loads(raw) for raw in log_stream.getvalue().splitlines()]
+    assert line["method"] == "/strife.v1.PaymentGateway/ProcessPayment"
+    assert line["event"] == "rpc" and line["level"] == "info" and line["ts"].endswith("Z")
+    assert line["password"] == "[REDACTED]"
+    assert TOKEN not in log_stream.getvalue() and PASSWORD not in log_stream.getvalue()
+    assert line["note"] == "************1111"
+    assert line["amount_minor"] == 1234
+
+
+def test_the_per_rpc_line_follows_a_console_configuration() -> None:
+    stream = io.StringIO()
+    configure_logging("console", "warning", stream=stream)
+    try:
+        log_line("strife.rpc", "info", "rpc", {"method": "/a"}, {})
+        log_line("strife.rpc", "error", "rpc", {"method": "/b"}, {"password": PASSWORD})
+    finally:
+        configure_logging("json")
+    text = stream.getvalue()
+    assert "/a" not in text and "/b" in text and PASSWORD not in text
+    assert not text.lstrip().startswith("{")

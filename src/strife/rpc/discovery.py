@@ -23,7 +23,7 @@ import grpc
 
 from strife.errors import Reason, StrifeError, Unavailable, from_rpc_error
 from strife.observability.logging import get_logger
-from strife.observability.metrics import IN_FLIGHT, RPC_LATENCY
+from strife.observability.metrics import IN_FLIGHT, SERVED
 from strife.rpc.channels import ChannelPool
 from strife.v1 import balancer_pb2, balancer_pb2_grpc
 
@@ -52,21 +52,8 @@ class LoadSample:
 
 
 def _served_latency_totals() -> tuple[float, float]:
-    """Seconds and count of RPCs this process has served, health and reflection aside.
-
-    Read from the shared Prometheus histogram, so the heartbeat reports the
-    same latency the metrics do, without another hook in every handler.
-    """
-    total_s = count = 0.0
-    for metric in RPC_LATENCY.collect():
-        for sample in metric.samples:
-            if sample.labels.get("method", "").startswith("/grpc."):
-                continue
-            if sample.name.endswith("_sum"):
-                total_s += sample.value
-            elif sample.name.endswith("_count"):
-                count += sample.value
-    return total_s, count
+    """Seconds and count of RPCs this process has served, health and reflection aside."""
+    return SERVED.seconds, float(SERVED.count)
 
 
 class ProcessLoad:

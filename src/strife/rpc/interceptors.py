@@ -26,15 +26,14 @@ from grpc.aio import ServerInterceptor
 
 from strife.errors import Reason, abort
 from strife.observability import context as request_context
-from strife.observability.logging import get_logger
-from strife.observability.metrics import IN_FLIGHT, RPC_LATENCY, RPC_REQUESTS
+from strife.observability.logging import log_line
+from strife.observability.metrics import IN_FLIGHT, RPC_LATENCY, RPC_REQUESTS, SERVED
 from strife.rpc.authz import AuthzTable
 from strife.security.identity import PeerIdentity, identity_from_auth_context
 
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
 Metadata = Sequence[tuple[str, str | bytes]]
 
-_log = get_logger("strife.rpc")
 REQUEST_ID_KEY = "x-request-id"
 _IDENTITY_CACHE_LIMIT = 4096
 _HANDLER_CACHE_LIMIT = 1024
@@ -88,12 +87,21 @@ def _status_code(raw: Any) -> grpc.StatusCode | None:
 class _Gate:
     """The per-method part: what was decided once when the method's wrapper was built."""
 
-    __slots__ = ("allowed", "checks", "method")
+    __slots__ = ("_counts", "allowed", "checks", "latency", "method")
 
     def __init__(self, method: str, allowed: frozenset[str], checks: tuple[CallCheck, ...]):
         self.method = method
         self.allowed = allowed
         self.checks = checks
+        self.latency = RPC_LATENCY.labels(method)
+        self._counts: dict[str, Any] = {}
+
+    def count(self, code: str) -> Any:
+        """The request counter of this method and status code (children cached)."""
+        child = self._counts.get(code)
+        if child is None:
+            child = self._counts[code] = RPC_REQUESTS.labels(self.method, code)
+        return child
 
 
 class ServerGuard(ServerInterceptor):
@@ -155,7 +163,7 @@ class ServerGuard(ServerInterceptor):
                         yield item
                     failed = False
                 finally:
-                    leave(info, context, started, failed)
+                    leave(gate, info, context, started, failed)
 
             behavior: Any = behavior_gen
         else:
@@ -170,7 +178,7 @@ class ServerGuard(ServerInterceptor):
                     failed = False
                     return result
                 finally:
-                    leave(info, context, started, failed)
+                    leave(gate, info, context, started, failed)
 
             behavior = behavior_coro
         return factory(
@@ -249,26 +257,28 @@ class ServerGuard(ServerInterceptor):
 
     @staticmethod
     def _leave(
-        info: request_context.RequestInfo, context: Any, started: float, failed: bool
+        gate: _Gate, info: request_context.RequestInfo, context: Any, started: float, failed: bool
     ) -> None:
         IN_FLIGHT.leave()
         elapsed = time.perf_counter() - started
         code = _status_code(context.code()) or (
             grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
         )
-        method = info.method
-        RPC_REQUESTS.labels(method, code.name).inc()
-        RPC_LATENCY.labels(method).observe(elapsed)
-        level = "error" if code in _SERVER_FAULTS else "info"
-        getattr(_log, level)(
+        gate.count(code.name).inc()
+        gate.latency.observe(elapsed)
+        SERVED.add(gate.method, elapsed)
+        log_line(
+            "strife.rpc",
+            "error" if code in _SERVER_FAULTS else "info",
             "rpc",
-            method=method,
-            peer=info.peer,
-            peer_address=info.peer_address,
-            customer=info.customer or None,
-            request_id=info.request_id,
-            code=code.name,
-            reason=info.error_reason or None,
-            duration_ms=round(elapsed * 1000, 3),
-            **info.fields,
+            {
+                "method": gate.method,
+                "peer": info.peer,
+                "peer_address": info.peer_address,
+                "customer": info.customer or None,
+                "code": code.name,
+                "reason": info.error_reason or None,
+                "duration_ms": round(elapsed * 1000, 3),
+            },
+            {"request_id": info.request_id, **info.fields},
         )
