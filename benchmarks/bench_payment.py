@@ -14,7 +14,6 @@ Client and servers share this machine's cores.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import statistics
 import sys
@@ -23,6 +22,8 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -145,7 +146,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="strife-bench-") as tmp:
-        report = asyncio.run(measure(args, Path(tmp)))
+        report = uvloop.run(measure(args, Path(tmp)))
     report["command"] = " ".join(sys.argv)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2))
