@@ -39,6 +39,12 @@ class PaymentState(StrEnum):
     ABORTED = "ABORTED"
 
 
+_COLUMNS_V1 = (
+    "customer_id, idempotency_key, transfer_id, fingerprint, state, from_bank, from_account,"
+    " to_bank, to_account, amount_minor, currency, description, abort_reason, abort_transient,"
+    " settled, created_at_ms, updated_at_ms"
+)
+
 MIGRATIONS = (
     Migration(
         1,
@@ -73,6 +79,42 @@ MIGRATIONS = (
             state        TEXT NOT NULL,
             reason       TEXT NOT NULL
         )
+        """,
+    ),
+    # Rows in arrival order, keyed by transfer id alone. Version 1 kept whole
+    # rows in a B-tree ordered by (customer, random key) plus a second random
+    # index on transfer_id: every insert and every decision dirtied random
+    # pages of both, and throughput fell by a third over 240,000 payments.
+    # The transfer id is uuid5(customer, key), so it is unique exactly when
+    # the pair is; one random index of short keys is left.
+    Migration(
+        2,
+        f"""
+        CREATE TABLE payments_by_arrival (
+            transfer_id     TEXT NOT NULL PRIMARY KEY,
+            customer_id     TEXT NOT NULL,
+            idempotency_key TEXT NOT NULL,
+            fingerprint     BLOB NOT NULL,
+            state           TEXT NOT NULL CHECK (state IN ('PENDING', 'COMMITTED', 'ABORTED')),
+            from_bank       TEXT NOT NULL,
+            from_account    TEXT NOT NULL,
+            to_bank         TEXT NOT NULL,
+            to_account      TEXT NOT NULL,
+            amount_minor    INTEGER NOT NULL CHECK (amount_minor > 0),
+            currency        TEXT NOT NULL,
+            description     TEXT NOT NULL,
+            abort_reason    TEXT NOT NULL,
+            abort_transient INTEGER NOT NULL,
+            settled         INTEGER NOT NULL,
+            created_at_ms   INTEGER NOT NULL,
+            updated_at_ms   INTEGER NOT NULL
+        );
+        INSERT INTO payments_by_arrival ({_COLUMNS_V1})
+            SELECT {_COLUMNS_V1} FROM payments ORDER BY created_at_ms;
+        DROP TABLE payments;
+        ALTER TABLE payments_by_arrival RENAME TO payments;
+        CREATE INDEX payments_unsettled ON payments(state) WHERE settled = 0;
+        CREATE INDEX payments_created ON payments(created_at_ms);
         """,
     ),
 )
@@ -246,13 +288,8 @@ class GatewayStore:
 
     # ------------------------------------------------------------------- reads
 
-    async def get(self, customer_id: str, key: str) -> PaymentRecord | None:
-        return await self._one(
-            f"SELECT {_COLUMNS} FROM payments WHERE customer_id = ? AND idempotency_key = ?",
-            (customer_id, key),
-        )
-
     async def by_transfer(self, transfer_id: str) -> PaymentRecord | None:
+        """The payment of this transfer id, i.e. of its (customer, idempotency key)."""
         return self.by_transfer_now(transfer_id)
 
     def by_transfer_now(self, transfer_id: str) -> PaymentRecord | None:
@@ -270,11 +307,6 @@ class GatewayStore:
             (limit,),
         )
         return [_from_row(row) for row in rows]
-
-    async def _one(self, sql: str, params: tuple[Any, ...]) -> PaymentRecord | None:
-        """An indexed point read on the loop: every payment asks one (its key)."""
-        row = self._lookup.execute(sql, params).fetchone()
-        return _from_row(row) if row else None
 
 
 def _ignore_result(future: asyncio.Future[Any]) -> None:
