@@ -223,8 +223,8 @@ def test_process_load_reports_in_flight_latency_ewma_and_cpu() -> None:
     second = load()
     assert second.latency_ms_ewma == pytest.approx(20.0)  # 10 + 0.5 x (30 - 10)
     assert second.cpu_percent == pytest.approx(0.0)
-    third = load()  # an idle interval keeps the last latency
-    assert third.latency_ms_ewma == pytest.approx(20.0)
+    third = load()  # an idle interval halves it: an unused instance is tried again
+    assert third.latency_ms_ewma == pytest.approx(10.0)
     assert third.cpu_percent == pytest.approx(50.0)
 
 

@@ -56,11 +56,20 @@ def _served_latency_totals() -> tuple[float, float]:
     return SERVED.seconds, float(SERVED.count)
 
 
+IDLE_DECAY = 0.5
+
+
 class ProcessLoad:
     """This process's load: in-flight RPCs, an EWMA of served latency, CPU use.
 
-    Called once per heartbeat; the EWMA is over per-interval mean latencies,
-    and an idle interval keeps the last value (idle says nothing about speed).
+    Called once per heartbeat; the EWMA is over per-interval mean latencies.
+    An idle interval halves it: the last busy moment says less and less
+    about an instance nobody calls. Without that, an instance that once
+    reported a high latency was never chosen again by a latency-led policy,
+    so it could never report a lower one (measured: least_load sent every
+    caller to one of two equal gateways for whole runs). Halving lets it be
+    tried again within a few heartbeats; a still-slow one reports so and is
+    left again.
     """
 
     def __init__(
@@ -86,6 +95,8 @@ class ProcessLoad:
             self._latency_ms_ewma = (
                 mean_ms if previous is None else previous + self._alpha * (mean_ms - previous)
             )
+        elif self._latency_ms_ewma is not None:
+            self._latency_ms_ewma *= IDLE_DECAY
         self._last_total_s, self._last_count = total_s, count
         wall_s, cpu_s = self._clock(), self._cpu_clock()
         elapsed_s = wall_s - self._last_wall_s
