@@ -14,7 +14,7 @@ import pytest
 from strife.balancer.service import BalancerServer
 from strife.errors import InvalidArgument, Unavailable
 from strife.observability.metrics import IN_FLIGHT, SERVED
-from strife.rpc.discovery import BalancerClient, Heartbeat, LoadSample, ProcessLoad
+from strife.rpc.discovery import IDLE_DECAY, BalancerClient, Heartbeat, LoadSample, ProcessLoad
 
 from .conftest import Pki
 from .test_balancer_service import (
@@ -223,8 +223,8 @@ def test_process_load_reports_in_flight_latency_ewma_and_cpu() -> None:
     second = load()
     assert second.latency_ms_ewma == pytest.approx(20.0)  # 10 + 0.5 x (30 - 10)
     assert second.cpu_percent == pytest.approx(0.0)
-    third = load()  # an idle interval halves it: an unused instance is tried again
-    assert third.latency_ms_ewma == pytest.approx(10.0)
+    third = load()  # an idle interval lowers it: an unused instance is tried again
+    assert third.latency_ms_ewma == pytest.approx(20.0 * IDLE_DECAY)
     assert third.cpu_percent == pytest.approx(50.0)
 
 

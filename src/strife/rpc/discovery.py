@@ -56,20 +56,21 @@ def _served_latency_totals() -> tuple[float, float]:
     return SERVED.seconds, float(SERVED.count)
 
 
-IDLE_DECAY = 0.5
+IDLE_DECAY = 0.75
 
 
 class ProcessLoad:
     """This process's load: in-flight RPCs, an EWMA of served latency, CPU use.
 
     Called once per heartbeat; the EWMA is over per-interval mean latencies.
-    An idle interval halves it: the last busy moment says less and less
-    about an instance nobody calls. Without that, an instance that once
+    An idle interval lowers it by a quarter: the last busy moment says less
+    and less about an instance nobody calls. Without that, an instance that once
     reported a high latency was never chosen again by a latency-led policy,
     so it could never report a lower one (measured: least_load sent every
-    caller to one of two equal gateways for whole runs). Halving lets it be
-    tried again within a few heartbeats; a still-slow one reports so and is
-    left again.
+    caller to one of two equal gateways for whole runs). The decay lets it
+    be tried again within a few heartbeats; a still-slow one reports so and
+    is left again. (Halving probed a slowed gateway twice as often, for no
+    better spread.)
     """
 
     def __init__(
