@@ -234,3 +234,66 @@ async def test_another_coordinator_cannot_touch_a_prepared_transfer(
         )
         await expect_error(other.abort(tid), grpc.StatusCode.FAILED_PRECONDITION, "NOT_COORDINATOR")
     await gw.abort(tid)
+
+
+async def test_decisions_in_one_call_are_each_applied_or_refused(gw: BankClient) -> None:
+    before = await gw.balance("bob-usd")
+    commit_me, abort_me, already_aborted = new_id(), new_id(), new_id()
+    await gw.prepare(commit_me, "bob-usd", 40)
+    await gw.prepare(abort_me, "bob-usd", 2)
+    await gw.prepare(already_aborted, "bob-usd", 3)
+    await gw.abort(already_aborted)
+
+    def decide(*pairs: tuple[str, bool]) -> bank_pb2.DecideTransfersRequest:
+        return bank_pb2.DecideTransfersRequest(
+            coordinator=gw.coordinator,
+            decisions=[bank_pb2.TransferDecision(transfer_id=t, commit=c) for t, c in pairs],
+        )
+
+    reply = await gw.stub.DecideTransfers(
+        decide((commit_me, True), (abort_me, False), (already_aborted, True)), timeout=TIMEOUT_S
+    )
+    first, second, third = reply.outcomes
+    assert (first.transfer_id, first.state, first.error_reason) == (
+        commit_me, bank_pb2.TRANSFER_STATE_COMMITTED, "",
+    )  # fmt: skip
+    assert (second.state, second.error_reason) == (bank_pb2.TRANSFER_STATE_ABORTED, "")
+    # A COMMIT of an aborted transfer is refused as Commit would refuse it, alone.
+    assert (third.transfer_id, third.error_reason) == (already_aborted, "TRANSFER_ABORTED")
+    assert third.error_code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert await gw.balance("bob-usd") == (before[0] - 40, before[1], before[2] - 40)
+
+    again = await gw.stub.DecideTransfers(decide((commit_me, True)), timeout=TIMEOUT_S)
+    assert again.outcomes[0].replayed  # a resent decision moves nothing
+    assert await gw.balance("bob-usd") == (before[0] - 40, before[1], before[2] - 40)
+
+    for bad in (decide(), decide(("", True)), decide((commit_me, True), (commit_me, True))):
+        await expect_error(
+            gw.stub.DecideTransfers(bad, timeout=TIMEOUT_S),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_REQUEST",
+        )
+
+
+async def test_only_the_named_coordinator_decides_in_batches(
+    pki: Pki, gw: BankClient, bank: ServiceProcess
+) -> None:
+    tid = new_id()
+    await gw.prepare(tid, "ada-usd", 5)
+    async with ChannelPool(pki.identity("gateway", "gw-2")) as pool:
+        impostor = BankClient(pool, bank.address, coordinator="gw-1")
+        request = bank_pb2.DecideTransfersRequest(
+            coordinator="gw-1", decisions=[bank_pb2.TransferDecision(transfer_id=tid, commit=True)]
+        )
+        await expect_error(
+            impostor.stub.DecideTransfers(request, timeout=TIMEOUT_S),
+            grpc.StatusCode.PERMISSION_DENIED,
+            "NOT_COORDINATOR",
+        )
+        other = BankClient(pool, bank.address, coordinator="gw-2")
+        request = bank_pb2.DecideTransfersRequest(
+            coordinator="gw-2", decisions=[bank_pb2.TransferDecision(transfer_id=tid, commit=True)]
+        )
+        reply = await other.stub.DecideTransfers(request, timeout=TIMEOUT_S)
+        assert reply.outcomes[0].error_reason == "NOT_COORDINATOR"
+    await gw.abort(tid)

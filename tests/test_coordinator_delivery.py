@@ -33,6 +33,7 @@ class FakeBank:
         self.commits: list[str] = []
         self.prepares: list[str] = []
         self.aborts: list[str] = []
+        self.batches: list[int] = []
 
     async def Prepare(self, request: Any, **_call: Any) -> Any:
         self.prepares.append(request.transfer_id)
@@ -46,6 +47,18 @@ class FakeBank:
     async def Abort(self, request: Any, **_call: Any) -> Any:
         self.aborts.append(request.transfer_id)
         return bank_pb2.AbortResponse()
+
+    async def DecideTransfers(self, request: Any, **_call: Any) -> Any:
+        self.batches.append(len(request.decisions))
+        if any(d.commit for d in request.decisions):
+            await self.release.wait()
+        for d in request.decisions:
+            (self.commits if d.commit else self.aborts).append(d.transfer_id)
+        return bank_pb2.DecideTransfersResponse(
+            outcomes=[
+                bank_pb2.DecisionOutcome(transfer_id=d.transfer_id) for d in request.decisions
+            ]
+        )
 
 
 class FakeBanks:
@@ -206,3 +219,25 @@ async def test_an_undecided_payment_nobody_runs_is_aborted_once(store: GatewaySt
     stored = await store.by_transfer("t-8")
     assert stored is not None and stored.state is PaymentState.ABORTED and stored.settled
     assert banks.by_name["alpha"].aborts == banks.by_name["beta"].aborts == ["t-8"]
+
+
+async def test_decisions_made_while_a_delivery_is_out_leave_together(store: GatewayStore) -> None:
+    """One delivery call in flight per bank: what queues behind it goes as one batch."""
+    banks = FakeBanks()
+    beta = banks.by_name["beta"]
+    beta.release.clear()
+    coord = coordinator(store, banks, "decision", max_in_flight=16)
+    for n in range(10, 15):
+        result, _ = await coord.run(payment(n))
+        assert result.state is PaymentState.COMMITTED
+
+    # The first COMMIT is out alone and held; the next four wait behind it.
+    assert beta.batches == [1] and beta.commits == []
+    beta.release.set()
+    assert await coord.delivered("beta", "cy-usd", timeout_s=5)
+    await coord.close()
+    assert beta.batches == [1, 4]
+    assert sorted(beta.commits) == [f"t-{n}" for n in range(10, 15)]
+    for n in range(10, 15):
+        stored = await store.by_transfer(f"t-{n}")
+        assert stored is not None and stored.settled

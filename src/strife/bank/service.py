@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import Any, NoReturn
 
@@ -23,7 +24,8 @@ MAX_PAGE_SIZE = 200
 MAX_CREDENTIAL_CHARS = 256
 
 _READS = ["AuthenticateCustomer", "ValidateAccount", "GetAccountBalance", "GetTransactionHistory"]
-_TWO_PHASE = ["ProcessTransaction", "Prepare", "Commit", "Abort"]
+_TWO_PHASE = ["ProcessTransaction", "Prepare", "Commit", "Abort", "DecideTransfers"]
+MAX_DECISIONS = 1000
 AUTHZ = AuthzTable(
     {method: ("gateway", "admin") for method in service_methods(SERVICE, _READS)}
     | {method: ("gateway",) for method in service_methods(SERVICE, _TWO_PHASE)}
@@ -185,6 +187,50 @@ class BankServicer(bank_pb2_grpc.BankServiceServicer):
         )
         return _reply(bank_pb2.AbortResponse, outcome)
 
+    async def DecideTransfers(self, request: Any, context: Any) -> Any:
+        """Commit/Abort for several transfers at once; each answered on its own.
+
+        The decisions go to the writer together, so they share one group
+        commit; a refusal of one (say, a COMMIT of an aborted transfer) is
+        reported in its outcome and does not touch the others.
+        """
+        await self._require_coordinator(context, request.coordinator)
+        decisions = list(request.decisions)
+        ids = [d.transfer_id for d in decisions]
+        if not decisions or len(decisions) > MAX_DECISIONS:
+            await _invalid(context, f"send 1 to {MAX_DECISIONS} decisions")
+        if not all(ids) or len(set(ids)) != len(ids):
+            await _invalid(context, "each decision needs its own, non-empty transfer_id")
+        if any(d.commit for d in decisions):
+            failpoint("bank.before_commit")
+        request_context.note(decisions=len(decisions))
+        coordinator = request.coordinator
+        results = await asyncio.gather(
+            *(
+                (self.store.commit if d.commit else self.store.abort)(
+                    transfer_id=d.transfer_id, coordinator=coordinator
+                )
+                for d in decisions
+            ),
+            return_exceptions=True,
+        )
+        outcomes = []
+        for decision, result in zip(decisions, results, strict=True):
+            if isinstance(result, QueueFullError):
+                await abort(
+                    context, grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.QUEUE_FULL,
+                    "the bank's write queue is full; retry with backoff", retry_delay_s=0.05,
+                )  # fmt: skip
+            if isinstance(result, WriterFailedError):
+                await abort(
+                    context, grpc.StatusCode.UNAVAILABLE, Reason.INTERNAL,
+                    "bank storage is failing",
+                )  # fmt: skip
+            if isinstance(result, BaseException) and not isinstance(result, LedgerError):
+                raise result
+            outcomes.append(_decision_outcome(decision, result))
+        return bank_pb2.DecideTransfersResponse(outcomes=outcomes)
+
     async def ProcessTransaction(self, request: Any, context: Any) -> Any:
         await self._require_coordinator(context, request.coordinator)
         request_context.note(
@@ -262,6 +308,25 @@ def _reply(response: Any, outcome: Outcome) -> Any:
     transfer = outcome.transfer
     return response(
         transfer_id=transfer.transfer_id, state=_STATES[transfer.state], replayed=outcome.replayed
+    )
+
+
+def _decision_outcome(decision: Any, result: Outcome | LedgerError) -> Any:
+    if isinstance(result, Outcome) and (
+        result.transfer.state != TransferState.ABORTED or not decision.commit
+    ):
+        transfer = result.transfer
+        return bank_pb2.DecisionOutcome(
+            transfer_id=transfer.transfer_id,
+            state=_STATES[transfer.state],
+            replayed=result.replayed,
+        )
+    error = result if isinstance(result, LedgerError) else abort_error(result.transfer)
+    return bank_pb2.DecisionOutcome(
+        transfer_id=decision.transfer_id,
+        error_reason=error.reason,
+        error_code=_CODES[error.kind].value[0],
+        error_message=error.message,
     )
 
 

@@ -22,6 +22,7 @@ import grpc
 from strife.errors import Reason, from_rpc_error
 from strife.faults import failpoint
 from strife.gateway.banks import Banks
+from strife.gateway.decisions import DecisionSender, Delivery
 from strife.gateway.store import GatewayStore, PaymentRecord, PaymentState
 from strife.observability.logging import get_logger
 from strife.v1 import bank_pb2, coordinator_pb2, money_pb2
@@ -114,6 +115,7 @@ class PaymentCoordinator:
         # Decisions being delivered after the reply, by transfer id and by account,
         # so reads through this gateway can wait for them (read your own writes).
         self._delivering: dict[str, asyncio.Future[None]] = {}
+        self._sender = DecisionSender(banks, config.name, config.decision_timeout_s, self._send_one)
         self._by_account: dict[tuple[str, str], set[asyncio.Future[bool]]] = {}
         self._on_outcome: Callable[[PaymentRecord], None] | None = None
 
@@ -289,7 +291,9 @@ class PaymentCoordinator:
             await self._deliver(record, legs)
             return
         commit = record.state == PaymentState.COMMITTED
-        sends = [asyncio.ensure_future(self._send(record, leg.bank, commit)) for leg in legs]
+        sends = [
+            asyncio.ensure_future(self._send_batched(record, leg.bank, commit)) for leg in legs
+        ]
         for leg, send in zip(legs, sends, strict=True):
             self._watch((leg.bank, leg.account_id), send)
         self._delivering[record.transfer_id] = asyncio.ensure_future(
@@ -338,35 +342,44 @@ class PaymentCoordinator:
         return all(acks)
 
     async def _send(self, record: PaymentRecord, bank: str, commit: bool) -> bool:
+        delivery = await self._send_one(bank, record.transfer_id, commit)
+        return self._acked(record.transfer_id, bank, commit, delivery)
+
+    async def _send_batched(self, record: PaymentRecord, bank: str, commit: bool) -> bool:
+        delivery = await self._sender.send(bank, record.transfer_id, commit)
+        return self._acked(record.transfer_id, bank, commit, delivery)
+
+    async def _send_one(self, bank: str, transfer_id: str, commit: bool) -> Delivery:
         stub = await self.banks.stub(bank)
         if stub is None:
-            return False
+            return Delivery(False, grpc.StatusCode.NOT_FOUND, "BANK_NOT_FOUND")
+        name = self.config.name
         try:
             if commit:
                 await stub.Commit(
-                    bank_pb2.CommitRequest(
-                        transfer_id=record.transfer_id, coordinator=self.config.name
-                    ),
+                    bank_pb2.CommitRequest(transfer_id=transfer_id, coordinator=name),
                     timeout=self.config.decision_timeout_s,
                 )
             else:
                 await stub.Abort(
-                    bank_pb2.AbortRequest(
-                        transfer_id=record.transfer_id, coordinator=self.config.name
-                    ),
+                    bank_pb2.AbortRequest(transfer_id=transfer_id, coordinator=name),
                     timeout=self.config.decision_timeout_s,
                 )
         except grpc.aio.AioRpcError as exc:
-            error = from_rpc_error(exc)
-            if not commit and error.reason == Reason.NOT_COORDINATOR:
-                return True  # that leg is another coordinator's to release, not ours
-            level = "warning" if exc.code() in _TRANSIENT_CODES else "error"
-            getattr(_log, level)(
-                "decision_not_delivered", transfer_id=record.transfer_id, bank=bank,
-                commit=commit, code=exc.code().name, reason=error.reason,
-            )  # fmt: skip
-            return False
-        return True
+            return Delivery(False, exc.code(), from_rpc_error(exc).reason)
+        return Delivery(True)
+
+    def _acked(self, transfer_id: str, bank: str, commit: bool, delivery: Delivery) -> bool:
+        if delivery.acked:
+            return True
+        if not commit and delivery.reason == Reason.NOT_COORDINATOR:
+            return True  # that leg is another coordinator's to release, not ours
+        level = "warning" if delivery.code in _TRANSIENT_CODES else "error"
+        getattr(_log, level)(
+            "decision_not_delivered", transfer_id=transfer_id, bank=bank,
+            commit=commit, code=delivery.code.name, reason=delivery.reason,
+        )  # fmt: skip
+        return False
 
     # ----------------------------------------------------------- decisions
 

@@ -76,6 +76,11 @@ class BankServiceStub:
                 request_serializer=strife_dot_v1_dot_bank__pb2.AbortRequest.SerializeToString,
                 response_deserializer=strife_dot_v1_dot_bank__pb2.AbortResponse.FromString,
                 _registered_method=True)
+        self.DecideTransfers = channel.unary_unary(
+                '/strife.v1.BankService/DecideTransfers',
+                request_serializer=strife_dot_v1_dot_bank__pb2.DecideTransfersRequest.SerializeToString,
+                response_deserializer=strife_dot_v1_dot_bank__pb2.DecideTransfersResponse.FromString,
+                _registered_method=True)
 
 
 class BankServiceServicer:
@@ -132,6 +137,14 @@ class BankServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DecideTransfers(self, request, context):
+        """Several decisions of one coordinator in one call, applied in one group
+        commit: what a gateway sends when decisions queue up behind each other.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BankServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -174,6 +187,11 @@ def add_BankServiceServicer_to_server(servicer, server):
                     servicer.Abort,
                     request_deserializer=strife_dot_v1_dot_bank__pb2.AbortRequest.FromString,
                     response_serializer=strife_dot_v1_dot_bank__pb2.AbortResponse.SerializeToString,
+            ),
+            'DecideTransfers': grpc.unary_unary_rpc_method_handler(
+                    servicer.DecideTransfers,
+                    request_deserializer=strife_dot_v1_dot_bank__pb2.DecideTransfersRequest.FromString,
+                    response_serializer=strife_dot_v1_dot_bank__pb2.DecideTransfersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -394,6 +412,33 @@ class BankService:
             '/strife.v1.BankService/Abort',
             strife_dot_v1_dot_bank__pb2.AbortRequest.SerializeToString,
             strife_dot_v1_dot_bank__pb2.AbortResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecideTransfers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/strife.v1.BankService/DecideTransfers',
+            strife_dot_v1_dot_bank__pb2.DecideTransfersRequest.SerializeToString,
+            strife_dot_v1_dot_bank__pb2.DecideTransfersResponse.FromString,
             options,
             channel_credentials,
             insecure,

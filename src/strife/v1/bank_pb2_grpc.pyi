@@ -44,6 +44,10 @@ class BankServiceStub:
     Prepare: _grpc.UnaryUnaryMultiCallable[_bank_pb2.PrepareRequest, _bank_pb2.PrepareResponse]
     Commit: _grpc.UnaryUnaryMultiCallable[_bank_pb2.CommitRequest, _bank_pb2.CommitResponse]
     Abort: _grpc.UnaryUnaryMultiCallable[_bank_pb2.AbortRequest, _bank_pb2.AbortResponse]
+    DecideTransfers: _grpc.UnaryUnaryMultiCallable[_bank_pb2.DecideTransfersRequest, _bank_pb2.DecideTransfersResponse]
+    """Several decisions of one coordinator in one call, applied in one group
+    commit: what a gateway sends when decisions queue up behind each other.
+    """
 
 @_typing.type_check_only
 class BankServiceAsyncStub(BankServiceStub):
@@ -61,6 +65,10 @@ class BankServiceAsyncStub(BankServiceStub):
     Prepare: _aio.UnaryUnaryMultiCallable[_bank_pb2.PrepareRequest, _bank_pb2.PrepareResponse]  # type: ignore[assignment]
     Commit: _aio.UnaryUnaryMultiCallable[_bank_pb2.CommitRequest, _bank_pb2.CommitResponse]  # type: ignore[assignment]
     Abort: _aio.UnaryUnaryMultiCallable[_bank_pb2.AbortRequest, _bank_pb2.AbortResponse]  # type: ignore[assignment]
+    DecideTransfers: _aio.UnaryUnaryMultiCallable[_bank_pb2.DecideTransfersRequest, _bank_pb2.DecideTransfersResponse]  # type: ignore[assignment]
+    """Several decisions of one coordinator in one call, applied in one group
+    commit: what a gateway sends when decisions queue up behind each other.
+    """
 
 class BankServiceServicer(metaclass=_abc_1.ABCMeta):
     """A bank: accounts, holds and an append-only ledger. Participant in the
@@ -123,5 +131,15 @@ class BankServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _bank_pb2.AbortRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_bank_pb2.AbortResponse, _abc.Awaitable[_bank_pb2.AbortResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DecideTransfers(
+        self,
+        request: _bank_pb2.DecideTransfersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_bank_pb2.DecideTransfersResponse, _abc.Awaitable[_bank_pb2.DecideTransfersResponse]]:
+        """Several decisions of one coordinator in one call, applied in one group
+        commit: what a gateway sends when decisions queue up behind each other.
+        """
 
 def add_BankServiceServicer_to_server(servicer: BankServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
