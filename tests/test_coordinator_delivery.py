@@ -34,6 +34,9 @@ class FakeBank:
         self.prepares: list[str] = []
         self.aborts: list[str] = []
         self.batches: list[int] = []
+        self.prepare_batches: list[int] = []
+        self.votes = asyncio.Event()  # PrepareTransfers answers once set
+        self.votes.set()
 
     async def Prepare(self, request: Any, **_call: Any) -> Any:
         self.prepares.append(request.transfer_id)
@@ -48,6 +51,18 @@ class FakeBank:
         self.aborts.append(request.transfer_id)
         return bank_pb2.AbortResponse()
 
+    async def PrepareTransfers(self, request: Any, **_call: Any) -> Any:
+        self.prepare_batches.append(len(request.prepares))
+        await self.votes.wait()
+        self.prepares += [p.transfer_id for p in request.prepares]
+        outcomes = [
+            bank_pb2.TransferOutcome(
+                transfer_id=p.transfer_id, state=bank_pb2.TRANSFER_STATE_PREPARED
+            )
+            for p in request.prepares
+        ]
+        return bank_pb2.PrepareTransfersResponse(outcomes=outcomes)
+
     async def DecideTransfers(self, request: Any, **_call: Any) -> Any:
         self.batches.append(len(request.decisions))
         if any(d.commit for d in request.decisions):
@@ -56,7 +71,7 @@ class FakeBank:
             (self.commits if d.commit else self.aborts).append(d.transfer_id)
         return bank_pb2.DecideTransfersResponse(
             outcomes=[
-                bank_pb2.DecisionOutcome(transfer_id=d.transfer_id) for d in request.decisions
+                bank_pb2.TransferOutcome(transfer_id=d.transfer_id) for d in request.decisions
             ]
         )
 
@@ -241,3 +256,36 @@ async def test_decisions_made_while_a_delivery_is_out_leave_together(store: Gate
     for n in range(10, 15):
         stored = await store.by_transfer(f"t-{n}")
         assert stored is not None and stored.settled
+
+
+async def test_prepares_queue_behind_one_call_and_keep_their_deadline(
+    store: GatewayStore,
+) -> None:
+    banks = FakeBanks()
+    beta = banks.by_name["beta"]
+    beta.votes.clear()
+    config = CoordinatorConfig(name="gw-1", max_in_flight=16, prepare_timeout_s=0.3)
+    coord = PaymentCoordinator(config, store, banks)  # type: ignore[arg-type]
+
+    # Beta holds the first call: all three payments time out in prepare...
+    results = await asyncio.gather(*(coord.run(payment(n)) for n in (20, 21, 22)))
+    assert [r.state for r, _ in results] == [PaymentState.ABORTED] * 3
+    assert {r.abort_reason for r, _ in results} == {"PREPARE_TIMEOUT"}
+    assert beta.prepare_batches == [3]  # they left together: one call for three
+    # ...and once beta answers, payments that wait behind one call go as a batch.
+    beta.votes.set()
+    await coord.close()
+    beta.prepare_batches.clear()
+    beta.votes.clear()
+    first = asyncio.ensure_future(coord.run(payment(23)))
+    for _ in range(10_000):  # let the first prepare leave alone (loop turns, bounded)
+        if beta.prepare_batches:
+            break
+        await asyncio.sleep(0)
+    assert beta.prepare_batches == [1]
+    more = [asyncio.ensure_future(coord.run(payment(n))) for n in (24, 25)]
+    beta.votes.set()
+    done = await asyncio.gather(first, *more)
+    assert [r.state for r, _ in done] == [PaymentState.COMMITTED] * 3
+    assert beta.prepare_batches == [1, 2]
+    await coord.close()

@@ -24,7 +24,14 @@ MAX_PAGE_SIZE = 200
 MAX_CREDENTIAL_CHARS = 256
 
 _READS = ["AuthenticateCustomer", "ValidateAccount", "GetAccountBalance", "GetTransactionHistory"]
-_TWO_PHASE = ["ProcessTransaction", "Prepare", "Commit", "Abort", "DecideTransfers"]
+_TWO_PHASE = [
+    "ProcessTransaction",
+    "Prepare",
+    "Commit",
+    "Abort",
+    "DecideTransfers",
+    "PrepareTransfers",
+]
 MAX_DECISIONS = 1000
 AUTHZ = AuthzTable(
     {method: ("gateway", "admin") for method in service_methods(SERVICE, _READS)}
@@ -214,22 +221,54 @@ class BankServicer(bank_pb2_grpc.BankServiceServicer):
             ),
             return_exceptions=True,
         )
-        outcomes = []
-        for decision, result in zip(decisions, results, strict=True):
-            if isinstance(result, QueueFullError):
-                await abort(
-                    context, grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.QUEUE_FULL,
-                    "the bank's write queue is full; retry with backoff", retry_delay_s=0.05,
-                )  # fmt: skip
-            if isinstance(result, WriterFailedError):
-                await abort(
-                    context, grpc.StatusCode.UNAVAILABLE, Reason.INTERNAL,
-                    "bank storage is failing",
-                )  # fmt: skip
-            if isinstance(result, BaseException) and not isinstance(result, LedgerError):
-                raise result
-            outcomes.append(_decision_outcome(decision, result))
+        await _storage_failure(context, results)
+        outcomes = [
+            _transfer_outcome(d.transfer_id, r, refuse_aborted=d.commit)
+            for d, r in zip(decisions, results, strict=True)
+        ]
         return bank_pb2.DecideTransfersResponse(outcomes=outcomes)
+
+    async def PrepareTransfers(self, request: Any, context: Any) -> Any:
+        """Prepares in one call, voted on one by one: a NO for one leaves the rest.
+
+        They reach the writer together, so their PREPARED records share one
+        fsync, as concurrent single Prepares under load would.
+        """
+        prepares = list(request.prepares)
+        ids = [p.transfer_id for p in prepares]
+        if not prepares or len(prepares) > MAX_DECISIONS:
+            await _invalid(context, f"send 1 to {MAX_DECISIONS} prepares")
+        if not all(ids) or len(set(ids)) != len(ids):
+            await _invalid(context, "each prepare needs its own, non-empty transfer_id")
+        if len({p.coordinator for p in prepares}) != 1:
+            await _invalid(context, "all prepares of one call name the same coordinator")
+        await self._require_coordinator(context, prepares[0].coordinator)
+        legs = [_LEGS.get(p.leg) for p in prepares]
+        if None in legs:
+            await _invalid(context, "leg must be LEG_DEBIT or LEG_CREDIT")
+        request_context.note(prepares=len(prepares))
+        results = await asyncio.gather(
+            *(
+                self.store.prepare(
+                    transfer_id=p.transfer_id,
+                    coordinator=p.coordinator,
+                    leg=leg,
+                    account_id=p.account_id,
+                    amount_minor=p.amount.amount_minor,
+                    currency=p.amount.currency,
+                    fingerprint=p.fingerprint,
+                    counterparty=p.counterparty,
+                )
+                for p, leg in zip(prepares, legs, strict=True)
+            ),
+            return_exceptions=True,
+        )
+        await _storage_failure(context, results)
+        outcomes = [
+            _transfer_outcome(p.transfer_id, r, refuse_aborted=True)
+            for p, r in zip(prepares, results, strict=True)
+        ]
+        return bank_pb2.PrepareTransfersResponse(outcomes=outcomes)
 
     async def ProcessTransaction(self, request: Any, context: Any) -> Any:
         await self._require_coordinator(context, request.coordinator)
@@ -311,19 +350,43 @@ def _reply(response: Any, outcome: Outcome) -> Any:
     )
 
 
-def _decision_outcome(decision: Any, result: Outcome | LedgerError) -> Any:
+async def _storage_failure(context: Any, results: list[Any]) -> None:
+    """A batch fails as a whole only when storage does; anything else unexpected raises."""
+    for result in results:
+        if isinstance(result, QueueFullError):
+            await abort(
+                context, grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.QUEUE_FULL,
+                "the bank's write queue is full; retry with backoff", retry_delay_s=0.05,
+            )  # fmt: skip
+        if isinstance(result, WriterFailedError):
+            await abort(
+                context, grpc.StatusCode.UNAVAILABLE, Reason.INTERNAL, "bank storage is failing"
+            )
+        if isinstance(result, BaseException) and not isinstance(result, LedgerError):
+            raise result
+
+
+def _transfer_outcome(
+    transfer_id: str, result: Outcome | BaseException, *, refuse_aborted: bool
+) -> Any:
+    """One transfer's answer in a batch, as its single call would have given it
+    (`_storage_failure` has already raised for anything but a LedgerError)."""
     if isinstance(result, Outcome) and (
-        result.transfer.state != TransferState.ABORTED or not decision.commit
+        result.transfer.state != TransferState.ABORTED or not refuse_aborted
     ):
         transfer = result.transfer
-        return bank_pb2.DecisionOutcome(
+        return bank_pb2.TransferOutcome(
             transfer_id=transfer.transfer_id,
             state=_STATES[transfer.state],
             replayed=result.replayed,
         )
-    error = result if isinstance(result, LedgerError) else abort_error(result.transfer)
-    return bank_pb2.DecisionOutcome(
-        transfer_id=decision.transfer_id,
+    if isinstance(result, Outcome):
+        error = abort_error(result.transfer)
+    else:
+        assert isinstance(result, LedgerError), result
+        error = result
+    return bank_pb2.TransferOutcome(
+        transfer_id=transfer_id,
         error_reason=error.reason,
         error_code=_CODES[error.kind].value[0],
         error_message=error.message,

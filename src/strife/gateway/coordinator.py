@@ -22,7 +22,7 @@ import grpc
 from strife.errors import Reason, from_rpc_error
 from strife.faults import failpoint
 from strife.gateway.banks import Banks
-from strife.gateway.decisions import DecisionSender, Delivery
+from strife.gateway.decisions import BankBatcher, Delivery, status_code
 from strife.gateway.store import GatewayStore, PaymentRecord, PaymentState
 from strife.observability.logging import get_logger
 from strife.v1 import bank_pb2, coordinator_pb2, money_pb2
@@ -115,7 +115,10 @@ class PaymentCoordinator:
         # Decisions being delivered after the reply, by transfer id and by account,
         # so reads through this gateway can wait for them (read your own writes).
         self._delivering: dict[str, asyncio.Future[None]] = {}
-        self._sender = DecisionSender(banks, config.name, config.decision_timeout_s, self._send_one)
+        # One call of each kind in flight per bank; what queues behind it is batched.
+        self._prepares: BankBatcher[Any] = BankBatcher(self._prepare_batch)
+        self._decisions: BankBatcher[tuple[str, bool]] = BankBatcher(self._decide_batch)
+        self._singly: set[str] = set()  # banks without the batch calls (UNIMPLEMENTED)
         self._by_account: dict[tuple[str, str], set[asyncio.Future[bool]]] = {}
         self._on_outcome: Callable[[PaymentRecord], None] | None = None
 
@@ -261,29 +264,69 @@ class PaymentCoordinator:
     # --------------------------------------------------------- phase calls
 
     async def _prepare(self, record: PaymentRecord, leg: LegSpec) -> Ballot:
-        stub = await self.banks.stub(leg.bank)
-        if stub is None:
-            return Ballot(Vote.TRANSIENT, Reason.BANK_UNAVAILABLE)
+        request = bank_pb2.PrepareRequest(
+            transfer_id=record.transfer_id,
+            coordinator=self.config.name,
+            leg=leg.leg,
+            account_id=leg.account_id,
+            amount=money_pb2.Money(amount_minor=record.amount_minor, currency=record.currency),
+            fingerprint=record.fingerprint,
+            counterparty=leg.counterparty,
+        )
         try:
-            reply = await stub.Prepare(
-                bank_pb2.PrepareRequest(
-                    transfer_id=record.transfer_id,
-                    coordinator=self.config.name,
-                    leg=leg.leg,
-                    account_id=leg.account_id,
-                    amount=money_pb2.Money(
-                        amount_minor=record.amount_minor, currency=record.currency
-                    ),
-                    fingerprint=record.fingerprint,
-                    counterparty=leg.counterparty,
-                ),
-                timeout=self.config.prepare_timeout_s,
-            )
+            # The deadline covers the wait behind an earlier batch as well.
+            async with asyncio.timeout(self.config.prepare_timeout_s):
+                vote = await self._prepares.send(leg.bank, request)
+        except TimeoutError:
+            return Ballot(Vote.TRANSIENT, Reason.PREPARE_TIMEOUT)
+        if vote.acked:
+            committed = vote.state == bank_pb2.TRANSFER_STATE_COMMITTED
+            return Ballot(Vote.COMMITTED if committed else Vote.YES)
+        return _ballot(vote.code, vote.reason)
+
+    async def _prepare_batch(self, bank: str, requests: list[Any]) -> list[Delivery]:
+        stub = await self.banks.stub(bank)
+        if stub is None:
+            return [Delivery(False, grpc.StatusCode.UNAVAILABLE, "")] * len(requests)
+        if bank not in self._singly:
+            try:
+                reply = await stub.PrepareTransfers(
+                    bank_pb2.PrepareTransfersRequest(prepares=requests),
+                    timeout=self.config.prepare_timeout_s,
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() is not grpc.StatusCode.UNIMPLEMENTED:
+                    return [_failed(exc)] * len(requests)
+                self._singly.add(bank)
+            else:
+                return [_delivery(outcome) for outcome in reply.outcomes]
+        return list(await asyncio.gather(*(self._prepare_one(stub, r) for r in requests)))
+
+    async def _prepare_one(self, stub: Any, request: Any) -> Delivery:
+        try:
+            reply = await stub.Prepare(request, timeout=self.config.prepare_timeout_s)
         except grpc.aio.AioRpcError as exc:
-            return _ballot_from_error(exc)
-        if reply.state == bank_pb2.TRANSFER_STATE_COMMITTED:
-            return Ballot(Vote.COMMITTED)
-        return Ballot(Vote.YES)
+            return _failed(exc)
+        return Delivery(True, state=reply.state)
+
+    async def _decide_batch(self, bank: str, items: list[tuple[str, bool]]) -> list[Delivery]:
+        stub = await self.banks.stub(bank)
+        if stub is None:
+            return [Delivery(False, grpc.StatusCode.NOT_FOUND, "BANK_NOT_FOUND")] * len(items)
+        if bank not in self._singly:
+            request = bank_pb2.DecideTransfersRequest(
+                coordinator=self.config.name,
+                decisions=[bank_pb2.TransferDecision(transfer_id=t, commit=c) for t, c in items],
+            )
+            try:
+                reply = await stub.DecideTransfers(request, timeout=self.config.decision_timeout_s)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() is not grpc.StatusCode.UNIMPLEMENTED:
+                    return [_failed(exc)] * len(items)
+                self._singly.add(bank)
+            else:
+                return [_delivery(outcome) for outcome in reply.outcomes]
+        return list(await asyncio.gather(*(self._send_one(bank, t, c) for t, c in items)))
 
     async def _decided(self, record: PaymentRecord, legs: list[LegSpec]) -> None:
         """Deliver a durable decision: before the reply, or after it in the background."""
@@ -346,7 +389,7 @@ class PaymentCoordinator:
         return self._acked(record.transfer_id, bank, commit, delivery)
 
     async def _send_batched(self, record: PaymentRecord, bank: str, commit: bool) -> bool:
-        delivery = await self._sender.send(bank, record.transfer_id, commit)
+        delivery = await self._decisions.send(bank, (record.transfer_id, commit))
         return self._acked(record.transfer_id, bank, commit, delivery)
 
     async def _send_one(self, bank: str, transfer_id: str, commit: bool) -> Delivery:
@@ -521,15 +564,29 @@ class PaymentCoordinator:
 
 
 def _ballot_from_error(exc: grpc.aio.AioRpcError) -> Ballot:
-    error = from_rpc_error(exc)
-    if error.reason == Reason.REQUEST_IN_PROGRESS:
+    return _ballot(exc.code(), from_rpc_error(exc).reason)
+
+
+def _ballot(code: grpc.StatusCode, reason: str) -> Ballot:
+    if reason == Reason.REQUEST_IN_PROGRESS:
         return Ballot(Vote.IN_PROGRESS)
-    if exc.code() in _TRANSIENT_CODES:
-        timed_out = exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    if code in _TRANSIENT_CODES:
+        timed_out = code is grpc.StatusCode.DEADLINE_EXCEEDED
         return Ballot(
             Vote.TRANSIENT, Reason.PREPARE_TIMEOUT if timed_out else Reason.BANK_UNAVAILABLE
         )
-    return Ballot(Vote.NO, error.reason or Reason.INTERNAL)
+    return Ballot(Vote.NO, reason or Reason.INTERNAL)
+
+
+def _failed(exc: grpc.aio.AioRpcError) -> Delivery:
+    return Delivery(False, exc.code(), from_rpc_error(exc).reason)
+
+
+def _delivery(outcome: Any) -> Delivery:
+    """One transfer's answer in a batch reply."""
+    if outcome.error_reason:
+        return Delivery(False, status_code(outcome.error_code), outcome.error_reason)
+    return Delivery(True, state=outcome.state)
 
 
 def _transient(ballot: Ballot) -> bool:

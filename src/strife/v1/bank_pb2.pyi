@@ -514,9 +514,10 @@ class DecideTransfersRequest(_message.Message):
 Global___DecideTransfersRequest: _TypeAlias = DecideTransfersRequest  # noqa: Y015
 
 @_typing.final
-class DecisionOutcome(_message.Message):
-    """The outcome of one decision: as Commit/Abort would have answered it, or the
-    refusal they would have returned (an ErrorInfo reason and gRPC code).
+class TransferOutcome(_message.Message):
+    """The outcome of one transfer in a batch: as the single call would have
+    answered it, or the refusal it would have returned (ErrorInfo reason and
+    gRPC code).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -549,7 +550,7 @@ class DecisionOutcome(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___DecisionOutcome: _TypeAlias = DecisionOutcome  # noqa: Y015
+Global___TransferOutcome: _TypeAlias = TransferOutcome  # noqa: Y015
 
 @_typing.final
 class DecideTransfersResponse(_message.Message):
@@ -557,13 +558,13 @@ class DecideTransfersResponse(_message.Message):
 
     OUTCOMES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def outcomes(self) -> _containers.RepeatedCompositeFieldContainer[Global___DecisionOutcome]:
+    def outcomes(self) -> _containers.RepeatedCompositeFieldContainer[Global___TransferOutcome]:
         """One per decision, in request order."""
 
     def __init__(
         self,
         *,
-        outcomes: _abc.Iterable[Global___DecisionOutcome] | None = ...,
+        outcomes: _abc.Iterable[Global___TransferOutcome] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -572,3 +573,49 @@ class DecideTransfersResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DecideTransfersResponse: _TypeAlias = DecideTransfersResponse  # noqa: Y015
+
+@_typing.final
+class PrepareTransfersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREPARES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def prepares(self) -> _containers.RepeatedCompositeFieldContainer[Global___PrepareRequest]:
+        """At most 1,000; each transfer id at most once; all of one coordinator."""
+
+    def __init__(
+        self,
+        *,
+        prepares: _abc.Iterable[Global___PrepareRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["prepares", b"prepares"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrepareTransfersRequest: _TypeAlias = PrepareTransfersRequest  # noqa: Y015
+
+@_typing.final
+class PrepareTransfersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def outcomes(self) -> _containers.RepeatedCompositeFieldContainer[Global___TransferOutcome]:
+        """One per prepare, in request order: a YES (state PREPARED, or COMMITTED
+        for a transfer already committed) or the refusal.
+        """
+
+    def __init__(
+        self,
+        *,
+        outcomes: _abc.Iterable[Global___TransferOutcome] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcomes", b"outcomes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrepareTransfersResponse: _TypeAlias = PrepareTransfersResponse  # noqa: Y015

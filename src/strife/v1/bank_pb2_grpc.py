@@ -81,6 +81,11 @@ class BankServiceStub:
                 request_serializer=strife_dot_v1_dot_bank__pb2.DecideTransfersRequest.SerializeToString,
                 response_deserializer=strife_dot_v1_dot_bank__pb2.DecideTransfersResponse.FromString,
                 _registered_method=True)
+        self.PrepareTransfers = channel.unary_unary(
+                '/strife.v1.BankService/PrepareTransfers',
+                request_serializer=strife_dot_v1_dot_bank__pb2.PrepareTransfersRequest.SerializeToString,
+                response_deserializer=strife_dot_v1_dot_bank__pb2.PrepareTransfersResponse.FromString,
+                _registered_method=True)
 
 
 class BankServiceServicer:
@@ -145,6 +150,13 @@ class BankServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PrepareTransfers(self, request, context):
+        """Several prepares in one call, for the same reason; each voted on its own.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BankServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -192,6 +204,11 @@ def add_BankServiceServicer_to_server(servicer, server):
                     servicer.DecideTransfers,
                     request_deserializer=strife_dot_v1_dot_bank__pb2.DecideTransfersRequest.FromString,
                     response_serializer=strife_dot_v1_dot_bank__pb2.DecideTransfersResponse.SerializeToString,
+            ),
+            'PrepareTransfers': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrepareTransfers,
+                    request_deserializer=strife_dot_v1_dot_bank__pb2.PrepareTransfersRequest.FromString,
+                    response_serializer=strife_dot_v1_dot_bank__pb2.PrepareTransfersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -439,6 +456,33 @@ class BankService:
             '/strife.v1.BankService/DecideTransfers',
             strife_dot_v1_dot_bank__pb2.DecideTransfersRequest.SerializeToString,
             strife_dot_v1_dot_bank__pb2.DecideTransfersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrepareTransfers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/strife.v1.BankService/PrepareTransfers',
+            strife_dot_v1_dot_bank__pb2.PrepareTransfersRequest.SerializeToString,
+            strife_dot_v1_dot_bank__pb2.PrepareTransfersResponse.FromString,
             options,
             channel_credentials,
             insecure,

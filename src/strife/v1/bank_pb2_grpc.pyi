@@ -48,6 +48,8 @@ class BankServiceStub:
     """Several decisions of one coordinator in one call, applied in one group
     commit: what a gateway sends when decisions queue up behind each other.
     """
+    PrepareTransfers: _grpc.UnaryUnaryMultiCallable[_bank_pb2.PrepareTransfersRequest, _bank_pb2.PrepareTransfersResponse]
+    """Several prepares in one call, for the same reason; each voted on its own."""
 
 @_typing.type_check_only
 class BankServiceAsyncStub(BankServiceStub):
@@ -69,6 +71,8 @@ class BankServiceAsyncStub(BankServiceStub):
     """Several decisions of one coordinator in one call, applied in one group
     commit: what a gateway sends when decisions queue up behind each other.
     """
+    PrepareTransfers: _aio.UnaryUnaryMultiCallable[_bank_pb2.PrepareTransfersRequest, _bank_pb2.PrepareTransfersResponse]  # type: ignore[assignment]
+    """Several prepares in one call, for the same reason; each voted on its own."""
 
 class BankServiceServicer(metaclass=_abc_1.ABCMeta):
     """A bank: accounts, holds and an append-only ledger. Participant in the
@@ -141,5 +145,13 @@ class BankServiceServicer(metaclass=_abc_1.ABCMeta):
         """Several decisions of one coordinator in one call, applied in one group
         commit: what a gateway sends when decisions queue up behind each other.
         """
+
+    @_abc_1.abstractmethod
+    def PrepareTransfers(
+        self,
+        request: _bank_pb2.PrepareTransfersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_bank_pb2.PrepareTransfersResponse, _abc.Awaitable[_bank_pb2.PrepareTransfersResponse]]:
+        """Several prepares in one call, for the same reason; each voted on its own."""
 
 def add_BankServiceServicer_to_server(servicer: BankServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
