@@ -115,11 +115,11 @@ class PaymentCoordinator:
         # Decisions being delivered after the reply, by transfer id and by account,
         # so reads through this gateway can wait for them (read your own writes).
         self._delivering: dict[str, asyncio.Future[None]] = {}
+        self._by_account: dict[tuple[str, str], set[asyncio.Future[bool]]] = {}
         # One call of each kind in flight per bank; what queues behind it is batched.
         self._prepares: BankBatcher[Any] = BankBatcher(self._prepare_batch)
         self._decisions: BankBatcher[tuple[str, bool]] = BankBatcher(self._decide_batch)
         self._singly: set[str] = set()  # banks without the batch calls (UNIMPLEMENTED)
-        self._by_account: dict[tuple[str, str], set[asyncio.Future[bool]]] = {}
         self._on_outcome: Callable[[PaymentRecord], None] | None = None
 
     # ------------------------------------------------------------- the run
