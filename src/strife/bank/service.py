@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import Awaitable
 from typing import Any, NoReturn
 
 import grpc
@@ -32,7 +33,7 @@ _TWO_PHASE = [
     "DecideTransfers",
     "PrepareTransfers",
 ]
-MAX_DECISIONS = 1000
+MAX_BATCH = 1000
 AUTHZ = AuthzTable(
     {method: ("gateway", "admin") for method in service_methods(SERVICE, _READS)}
     | {method: ("gateway",) for method in service_methods(SERVICE, _TWO_PHASE)}
@@ -159,19 +160,7 @@ class BankServicer(bank_pb2_grpc.BankServiceServicer):
         request_context.note(
             transfer_id=request.transfer_id, amount_minor=request.amount.amount_minor
         )
-        outcome = await self._run(
-            context,
-            self.store.prepare(
-                transfer_id=request.transfer_id,
-                coordinator=request.coordinator,
-                leg=leg,
-                account_id=request.account_id,
-                amount_minor=request.amount.amount_minor,
-                currency=request.amount.currency,
-                fingerprint=request.fingerprint,
-                counterparty=request.counterparty,
-            ),
-        )
+        outcome = await self._run(context, self._prepare(request, leg))
         return _reply(bank_pb2.PrepareResponse, outcome)
 
     async def Commit(self, request: Any, context: Any) -> Any:
@@ -203,11 +192,7 @@ class BankServicer(bank_pb2_grpc.BankServiceServicer):
         """
         await self._require_coordinator(context, request.coordinator)
         decisions = list(request.decisions)
-        ids = [d.transfer_id for d in decisions]
-        if not decisions or len(decisions) > MAX_DECISIONS:
-            await _invalid(context, f"send 1 to {MAX_DECISIONS} decisions")
-        if not all(ids) or len(set(ids)) != len(ids):
-            await _invalid(context, "each decision needs its own, non-empty transfer_id")
+        await _check_batch(context, [d.transfer_id for d in decisions], "decision")
         if any(d.commit for d in decisions):
             failpoint("bank.before_commit")
         request_context.note(decisions=len(decisions))
@@ -235,11 +220,7 @@ class BankServicer(bank_pb2_grpc.BankServiceServicer):
         fsync, as concurrent single Prepares under load would.
         """
         prepares = list(request.prepares)
-        ids = [p.transfer_id for p in prepares]
-        if not prepares or len(prepares) > MAX_DECISIONS:
-            await _invalid(context, f"send 1 to {MAX_DECISIONS} prepares")
-        if not all(ids) or len(set(ids)) != len(ids):
-            await _invalid(context, "each prepare needs its own, non-empty transfer_id")
+        await _check_batch(context, [p.transfer_id for p in prepares], "prepare")
         if len({p.coordinator for p in prepares}) != 1:
             await _invalid(context, "all prepares of one call name the same coordinator")
         await self._require_coordinator(context, prepares[0].coordinator)
@@ -248,19 +229,7 @@ class BankServicer(bank_pb2_grpc.BankServiceServicer):
             await _invalid(context, "leg must be LEG_DEBIT or LEG_CREDIT")
         request_context.note(prepares=len(prepares))
         results = await asyncio.gather(
-            *(
-                self.store.prepare(
-                    transfer_id=p.transfer_id,
-                    coordinator=p.coordinator,
-                    leg=leg,
-                    account_id=p.account_id,
-                    amount_minor=p.amount.amount_minor,
-                    currency=p.amount.currency,
-                    fingerprint=p.fingerprint,
-                    counterparty=p.counterparty,
-                )
-                for p, leg in zip(prepares, legs, strict=True)
-            ),
+            *(self._prepare(p, leg) for p, leg in zip(prepares, legs, strict=True)),
             return_exceptions=True,
         )
         await _storage_failure(context, results)
@@ -290,6 +259,19 @@ class BankServicer(bank_pb2_grpc.BankServiceServicer):
         return _reply(bank_pb2.ProcessTransactionResponse, outcome)
 
     # ---------------------------------------------------------------- helpers
+
+    def _prepare(self, request: Any, leg: Leg | None) -> Awaitable[Outcome]:
+        assert leg is not None
+        return self.store.prepare(
+            transfer_id=request.transfer_id,
+            coordinator=request.coordinator,
+            leg=leg,
+            account_id=request.account_id,
+            amount_minor=request.amount.amount_minor,
+            currency=request.amount.currency,
+            fingerprint=request.fingerprint,
+            counterparty=request.counterparty,
+        )
 
     async def _require_coordinator(self, context: Any, coordinator: str) -> None:
         """A gateway acts only under its own name: the one in its certificate."""
@@ -348,6 +330,13 @@ def _reply(response: Any, outcome: Outcome) -> Any:
     return response(
         transfer_id=transfer.transfer_id, state=_STATES[transfer.state], replayed=outcome.replayed
     )
+
+
+async def _check_batch(context: Any, ids: list[str], noun: str) -> None:
+    if not ids or len(ids) > MAX_BATCH:
+        await _invalid(context, f"send 1 to {MAX_BATCH} of them, not {len(ids)}")
+    if not all(ids) or len(set(ids)) != len(ids):
+        await _invalid(context, f"each {noun} needs its own, non-empty transfer_id")
 
 
 async def _storage_failure(context: Any, results: list[Any]) -> None:
