@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -101,7 +101,10 @@ async def store(tmp_path: Path) -> AsyncIterator[GatewayStore]:
 
 
 def coordinator(
-    store: GatewayStore, banks: FakeBanks, reply_after: str, max_in_flight: int = 8
+    store: GatewayStore,
+    banks: FakeBanks,
+    reply_after: Literal["decision", "settled"],
+    max_in_flight: int = 8,
 ) -> PaymentCoordinator:
     config = CoordinatorConfig(
         name="gw-1", reply_after=reply_after, max_in_flight=max_in_flight, decision_timeout_s=5

@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 
@@ -74,7 +74,7 @@ class CoordinatorConfig:
     settle_backoff_max_s: float = 10.0
     # "decision": answer once the decision is durable and deliver it in the
     # background (the design's rule 6); "settled": answer after every bank acked.
-    reply_after: str = "decision"
+    reply_after: Literal["decision", "settled"] = "decision"
 
 
 class _Owned:

@@ -6,6 +6,10 @@ bank is on its way queue up and leave together when it returns, as one
 `PrepareTransfers` or `DecideTransfers` (one RPC, one group commit at the
 bank). Under load that turns four bank calls per payment into a fraction
 of that; each transfer still gets its own answer.
+
+The queues need no bound of their own: every item belongs to a payment that
+counts against the coordinator's `--max-in-flight` until its decision is
+delivered, so a bank holds at most two items per such payment.
 """
 
 from __future__ import annotations
