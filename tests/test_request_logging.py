@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import grpc
@@ -147,3 +149,18 @@ def test_the_per_rpc_line_follows_a_console_configuration() -> None:
     text = stream.getvalue()
     assert "/a" not in text and "/b" in text and PASSWORD not in text
     assert not text.lstrip().startswith("{")
+
+
+def test_an_unconfigured_process_keeps_info_out_of_stdout() -> None:
+    """Used as a library, Strife must not print into the application's output."""
+    code = (
+        "from strife.observability.logging import get_logger\n"
+        "log = get_logger('strife.client')\n"
+        "log.info('routine', detail=1)\n"
+        "log.warning('gateway_unreachable', token='t0ps3cret')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    assert "gateway_unreachable" in done.stderr and "routine" not in done.stderr
+    assert "t0ps3cret" not in done.stderr

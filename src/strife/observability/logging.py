@@ -125,27 +125,61 @@ def configure_logging(
     _generation += 1
 
 
+class _Stderr:
+    """structlog's output for an unconfigured process: stderr as it is at each
+    write (test runners and applications swap it)."""
+
+    def msg(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
+def _library_default(name: str) -> Any:
+    """Where Strife is used as a library and nobody configured logging:
+    warnings and errors to stderr, the rest dropped, as Python's logging
+    does without handlers. structlog's own default would print every info
+    line to stdout, into the application's output."""
+    return structlog.wrap_logger(
+        _Stderr(),
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+            structlog.processors.format_exc_info,
+            redact_secrets,
+            structlog.dev.ConsoleRenderer(colors=False),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        component=name,
+    )
+
+
 class _Logger:
     """A logger bound once per configuration, not once per call.
 
     structlog's lazy proxy binds a new logger on every call, even for a
     level that is filtered out; this one rebinds only after
-    `configure_logging` runs again.
+    `configure_logging` (or the application's own `structlog.configure`)
+    runs again.
     """
 
     __slots__ = ("_bound", "_generation", "_name")
 
     def __init__(self, name: str) -> None:
         self._name = name
-        self._generation = -1
+        self._generation: tuple[int, bool] = (-1, False)
         self._bound: Any = None
 
     def __getattr__(self, method: str) -> Any:
-        if self._generation != _generation:
-            self._bound = structlog.wrap_logger(
-                None, logger_factory_args=(self._name,), component=self._name
-            ).bind()
-            self._generation = _generation
+        generation = (_generation, structlog.is_configured())
+        if self._generation != generation:
+            if _config is None and not generation[1]:
+                self._bound = _library_default(self._name)
+            else:
+                self._bound = structlog.wrap_logger(
+                    None, logger_factory_args=(self._name,), component=self._name
+                ).bind()
+            self._generation = generation
         return getattr(self._bound, method)
 
 
