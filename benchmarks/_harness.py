@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,22 +20,10 @@ from pathlib import Path
 
 import grpc
 
+from strife.rpc.addresses import free_port as free_port
+
 BIN = Path(sys.executable).parent
 _CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now.
-
-    Needed because a service started with `--log-level warning` does not log
-    its `server_started` line, so `--listen 127.0.0.1:0` cannot be read back.
-    The port can be taken between now and the child's bind; Strife servers
-    refuse a shared port (`so_reuseport` 0), so the child then exits and
-    `Child.start` says so.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Child:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from strife.rpc.addresses import free_port as free_port
 from strife.rpc.channels import ChannelPool
 from strife.v1 import gateway_pb2, gateway_pb2_grpc, money_pb2
 
@@ -17,13 +17,6 @@ from .conftest import Pki
 from .processes import ServiceProcess
 
 PASSWORDS = {"ada": "pw-ada", "bob": "pw-bob", "eve": "pw-eve", "cy": "pw-cy"}
-
-
-def free_port() -> int:
-    """A port the kernel just handed out; for processes that must know peers' ports up front."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import socket
 import tempfile
 import time
 import uuid
@@ -30,17 +29,12 @@ from strife.cluster.seeds import account_of, generated_rows, password_of, userna
 from strife.cluster.supervisor import Supervisor
 from strife.cluster.topology import Topology, default_topology
 from strife.money import format_amount
+from strife.rpc.addresses import free_port
 from strife.rpc.channels import ChannelPool
 from strife.v1 import bank_pb2, bank_pb2_grpc
 
 CALL_TIMEOUT_S = 5.0
 SETTLE_TIMEOUT_S = 30.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -255,7 +249,7 @@ async def run_demo(data_dir: Path | None, say: Callable[[str], None]) -> int:
         )
         topology = default_topology(root)
         topology = Topology(
-            topology.data_dir, f"127.0.0.1:{_free_port()}", topology.policy, topology.banks,
+            topology.data_dir, f"127.0.0.1:{free_port()}", topology.policy, topology.banks,
             topology.gateways, topology.timeouts,
         )  # fmt: skip
         supervisor = Supervisor(topology, say=lambda line: say(f"  (supervisor) {line}"))

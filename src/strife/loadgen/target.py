@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import socket
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from strife.cluster.topology import BankSpec, Topology, load_topology
 from strife.loadgen._model import Customer
 from strife.loadgen.config import ConfigError
 from strife.loadgen.customers import from_topology, from_usernames
+from strife.rpc.addresses import free_port
 
 Say = Callable[[str], None]
 
@@ -88,13 +88,6 @@ def running_cluster(
 
         target.pids = pids
     return target
-
-
-def free_port() -> int:
-    """A loopback port free right now, so an own cluster never collides with `cluster up`."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def sized_topology(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 
 def split_host_port(address: str) -> tuple[str, int]:
     """Split "host:port" or "[v6]:port"; the port must be 0-65535."""
@@ -16,3 +18,13 @@ def split_host_port(address: str) -> tuple[str, int]:
 
 def join_host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now, for a process that must be
+    told its port up front. Another process may take it before the child binds;
+    Strife servers refuse a shared port (`so_reuseport` 0), so that child exits
+    loudly instead of sharing it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
