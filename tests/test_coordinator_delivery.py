@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
 
+import grpc
 import pytest
 
 from strife.gateway.coordinator import (
@@ -292,3 +293,37 @@ async def test_prepares_queue_behind_one_call_and_keep_their_deadline(
     assert [r.state for r, _ in done] == [PaymentState.COMMITTED] * 3
     assert beta.prepare_batches == [1, 2]
     await coord.close()
+
+
+class OldBank(FakeBank):
+    """A bank of an older version: no batch calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batch_attempts = 0
+
+    def _unimplemented(self) -> grpc.aio.AioRpcError:
+        self.batch_attempts += 1
+        return grpc.aio.AioRpcError(
+            grpc.StatusCode.UNIMPLEMENTED, grpc.aio.Metadata(), grpc.aio.Metadata(), "no"
+        )
+
+    async def PrepareTransfers(self, request: Any, **_call: Any) -> Any:
+        raise self._unimplemented()
+
+    async def DecideTransfers(self, request: Any, **_call: Any) -> Any:
+        raise self._unimplemented()
+
+
+async def test_a_bank_without_batch_calls_gets_single_calls(store: GatewayStore) -> None:
+    banks = FakeBanks()
+    banks.by_name = {"alpha": OldBank(), "beta": OldBank()}
+    coord = coordinator(store, banks, "decision")
+    for n in (30, 31):
+        result, _ = await coord.run(payment(n))
+        assert result.state is PaymentState.COMMITTED
+    await coord.close()
+    for bank in banks.by_name.values():
+        assert isinstance(bank, OldBank)
+        assert bank.prepares == ["t-30", "t-31"] and bank.commits == ["t-30", "t-31"]
+        assert bank.batch_attempts == 1  # asked once, then single calls only

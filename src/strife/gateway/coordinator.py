@@ -288,19 +288,15 @@ class PaymentCoordinator:
         stub = await self.banks.stub(bank)
         if stub is None:
             return [Delivery(False, grpc.StatusCode.UNAVAILABLE, "")] * len(requests)
-        if bank not in self._singly:
-            try:
-                reply = await stub.PrepareTransfers(
-                    bank_pb2.PrepareTransfersRequest(prepares=requests),
-                    timeout=self.config.prepare_timeout_s,
-                )
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() is not grpc.StatusCode.UNIMPLEMENTED:
-                    return [_failed(exc)] * len(requests)
-                self._singly.add(bank)
-            else:
-                return [_delivery(outcome) for outcome in reply.outcomes]
-        return list(await asyncio.gather(*(self._prepare_one(stub, r) for r in requests)))
+        return await self._batch_or_singly(
+            bank,
+            len(requests),
+            lambda: stub.PrepareTransfers(
+                bank_pb2.PrepareTransfersRequest(prepares=requests),
+                timeout=self.config.prepare_timeout_s,
+            ),
+            lambda: asyncio.gather(*(self._prepare_one(stub, r) for r in requests)),
+        )
 
     async def _prepare_one(self, stub: Any, request: Any) -> Delivery:
         try:
@@ -313,20 +309,36 @@ class PaymentCoordinator:
         stub = await self.banks.stub(bank)
         if stub is None:
             return [Delivery(False, grpc.StatusCode.NOT_FOUND, "BANK_NOT_FOUND")] * len(items)
+        request = bank_pb2.DecideTransfersRequest(
+            coordinator=self.config.name,
+            decisions=[bank_pb2.TransferDecision(transfer_id=t, commit=c) for t, c in items],
+        )
+        return await self._batch_or_singly(
+            bank,
+            len(items),
+            lambda: stub.DecideTransfers(request, timeout=self.config.decision_timeout_s),
+            lambda: asyncio.gather(*(self._send_one(bank, t, c) for t, c in items)),
+        )
+
+    async def _batch_or_singly(
+        self,
+        bank: str,
+        count: int,
+        batch: Callable[[], Awaitable[Any]],
+        singly: Callable[[], Awaitable[list[Delivery]]],
+    ) -> list[Delivery]:
+        """One batch call, its outcomes one per item; single calls from the first
+        UNIMPLEMENTED on (a bank of an older version)."""
         if bank not in self._singly:
-            request = bank_pb2.DecideTransfersRequest(
-                coordinator=self.config.name,
-                decisions=[bank_pb2.TransferDecision(transfer_id=t, commit=c) for t, c in items],
-            )
             try:
-                reply = await stub.DecideTransfers(request, timeout=self.config.decision_timeout_s)
+                reply = await batch()
             except grpc.aio.AioRpcError as exc:
                 if exc.code() is not grpc.StatusCode.UNIMPLEMENTED:
-                    return [_failed(exc)] * len(items)
+                    return [_failed(exc)] * count
                 self._singly.add(bank)
             else:
                 return [_delivery(outcome) for outcome in reply.outcomes]
-        return list(await asyncio.gather(*(self._send_one(bank, t, c) for t, c in items)))
+        return list(await singly())
 
     async def _decided(self, record: PaymentRecord, legs: list[LegSpec]) -> None:
         """Deliver a durable decision: before the reply, or after it in the background."""
