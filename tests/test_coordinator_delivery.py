@@ -124,7 +124,7 @@ async def test_reply_after_decision_does_not_wait_for_the_banks(store: GatewaySt
     assert result.state is PaymentState.COMMITTED and not joined
     assert beta.commits == []  # answered while beta has not heard COMMIT yet
     # The decision is on disk before the answer, so a restart would resend it.
-    stored = await store.by_transfer("t-1")
+    stored = store.by_transfer("t-1")
     assert stored is not None and stored.state is PaymentState.COMMITTED
     assert not stored.settled
     # A read of beta's account waits for the delivery (bounded); alpha's does not.
@@ -134,7 +134,7 @@ async def test_reply_after_decision_does_not_wait_for_the_banks(store: GatewaySt
     assert await coord.delivered("beta", "cy-usd", timeout_s=5)
     assert beta.commits == ["t-1"]
     await coord.close()
-    stored = await store.by_transfer("t-1")
+    stored = store.by_transfer("t-1")
     assert stored is not None and stored.settled
 
 
@@ -220,7 +220,7 @@ async def test_a_stale_listing_never_aborts_a_committed_payment(
     await coord.close()
     assert banks.by_name["alpha"].aborts == beta.aborts == []
     assert banks.by_name["alpha"].commits == beta.commits == ["t-7"]
-    stored = await store.by_transfer("t-7")
+    stored = store.by_transfer("t-7")
     assert stored is not None and stored.state is PaymentState.COMMITTED
 
 
@@ -235,7 +235,7 @@ async def test_an_undecided_payment_nobody_runs_is_aborted_once(store: GatewaySt
     assert await coord.decision("t-8") == coordinator_pb2.DECISION_ABORT
     assert await coord.settle_once()
     await coord.close()
-    stored = await store.by_transfer("t-8")
+    stored = store.by_transfer("t-8")
     assert stored is not None and stored.state is PaymentState.ABORTED and stored.settled
     assert banks.by_name["alpha"].aborts == banks.by_name["beta"].aborts == ["t-8"]
 
@@ -258,7 +258,7 @@ async def test_decisions_made_while_a_delivery_is_out_leave_together(store: Gate
     assert beta.batches == [1, 4]
     assert sorted(beta.commits) == [f"t-{n}" for n in range(10, 15)]
     for n in range(10, 15):
-        stored = await store.by_transfer(f"t-{n}")
+        stored = store.by_transfer(f"t-{n}")
         assert stored is not None and stored.settled
 
 

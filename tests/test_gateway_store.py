@@ -42,7 +42,7 @@ async def test_version_2_keeps_every_payment_of_a_version_1_log(tmp_path: Path) 
     store = await GatewayStore.open(path)
     try:
         for r in written:
-            assert await store.by_transfer(r.transfer_id) == r
+            assert store.by_transfer(r.transfer_id) == r
         unsettled = await store.unsettled()
         assert [u.transfer_id for u in unsettled] == [
             r.transfer_id for r in written if not r.settled
@@ -50,6 +50,6 @@ async def test_version_2_keeps_every_payment_of_a_version_1_log(tmp_path: Path) 
         # The log still refuses a second record for one transfer id.
         duplicate = replace(written[0], amount_minor=999_999, created_at_ms=0)
         await store.insert_pending(duplicate)
-        assert await store.by_transfer(duplicate.transfer_id) == written[0]
+        assert store.by_transfer(duplicate.transfer_id) == written[0]
     finally:
         await store.close()

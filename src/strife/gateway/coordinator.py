@@ -474,7 +474,7 @@ class PaymentCoordinator:
         """
         if transfer_id in self.in_flight:
             return _OWNED
-        record = self.store.by_transfer_now(transfer_id)
+        record = self.store.by_transfer(transfer_id)
         if record is None or record.state != PaymentState.PENDING or record.one_phase:
             return record
         future: asyncio.Future[PaymentRecord] = asyncio.get_running_loop().create_future()

@@ -197,7 +197,7 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
     async def _process(self, context: Any, record: PaymentRecord) -> tuple[PaymentRecord, bool]:
         if self.coordinator.running(record.transfer_id) is not None:
             return await self.coordinator.run(record)
-        existing = await self.store.by_transfer(record.transfer_id)
+        existing = self.store.by_transfer(record.transfer_id)
         if existing is None:
             return await self.coordinator.run(record)
         if existing.fingerprint != record.fingerprint:
@@ -237,7 +237,7 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
     async def GetPayment(self, request: Any, context: Any) -> Any:
         claims = current_claims()
         tid = transfer_id_for(claims.customer_id, request.idempotency_key)
-        record = self.coordinator.running(tid) or await self.store.by_transfer(tid)
+        record = self.coordinator.running(tid) or self.store.by_transfer(tid)
         if record is None:
             await abort(
                 context, grpc.StatusCode.NOT_FOUND, Reason.PAYMENT_NOT_FOUND,

@@ -288,12 +288,9 @@ class GatewayStore:
 
     # ------------------------------------------------------------------- reads
 
-    async def by_transfer(self, transfer_id: str) -> PaymentRecord | None:
-        """The payment of this transfer id, i.e. of its (customer, idempotency key)."""
-        return self.by_transfer_now(transfer_id)
-
-    def by_transfer_now(self, transfer_id: str) -> PaymentRecord | None:
-        """The record as last committed, read without yielding to the loop: a caller
+    def by_transfer(self, transfer_id: str) -> PaymentRecord | None:
+        """The payment of this transfer id, i.e. of its (customer, idempotency key),
+        as last committed. An indexed read on the loop, without yielding: a caller
         can act on it before any other task runs (see the coordinator's takeovers)."""
         row = self._lookup.execute(
             f"SELECT {_COLUMNS} FROM payments WHERE transfer_id = ?", (transfer_id,)
