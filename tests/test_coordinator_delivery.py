@@ -9,7 +9,7 @@ log and the coordinator.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +35,7 @@ class FakeBank:
         self.prepares: list[str] = []
         self.aborts: list[str] = []
         self.batches: list[int] = []
+        self.commit_calls = 0
         self.prepare_batches: list[int] = []
         self.votes = asyncio.Event()  # PrepareTransfers answers once set
         self.votes.set()
@@ -44,6 +45,7 @@ class FakeBank:
         return bank_pb2.PrepareResponse(state=bank_pb2.TRANSFER_STATE_PREPARED)
 
     async def Commit(self, request: Any, **_call: Any) -> Any:
+        self.commit_calls += 1
         await self.release.wait()
         self.commits.append(request.transfer_id)
         return bank_pb2.CommitResponse()
@@ -83,6 +85,16 @@ class FakeBanks:
 
     async def stub(self, bank: str) -> Any:
         return self.by_name.get(bank)
+
+
+async def turns_until(condition: Callable[[], bool]) -> None:
+    """Let the event loop run, a bounded number of turns, until `condition` holds;
+    no wall-clock wait, so the in-process fakes decide the order, not timing."""
+    for _ in range(10_000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never held")
 
 
 def payment(n: int) -> PaymentRecord:
@@ -144,8 +156,9 @@ async def test_reply_after_settled_waits_for_every_bank(store: GatewayStore) -> 
     coord = coordinator(store, banks, "settled")
 
     running = asyncio.ensure_future(coord.run(payment(2)))
-    done, _ = await asyncio.wait({running}, timeout=0.2)
-    assert not done  # still waiting for beta's acknowledgement
+    await turns_until(lambda: banks.by_name["beta"].commit_calls > 0)  # Commit held
+    assert banks.by_name["beta"].commit_calls == 1
+    assert not running.done()  # the answer waits for beta's acknowledgement
 
     banks.by_name["beta"].release.set()
     result, _ = await asyncio.wait_for(running, 5)
@@ -282,10 +295,7 @@ async def test_prepares_queue_behind_one_call_and_keep_their_deadline(
     beta.prepare_batches.clear()
     beta.votes.clear()
     first = asyncio.ensure_future(coord.run(payment(23)))
-    for _ in range(10_000):  # let the first prepare leave alone (loop turns, bounded)
-        if beta.prepare_batches:
-            break
-        await asyncio.sleep(0)
+    await turns_until(lambda: bool(beta.prepare_batches))  # the first leaves alone
     assert beta.prepare_batches == [1]
     more = [asyncio.ensure_future(coord.run(payment(n))) for n in (24, 25)]
     beta.votes.set()
