@@ -62,17 +62,21 @@ class AuthenticateCustomerRequest(_message.Message):
 
     USERNAME_FIELD_NUMBER: _builtins.int
     PASSWORD_FIELD_NUMBER: _builtins.int
+    BANK_FIELD_NUMBER: _builtins.int
     username: _builtins.str
     password: _builtins.str
+    bank: _builtins.str
+    """The bank this is for (see ValidateAccountRequest.bank)."""
     def __init__(
         self,
         *,
         username: _builtins.str = ...,
         password: _builtins.str = ...,
+        bank: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["password", b"password", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bank", b"bank", "password", b"password", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -110,18 +114,25 @@ class ValidateAccountRequest(_message.Message):
 
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     CURRENCY_FIELD_NUMBER: _builtins.int
+    BANK_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     currency: _builtins.str
     """When set, the account must hold this currency."""
+    bank: _builtins.str
+    """The bank this call is for, when one server hosts several; empty means
+    the server's only bank. A server that does not host it answers NOT_FOUND
+    BANK_NOT_FOUND.
+    """
     def __init__(
         self,
         *,
         account_id: _builtins.str = ...,
         currency: _builtins.str = ...,
+        bank: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "currency", b"currency"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "bank", b"bank", "currency", b"currency"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -152,15 +163,19 @@ class GetAccountBalanceRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    BANK_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
+    bank: _builtins.str
+    """The bank this is for (see ValidateAccountRequest.bank)."""
     def __init__(
         self,
         *,
         account_id: _builtins.str = ...,
+        bank: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "bank", b"bank"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -195,19 +210,23 @@ class BankHistoryRequest(_message.Message):
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    BANK_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     page_size: _builtins.int
     page_token: _builtins.str
+    bank: _builtins.str
+    """The bank this is for (see ValidateAccountRequest.bank)."""
     def __init__(
         self,
         *,
         account_id: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        bank: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "bank", b"bank", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -246,6 +265,7 @@ class ProcessTransactionRequest(_message.Message):
     TO_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
     FINGERPRINT_FIELD_NUMBER: _builtins.int
+    BANK_FIELD_NUMBER: _builtins.int
     transfer_id: _builtins.str
     coordinator: _builtins.str
     from_account_id: _builtins.str
@@ -254,6 +274,8 @@ class ProcessTransactionRequest(_message.Message):
     """Digest of the customer's request; a reused transfer id with a different
     fingerprint is refused.
     """
+    bank: _builtins.str
+    """The bank this is for (see ValidateAccountRequest.bank)."""
     @_builtins.property
     def amount(self) -> _money_pb2.Money: ...
     def __init__(
@@ -265,10 +287,11 @@ class ProcessTransactionRequest(_message.Message):
         to_account_id: _builtins.str = ...,
         amount: _money_pb2.Money | None = ...,
         fingerprint: _builtins.bytes = ...,
+        bank: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "coordinator", b"coordinator", "fingerprint", b"fingerprint", "from_account_id", b"from_account_id", "to_account_id", b"to_account_id", "transfer_id", b"transfer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "bank", b"bank", "coordinator", b"coordinator", "fingerprint", b"fingerprint", "from_account_id", b"from_account_id", "to_account_id", b"to_account_id", "transfer_id", b"transfer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -311,6 +334,7 @@ class PrepareRequest(_message.Message):
     AMOUNT_FIELD_NUMBER: _builtins.int
     FINGERPRINT_FIELD_NUMBER: _builtins.int
     COUNTERPARTY_FIELD_NUMBER: _builtins.int
+    BANK_FIELD_NUMBER: _builtins.int
     transfer_id: _builtins.str
     coordinator: _builtins.str
     """Instance name of the gateway coordinating the transfer; the only one that
@@ -321,6 +345,8 @@ class PrepareRequest(_message.Message):
     fingerprint: _builtins.bytes
     counterparty: _builtins.str
     """The other side of the transfer, "bank/account", for the ledger line."""
+    bank: _builtins.str
+    """The bank this is for (see ValidateAccountRequest.bank)."""
     @_builtins.property
     def amount(self) -> _money_pb2.Money: ...
     def __init__(
@@ -333,10 +359,11 @@ class PrepareRequest(_message.Message):
         amount: _money_pb2.Money | None = ...,
         fingerprint: _builtins.bytes = ...,
         counterparty: _builtins.str = ...,
+        bank: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "coordinator", b"coordinator", "counterparty", b"counterparty", "fingerprint", b"fingerprint", "leg", b"leg", "transfer_id", b"transfer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "bank", b"bank", "coordinator", b"coordinator", "counterparty", b"counterparty", "fingerprint", b"fingerprint", "leg", b"leg", "transfer_id", b"transfer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -377,17 +404,21 @@ class CommitRequest(_message.Message):
 
     TRANSFER_ID_FIELD_NUMBER: _builtins.int
     COORDINATOR_FIELD_NUMBER: _builtins.int
+    BANK_FIELD_NUMBER: _builtins.int
     transfer_id: _builtins.str
     coordinator: _builtins.str
+    bank: _builtins.str
+    """The bank this is for (see ValidateAccountRequest.bank)."""
     def __init__(
         self,
         *,
         transfer_id: _builtins.str = ...,
         coordinator: _builtins.str = ...,
+        bank: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["coordinator", b"coordinator", "transfer_id", b"transfer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bank", b"bank", "coordinator", b"coordinator", "transfer_id", b"transfer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -424,17 +455,21 @@ class AbortRequest(_message.Message):
 
     TRANSFER_ID_FIELD_NUMBER: _builtins.int
     COORDINATOR_FIELD_NUMBER: _builtins.int
+    BANK_FIELD_NUMBER: _builtins.int
     transfer_id: _builtins.str
     coordinator: _builtins.str
+    bank: _builtins.str
+    """The bank this is for (see ValidateAccountRequest.bank)."""
     def __init__(
         self,
         *,
         transfer_id: _builtins.str = ...,
         coordinator: _builtins.str = ...,
+        bank: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["coordinator", b"coordinator", "transfer_id", b"transfer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bank", b"bank", "coordinator", b"coordinator", "transfer_id", b"transfer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -471,18 +506,22 @@ class TransferDecision(_message.Message):
 
     TRANSFER_ID_FIELD_NUMBER: _builtins.int
     COMMIT_FIELD_NUMBER: _builtins.int
+    BANK_FIELD_NUMBER: _builtins.int
     transfer_id: _builtins.str
     commit: _builtins.bool
     """true: COMMIT; false: ABORT."""
+    bank: _builtins.str
+    """The bank this is for (see ValidateAccountRequest.bank)."""
     def __init__(
         self,
         *,
         transfer_id: _builtins.str = ...,
         commit: _builtins.bool = ...,
+        bank: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["commit", b"commit", "transfer_id", b"transfer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bank", b"bank", "commit", b"commit", "transfer_id", b"transfer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
