@@ -326,6 +326,7 @@ def pair_op(channel: grpc.aio.Channel) -> Op:
         transfer_id = uuid.uuid4().hex
         prepared = await stub.Prepare(
             bank_pb2.PrepareRequest(
+                bank=BANK,
                 transfer_id=transfer_id,
                 coordinator=GATEWAY,
                 leg=bank_pb2.LEG_DEBIT if n % 2 == 0 else bank_pb2.LEG_CREDIT,
@@ -339,7 +340,7 @@ def pair_op(channel: grpc.aio.Channel) -> Op:
         if prepared.state != bank_pb2.TRANSFER_STATE_PREPARED or prepared.replayed:
             raise RuntimeError(f"prepare {transfer_id}: {prepared}")
         committed = await stub.Commit(
-            bank_pb2.CommitRequest(transfer_id=transfer_id, coordinator=GATEWAY),
+            bank_pb2.CommitRequest(bank=BANK, transfer_id=transfer_id, coordinator=GATEWAY),
             timeout=CALL_TIMEOUT_S,
         )
         if committed.state != bank_pb2.TRANSFER_STATE_COMMITTED or committed.replayed:
@@ -357,7 +358,7 @@ async def time_history(channel: grpc.aio.Channel, calls: int) -> dict[str, Any]:
         started = time.perf_counter()
         reply = await stub.GetTransactionHistory(
             bank_pb2.BankHistoryRequest(
-                account_id=account, page_size=HISTORY_PAGE_SIZE, page_token=token
+                bank=BANK, account_id=account, page_size=HISTORY_PAGE_SIZE, page_token=token
             ),
             timeout=CALL_TIMEOUT_S,
         )
@@ -417,7 +418,9 @@ async def measure(args: argparse.Namespace, root: Path, children: list[Child]) -
         # The bank must read a pre-populated transfer back as its own record.
         replay = await bank_pb2_grpc.BankServiceStub(channels["big"]).Commit(
             bank_pb2.CommitRequest(
-                transfer_id=report["populate"]["sample_transfer_id"], coordinator=GATEWAY
+                bank=BANK,
+                transfer_id=report["populate"]["sample_transfer_id"],
+                coordinator=GATEWAY,
             ),
             timeout=CALL_TIMEOUT_S,
         )

@@ -80,8 +80,16 @@ class FakeBank:
 
 
 class FakeBanks:
+    """Each bank on a server of its own, whose address is the bank's name."""
+
     def __init__(self) -> None:
         self.by_name = {"alpha": FakeBank(), "beta": FakeBank()}
+
+    async def address(self, bank: str) -> str | None:
+        return bank if bank in self.by_name else None
+
+    def at(self, address: str) -> Any:
+        return self.by_name[address]
 
     async def stub(self, bank: str) -> Any:
         return self.by_name.get(bank)

@@ -218,14 +218,15 @@ async def _ledger(
     for c in customers:
         stub = bank_pb2_grpc.BankServiceStub(pool.get(await directory.resolve("bank", c.bank)))
         reply = await stub.GetAccountBalance(
-            bank_pb2.GetAccountBalanceRequest(account_id=c.account_id), timeout=TIMEOUT_S
+            bank_pb2.GetAccountBalanceRequest(bank=c.bank, account_id=c.account_id),
+            timeout=TIMEOUT_S,
         )
         total += reply.balance.balance.amount_minor
         token = ""
         for _ in range(10_000):  # bounded paging
             page = await stub.GetTransactionHistory(
                 bank_pb2.BankHistoryRequest(
-                    account_id=c.account_id, page_size=200, page_token=token
+                    bank=c.bank, account_id=c.account_id, page_size=200, page_token=token
                 ),
                 timeout=TIMEOUT_S,
             )

@@ -67,7 +67,8 @@ class Books:
         address = self.supervisor.child(f"bank-{bank}").address
         stub = bank_pb2_grpc.BankServiceStub(self.pool.get(address))
         reply = await stub.GetAccountBalance(
-            bank_pb2.GetAccountBalanceRequest(account_id=account), timeout=CALL_TIMEOUT_S
+            bank_pb2.GetAccountBalanceRequest(bank=bank, account_id=account),
+            timeout=CALL_TIMEOUT_S,
         )
         return int(reply.balance.balance.amount_minor)
 

@@ -1,5 +1,8 @@
 """Where the banks are: a name -> address directory and their stubs.
 
+One server may host several banks, so several names may share an address;
+each request names its bank in its `bank` field.
+
 Static (`--bank NAME=HOST:PORT`) for now; the balancer-backed directory
 resolves the same names through the registry.
 """
@@ -43,7 +46,12 @@ class RegistryDirectory:
 
 
 class Banks:
-    """Stubs per bank over the process's long-lived channels."""
+    """Stubs per bank server over the process's long-lived channels.
+
+    Several banks may share one server (one address): the address is what the
+    coordinator batches by, so it can ask for it (`address`) and for the stub
+    at it (`at`) separately; `stub` is both in one step.
+    """
 
     def __init__(self, directory: BankDirectory, pool: ChannelPool) -> None:
         self._directory = directory
@@ -51,11 +59,17 @@ class Banks:
         # A stub builds eight multicallables; one per address, not one per call.
         self._stubs: dict[str, Any] = {}
 
-    async def stub(self, bank: str) -> Any | None:
-        address = await self._directory.address(bank)
-        if address is None:
-            return None
+    async def address(self, bank: str) -> str | None:
+        """The address of the server hosting `bank` (the directory caches it)."""
+        return await self._directory.address(bank)
+
+    def at(self, address: str) -> Any:
+        """The stub for the bank server at `address`; every call names its bank."""
         stub = self._stubs.get(address)
         if stub is None:
             stub = self._stubs[address] = bank_pb2_grpc.BankServiceStub(self._pool.get(address))
         return stub
+
+    async def stub(self, bank: str) -> Any | None:
+        address = await self._directory.address(bank)
+        return None if address is None else self.at(address)

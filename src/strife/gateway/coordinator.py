@@ -56,6 +56,12 @@ class Ballot:
     reason: str = ""
 
 
+# A decision for one bank's leg: (bank, transfer id, commit). Batched per
+# server, so the bank travels with it.
+Decision = tuple[str, str, bool]
+_NO_SUCH_BANK = Delivery(False, grpc.StatusCode.NOT_FOUND, Reason.BANK_NOT_FOUND)
+
+
 @dataclass(frozen=True, slots=True)
 class LegSpec:
     bank: str
@@ -116,10 +122,11 @@ class PaymentCoordinator:
         # so reads through this gateway can wait for them (read your own writes).
         self._delivering: dict[str, asyncio.Future[None]] = {}
         self._by_account: dict[tuple[str, str], set[asyncio.Future[bool]]] = {}
-        # One call of each kind in flight per bank; what queues behind it is batched.
+        # One call of each kind in flight per bank server (address); what queues
+        # behind it is batched, whichever of the server's banks it is for.
         self._prepares: BankBatcher[Any] = BankBatcher(self._prepare_batch)
-        self._decisions: BankBatcher[tuple[str, bool]] = BankBatcher(self._decide_batch)
-        self._singly: set[str] = set()  # banks without the batch calls (UNIMPLEMENTED)
+        self._decisions: BankBatcher[Decision] = BankBatcher(self._decide_batch)
+        self._singly: set[str] = set()  # addresses without the batch calls (UNIMPLEMENTED)
         self._on_outcome: Callable[[PaymentRecord], None] | None = None
 
     # ------------------------------------------------------------- the run
@@ -207,6 +214,7 @@ class PaymentCoordinator:
             try:
                 await stub.ProcessTransaction(
                     bank_pb2.ProcessTransactionRequest(
+                        bank=record.from_bank,
                         transfer_id=record.transfer_id,
                         coordinator=self.config.name,
                         from_account_id=record.from_account,
@@ -241,7 +249,11 @@ class PaymentCoordinator:
             return None
         try:
             await stub.Abort(
-                bank_pb2.AbortRequest(transfer_id=record.transfer_id, coordinator=self.config.name),
+                bank_pb2.AbortRequest(
+                    bank=record.from_bank,
+                    transfer_id=record.transfer_id,
+                    coordinator=self.config.name,
+                ),
                 timeout=self.config.decision_timeout_s,
             )
         except grpc.aio.AioRpcError as exc:
@@ -265,6 +277,7 @@ class PaymentCoordinator:
 
     async def _prepare(self, record: PaymentRecord, leg: LegSpec) -> Ballot:
         request = bank_pb2.PrepareRequest(
+            bank=leg.bank,
             transfer_id=record.transfer_id,
             coordinator=self.config.name,
             leg=leg.leg,
@@ -276,7 +289,10 @@ class PaymentCoordinator:
         try:
             # The deadline covers the wait behind an earlier batch as well.
             async with asyncio.timeout(self.config.prepare_timeout_s):
-                vote = await self._prepares.send(leg.bank, request)
+                address = await self.banks.address(leg.bank)
+                if address is None:
+                    return Ballot(Vote.TRANSIENT, Reason.BANK_UNAVAILABLE)
+                vote = await self._prepares.send(address, request)
         except TimeoutError:
             return Ballot(Vote.TRANSIENT, Reason.PREPARE_TIMEOUT)
         if vote.acked:
@@ -284,12 +300,11 @@ class PaymentCoordinator:
             return Ballot(Vote.COMMITTED if committed else Vote.YES)
         return _ballot(vote.code, vote.reason)
 
-    async def _prepare_batch(self, bank: str, requests: list[Any]) -> list[Delivery]:
-        stub = await self.banks.stub(bank)
-        if stub is None:
-            return [Delivery(False, grpc.StatusCode.UNAVAILABLE, "")] * len(requests)
+    async def _prepare_batch(self, address: str, requests: list[Any]) -> list[Delivery]:
+        """One line's prepares, for any of the banks at `address` (each names its own)."""
+        stub = self.banks.at(address)
         return await self._batch_or_singly(
-            bank,
+            address,
             len(requests),
             lambda: stub.PrepareTransfers(
                 bank_pb2.PrepareTransfersRequest(prepares=requests),
@@ -305,37 +320,38 @@ class PaymentCoordinator:
             return _failed(exc)
         return Delivery(True, state=reply.state)
 
-    async def _decide_batch(self, bank: str, items: list[tuple[str, bool]]) -> list[Delivery]:
-        stub = await self.banks.stub(bank)
-        if stub is None:
-            return [Delivery(False, grpc.StatusCode.NOT_FOUND, "BANK_NOT_FOUND")] * len(items)
+    async def _decide_batch(self, address: str, items: list[Decision]) -> list[Delivery]:
+        """One line's decisions; a transfer id may come twice, for two banks."""
+        stub = self.banks.at(address)
         request = bank_pb2.DecideTransfersRequest(
             coordinator=self.config.name,
-            decisions=[bank_pb2.TransferDecision(transfer_id=t, commit=c) for t, c in items],
+            decisions=[
+                bank_pb2.TransferDecision(bank=b, transfer_id=t, commit=c) for b, t, c in items
+            ],
         )
         return await self._batch_or_singly(
-            bank,
+            address,
             len(items),
             lambda: stub.DecideTransfers(request, timeout=self.config.decision_timeout_s),
-            lambda: asyncio.gather(*(self._send_one(bank, t, c) for t, c in items)),
+            lambda: asyncio.gather(*(self._decide_one(stub, b, t, c) for b, t, c in items)),
         )
 
     async def _batch_or_singly(
         self,
-        bank: str,
+        address: str,
         count: int,
         batch: Callable[[], Awaitable[Any]],
         singly: Callable[[], Awaitable[list[Delivery]]],
     ) -> list[Delivery]:
         """One batch call, its outcomes one per item; single calls from the first
-        UNIMPLEMENTED on (a bank of an older version)."""
-        if bank not in self._singly:
+        UNIMPLEMENTED on (a bank server of an older version)."""
+        if address not in self._singly:
             try:
                 reply = await batch()
             except grpc.aio.AioRpcError as exc:
                 if exc.code() is not grpc.StatusCode.UNIMPLEMENTED:
                     return [_failed(exc)] * count
-                self._singly.add(bank)
+                self._singly.add(address)
             else:
                 return [_delivery(outcome) for outcome in reply.outcomes]
         return list(await singly())
@@ -401,23 +417,30 @@ class PaymentCoordinator:
         return self._acked(record.transfer_id, bank, commit, delivery)
 
     async def _send_batched(self, record: PaymentRecord, bank: str, commit: bool) -> bool:
-        delivery = await self._decisions.send(bank, (record.transfer_id, commit))
+        address = await self.banks.address(bank)
+        if address is None:
+            delivery = _NO_SUCH_BANK
+        else:
+            delivery = await self._decisions.send(address, (bank, record.transfer_id, commit))
         return self._acked(record.transfer_id, bank, commit, delivery)
 
     async def _send_one(self, bank: str, transfer_id: str, commit: bool) -> Delivery:
         stub = await self.banks.stub(bank)
         if stub is None:
-            return Delivery(False, grpc.StatusCode.NOT_FOUND, "BANK_NOT_FOUND")
+            return _NO_SUCH_BANK
+        return await self._decide_one(stub, bank, transfer_id, commit)
+
+    async def _decide_one(self, stub: Any, bank: str, transfer_id: str, commit: bool) -> Delivery:
         name = self.config.name
         try:
             if commit:
                 await stub.Commit(
-                    bank_pb2.CommitRequest(transfer_id=transfer_id, coordinator=name),
+                    bank_pb2.CommitRequest(bank=bank, transfer_id=transfer_id, coordinator=name),
                     timeout=self.config.decision_timeout_s,
                 )
             else:
                 await stub.Abort(
-                    bank_pb2.AbortRequest(transfer_id=transfer_id, coordinator=name),
+                    bank_pb2.AbortRequest(bank=bank, transfer_id=transfer_id, coordinator=name),
                     timeout=self.config.decision_timeout_s,
                 )
         except grpc.aio.AioRpcError as exc:

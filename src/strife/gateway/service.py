@@ -113,7 +113,7 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
         try:
             reply = await stub.AuthenticateCustomer(
                 bank_pb2.AuthenticateCustomerRequest(
-                    username=request.username, password=request.password
+                    bank=request.bank, username=request.username, password=request.password
                 ),
                 timeout=BANK_TIMEOUT_S,
             )
@@ -252,7 +252,9 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
         stub = await self._bank(context, request.account.bank)
         try:
             reply = await stub.GetAccountBalance(
-                bank_pb2.GetAccountBalanceRequest(account_id=request.account.account_id),
+                bank_pb2.GetAccountBalanceRequest(
+                    bank=request.account.bank, account_id=request.account.account_id
+                ),
                 timeout=BANK_TIMEOUT_S,
             )
         except grpc.aio.AioRpcError as exc:
@@ -265,6 +267,7 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
         try:
             reply = await stub.GetTransactionHistory(
                 bank_pb2.BankHistoryRequest(
+                    bank=request.account.bank,
                     account_id=request.account.account_id,
                     page_size=request.page_size,
                     page_token=request.page_token,
@@ -287,6 +290,8 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
         )
 
     async def _bank(self, context: Any, bank: str) -> Any:
+        """The stub for `bank`'s server; its server may host others, so every
+        request sent on it names `bank`."""
         stub = await self.banks.stub(bank)
         if stub is None:
             await abort(

@@ -174,7 +174,8 @@ class Auditor:
         reply = await self._call(
             bank,
             lambda stub: stub.GetAccountBalance(
-                bank_pb2.GetAccountBalanceRequest(account_id=account), timeout=self._timeout_s
+                bank_pb2.GetAccountBalanceRequest(bank=bank, account_id=account),
+                timeout=self._timeout_s,
             ),
         )
         sequence = 0
@@ -182,7 +183,7 @@ class Auditor:
             page = await self._call(
                 bank,
                 lambda stub: stub.GetTransactionHistory(
-                    bank_pb2.BankHistoryRequest(account_id=account, page_size=1),
+                    bank_pb2.BankHistoryRequest(bank=bank, account_id=account, page_size=1),
                     timeout=self._timeout_s,
                 ),
             )
@@ -200,7 +201,7 @@ class Auditor:
         token = ""
         while True:
             request = bank_pb2.BankHistoryRequest(
-                account_id=account, page_size=PAGE_SIZE, page_token=token
+                bank=bank, account_id=account, page_size=PAGE_SIZE, page_token=token
             )
 
             def read(stub: Any, request: Any = request) -> Awaitable[Any]:

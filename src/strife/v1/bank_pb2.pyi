@@ -536,7 +536,7 @@ class DecideTransfersRequest(_message.Message):
     coordinator: _builtins.str
     @_builtins.property
     def decisions(self) -> _containers.RepeatedCompositeFieldContainer[Global___TransferDecision]:
-        """At most 1,000; each transfer id at most once."""
+        """At most 1,000; each (bank, transfer id) at most once."""
 
     def __init__(
         self,
@@ -620,7 +620,7 @@ class PrepareTransfersRequest(_message.Message):
     PREPARES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def prepares(self) -> _containers.RepeatedCompositeFieldContainer[Global___PrepareRequest]:
-        """At most 1,000; each transfer id at most once; all of one coordinator."""
+        """At most 1,000; each (bank, transfer id) at most once; all of one coordinator."""
 
     def __init__(
         self,
