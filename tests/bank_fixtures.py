@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,35 @@ def bank_process(
         process.stop()
 
 
+@contextmanager
+def bank_host_process(
+    pki: Pki, tmp: Path, banks: Sequence[str], *extra: str, name: str = "east"
+) -> Iterator[ServiceProcess]:
+    """One strife-bank process `name` serving `banks`, databases under tmp/data."""
+    seed = write_seed(tmp / "seed.json")
+    for bank in banks:  # each bank registers and asks under its own identity
+        pki.identity("bank", bank)
+    process = ServiceProcess(
+        "strife-bank",
+        [
+            "--name", name,
+            *(arg for bank in banks for arg in ("--bank", bank)),
+            "--listen", "127.0.0.1:0",
+            "--data-dir", str(tmp / "data"),
+            "--seed", str(seed),
+            "--certs", str(pki.identity("bank", name)),
+            "--grace", "1",
+            *extra,
+        ],
+        tmp / f"{name}.log",
+    )  # fmt: skip
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
 def usd(amount_minor: int) -> Any:
     return money_pb2.Money(amount_minor=amount_minor, currency="USD")
 
@@ -67,11 +96,17 @@ def new_id() -> str:
 
 
 class BankClient:
-    """Calls a bank as gateway `coordinator`, with deadlines on every call."""
+    """Calls a bank as gateway `coordinator`, with deadlines on every call.
 
-    def __init__(self, pool: ChannelPool, address: str, coordinator: str = "gw-1") -> None:
+    `bank` goes into every request: "" (the default) means the server's only bank.
+    """
+
+    def __init__(
+        self, pool: ChannelPool, address: str, coordinator: str = "gw-1", *, bank: str = ""
+    ) -> None:
         self.stub = bank_pb2_grpc.BankServiceStub(pool.get(address))
         self.coordinator = coordinator
+        self.bank = bank
 
     async def prepare(
         self, transfer_id: str, account: str, amount_minor: int, *, debit: bool = True,
@@ -86,25 +121,31 @@ class BankClient:
                 amount=money_pb2.Money(amount_minor=amount_minor, currency=currency),
                 fingerprint=fingerprint,
                 counterparty="beta/cy-usd",
+                bank=self.bank,
             ),
             timeout=TIMEOUT_S,
         )
 
     async def commit(self, transfer_id: str) -> Any:
         return await self.stub.Commit(
-            bank_pb2.CommitRequest(transfer_id=transfer_id, coordinator=self.coordinator),
+            bank_pb2.CommitRequest(
+                transfer_id=transfer_id, coordinator=self.coordinator, bank=self.bank
+            ),
             timeout=TIMEOUT_S,
         )
 
     async def abort(self, transfer_id: str) -> Any:
         return await self.stub.Abort(
-            bank_pb2.AbortRequest(transfer_id=transfer_id, coordinator=self.coordinator),
+            bank_pb2.AbortRequest(
+                transfer_id=transfer_id, coordinator=self.coordinator, bank=self.bank
+            ),
             timeout=TIMEOUT_S,
         )
 
     async def balance(self, account: str) -> tuple[int, int, int]:
         reply = await self.stub.GetAccountBalance(
-            bank_pb2.GetAccountBalanceRequest(account_id=account), timeout=TIMEOUT_S
+            bank_pb2.GetAccountBalanceRequest(account_id=account, bank=self.bank),
+            timeout=TIMEOUT_S,
         )
         b = reply.balance
         return b.balance.amount_minor, b.held.amount_minor, b.available.amount_minor

@@ -1,17 +1,20 @@
-"""`strife-bank`: one bank's ledger server and two-phase-commit participant."""
+"""`strife-bank`: one bank's ledger server and two-phase-commit participant,
+or several banks' behind one port (`--bank`, see docs/bank.md)."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import click
 from prometheus_client import Histogram
 
+from strife.bank.host import BankHost
 from strife.bank.resolver import Resolver, cancel, registry_lookup, static_lookup
-from strife.bank.seed import SeedError, load_seed
+from strife.bank.seed import SeedError, SeedRow, load_seed
 from strife.bank.service import AUTHZ, SERVICE, BankServicer
 from strife.bank.store import BankStore, StoreConfig
 from strife.observability.logging import get_logger
@@ -20,6 +23,7 @@ from strife.rpc.cli import named_addresses, server_config, server_options
 from strife.rpc.discovery import BalancerClient, Heartbeat
 from strife.rpc.server import StrifeServer, run
 from strife.security.passwords import hash_password
+from strife.security.tls import TlsFiles
 from strife.v1 import bank_pb2_grpc
 
 BATCH_SIZE = Histogram(
@@ -31,12 +35,26 @@ _log = get_logger("strife.bank")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--name", "--bank-name", "name", required=True, help="Bank name, e.g. alpha.")
+@click.option(
+    "--name", "--bank-name", "name", required=True,
+    help="Process name and identity (certs/bank-NAME); also the bank when no --bank.",
+)  # fmt: skip
+@click.option(
+    "--bank", "banks", multiple=True,
+    help="A bank this process serves, each with its own database; repeatable.  [default: NAME]",
+)  # fmt: skip
 @click.option(
     "--db", type=click.Path(dir_okay=False, path_type=Path),
-    help="SQLite file.  [default: data/bank-NAME.db]",
+    help="SQLite file of the one bank served.  [default: DATA_DIR/bank-BANK.db]",
 )  # fmt: skip
-@click.option("--seed", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("data"),
+    show_default=True, help="Where each bank's database is: DATA_DIR/bank-BANK.db.",
+)  # fmt: skip
+@click.option(
+    "--seed", "seeds", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Seed file (CSV or JSON); repeatable: each bank loads its rows from all of them.",
+)  # fmt: skip
 @click.option(
     "--coordinator",
     "coordinators",
@@ -51,64 +69,155 @@ _log = get_logger("strife.bank")
     help="SQLite durability; FULL fsyncs every commit.",
 )
 @click.option("--balancer", default=None, help="Balancer HOST:PORT: register, find gateways.")
+@click.option(
+    "--bank-certs", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="With several banks: the folder of their own identities (bank-BANK/), under which "
+    "each registers and asks coordinators.  [default: the folder holding --certs]",
+)  # fmt: skip
 @click.option("--max-batch", default=256, show_default=True, help="Group-commit batch cap.")
 @click.option("--max-queue", default=8192, show_default=True, help="Write queue bound.")
 @click.option("--in-doubt-timeout", "in_doubt_s", default=5.0, show_default=True)
 @server_options
 def main(**options: Any) -> None:
-    """Serve one bank: accounts, holds, ledger, two-phase-commit participant."""
-    config = server_config(options["name"], options, identity=f"bank-{options['name']}")
-    db: Path = options["db"] or Path("data") / f"bank-{options['name']}.db"
-    db.parent.mkdir(parents=True, exist_ok=True)
+    """Serve one bank, or several (--bank) behind one port: accounts, holds,
+    ledger, two-phase-commit participant."""
+    name: str = options["name"]
+    banks: tuple[str, ...] = options["banks"] or (name,)
+    if not name or not all(banks):
+        raise click.BadParameter("bank and process names must not be empty")
+    if len(set(banks)) != len(banks):
+        raise click.BadParameter("a bank is listed twice", param_hint="--bank")
+    if options["db"] is not None and len(banks) > 1:
+        raise click.UsageError(
+            "--db names one database, but this process serves several banks; "
+            "each bank's is DATA_DIR/bank-BANK.db (set --data-dir)"
+        )
+    config = server_config(name, options, identity=f"bank-{name}")
+    dbs = {bank: options["db"] or options["data_dir"] / f"bank-{bank}.db" for bank in banks}
+    for db in dbs.values():
+        db.parent.mkdir(parents=True, exist_ok=True)
     try:
-        rows = load_seed(options["seed"], bank=options["name"]) if options["seed"] else []
+        seeds = {bank: _seed_rows(options["seeds"], bank) for bank in banks}
     except (SeedError, OSError, ValueError) as exc:
         raise click.ClickException(f"seed: {exc}") from exc
     coordinators = named_addresses(options["coordinators"])
+    own = _bank_identities(banks, name, config.certs, options["bank_certs"])
 
-    async def serve() -> None:
+    async def open_bank(bank: str) -> BankStore:
         store = await BankStore.open(
             StoreConfig(
-                path=db,
+                path=dbs[bank],
                 synchronous=options["synchronous"],
                 max_batch=options["max_batch"],
                 max_queue=options["max_queue"],
             ),
             on_batch=BATCH_SIZE.observe,
         )
-        opened = await store.seed(rows, hash_password)
-        _log.info("seeded", bank=options["name"], accounts_opened=opened)
+        try:
+            opened = await store.seed(seeds[bank], hash_password)
+        except BaseException:
+            await store.close()
+            raise
+        _log.info("seeded", bank=bank, accounts_opened=opened)
+        return store
+
+    async def serve() -> None:
+        stores = await _open_all(banks, open_bank)
         server = StrifeServer(config, AUTHZ)
-        servicer = BankServicer(options["name"], store, check_coordinator=not config.insecure)
+        check = not config.insecure
+        servicers = {b: BankServicer(b, s, check_coordinator=check) for b, s in stores.items()}
+        host = BankHost(servicers, check_coordinator=check)
         server.add_service(
-            SERVICE, lambda s: bank_pb2_grpc.add_BankServiceServicer_to_server(servicer, s)
+            SERVICE, lambda s: bank_pb2_grpc.add_BankServiceServicer_to_server(host, s)
         )
         requested = server.install_signal_handlers()
         await server.start()
-        pool = ChannelPool(config.certs, insecure=config.insecure)
-        lookup = static_lookup(coordinators)
-        heartbeat = None
-        if options["balancer"]:
-            heartbeat = Heartbeat(
-                pool, options["balancer"], service="bank", instance=options["name"],
-                address=server.address,
-            )  # fmt: skip
-            await heartbeat.start()
-            lookup = registry_lookup(BalancerClient(pool, options["balancer"]), coordinators)
-        resolver = Resolver(store, pool, lookup, in_doubt_s=options["in_doubt_s"])
-        resolver_task = asyncio.create_task(resolver.run(), name="resolver")
+        _log.info("banks_hosted", name=name, banks=list(banks), address=server.address)
+        # Each bank speaks for itself: the balancer lets only a bank's own
+        # certificate register it, and a coordinator sees which bank asks.
+        pools = {bank: ChannelPool(own[bank], insecure=config.insecure) for bank in banks}
+        heartbeats: list[Heartbeat] = []
+        resolvers: list[asyncio.Task[None]] = []
+        for bank, store in stores.items():
+            lookup = static_lookup(coordinators)
+            if options["balancer"]:
+                # One registration per bank, all at the shared address: gateways
+                # find banks by name, and batch by address.
+                heartbeat = Heartbeat(
+                    pools[bank], options["balancer"], service="bank", instance=bank,
+                    address=server.address,
+                )  # fmt: skip
+                await heartbeat.start()
+                heartbeats.append(heartbeat)
+                balancer = BalancerClient(pools[bank], options["balancer"])
+                lookup = registry_lookup(balancer, coordinators)
+            runner = Resolver(store, pools[bank], lookup, in_doubt_s=options["in_doubt_s"])
+            resolvers.append(asyncio.create_task(runner.run(), name=f"resolver-{bank}"))
         stop_wait = asyncio.create_task(requested.wait())
-        await asyncio.wait({stop_wait, store.writer_task}, return_when=asyncio.FIRST_COMPLETED)
-        failed = store.writer_task.done()
-        if heartbeat is not None:
-            await heartbeat.stop()
+        writers = [store.writer_task for store in stores.values()]
+        await asyncio.wait({stop_wait, *writers}, return_when=asyncio.FIRST_COMPLETED)
+        failed = [bank for bank, store in stores.items() if store.writer_task.done()]
+        await asyncio.gather(*(heartbeat.stop() for heartbeat in heartbeats))
         await server.stop()
-        await cancel(resolver_task)
+        for resolver in resolvers:
+            await cancel(resolver)
         stop_wait.cancel()
-        await pool.close()
+        await asyncio.gather(*(pool.close() for pool in pools.values()))
         if failed:
-            _log.error("storage_failed", detail="stopping; state is recovered from disk on restart")
+            # The healthy banks close cleanly; the failed one recovers from disk.
+            await asyncio.gather(
+                *(store.close() for bank, store in stores.items() if bank not in failed),
+                return_exceptions=True,
+            )
+            _log.error(
+                "storage_failed",
+                banks=failed,
+                detail="stopping; state is recovered from disk on restart",
+            )
             sys.exit(1)
-        await store.close()
+        for store in stores.values():
+            await store.close()
 
     run(serve)
+
+
+def _bank_identities(
+    banks: tuple[str, ...], name: str, certs: Path | TlsFiles | None, folder: Path | None
+) -> dict[str, Path | TlsFiles | None]:
+    """The identity each bank calls out with: the process's own for its one bank,
+    else `bank-BANK/` from --bank-certs (or beside the process's folder)."""
+    if banks == (name,) or certs is None:
+        return dict.fromkeys(banks, certs)
+    if folder is None:
+        if not isinstance(certs, Path):
+            raise click.UsageError("several banks with --ssl-cert need --bank-certs DIR")
+        folder = certs.parent
+    missing = [bank for bank in banks if not (folder / f"bank-{bank}" / "tls.crt").is_file()]
+    if missing:
+        raise click.UsageError(
+            f"no identity for {', '.join(missing)} in {folder} (bank-BANK/ folders; "
+            "`strife-certs dev --bank BANK` writes them)"
+        )
+    return {bank: folder / f"bank-{bank}" for bank in banks}
+
+
+def _seed_rows(paths: tuple[Path, ...], bank: str) -> list[SeedRow]:
+    """`bank`'s rows from every seed file; an account listed twice is refused."""
+    rows = [row for path in paths for row in load_seed(path, bank=bank)]
+    if len({row.account_id for row in rows}) != len(rows):
+        raise SeedError(f"an account of bank {bank!r} is listed in more than one seed file")
+    return rows
+
+
+async def _open_all(
+    banks: tuple[str, ...], open_bank: Callable[[str], Awaitable[BankStore]]
+) -> dict[str, BankStore]:
+    """Every bank's store, opened and seeded side by side; if one cannot open,
+    the others are closed again and its error raised."""
+    results = await asyncio.gather(*(open_bank(bank) for bank in banks), return_exceptions=True)
+    stores = {b: r for b, r in zip(banks, results, strict=True) if isinstance(r, BankStore)}
+    failure = next((r for r in results if isinstance(r, BaseException)), None)
+    if failure is not None:
+        await asyncio.gather(*(store.close() for store in stores.values()))
+        raise failure
+    return stores

@@ -1,8 +1,12 @@
-"""BankService over gRPC: a thin adapter from requests to the store and ledger."""
+"""BankService over gRPC: a thin adapter from requests to one bank's store and ledger.
+
+`BankServicer` serves one bank's calls and the per-item steps of the batch
+calls; `strife.bank.host.BankHost` routes each request (and each batch item)
+to its bank by the request's `bank` field, and runs the batches.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from collections.abc import Awaitable
 from typing import Any, NoReturn
@@ -17,7 +21,7 @@ from strife.observability import context as request_context
 from strife.rpc.authz import AuthzTable, service_methods
 from strife.security.passwords import verify_password_async
 from strife.storage.sqlite import QueueFullError, WriterFailedError
-from strife.v1 import bank_pb2, bank_pb2_grpc, money_pb2
+from strife.v1 import bank_pb2, money_pb2
 
 SERVICE = "strife.v1.BankService"
 DEFAULT_PAGE_SIZE = 50
@@ -51,7 +55,7 @@ _STATES = {
     TransferState.COMMITTED: bank_pb2.TRANSFER_STATE_COMMITTED,
     TransferState.ABORTED: bank_pb2.TRANSFER_STATE_ABORTED,
 }
-_LEGS = {bank_pb2.LEG_DEBIT: Leg.DEBIT, bank_pb2.LEG_CREDIT: Leg.CREDIT}
+LEGS = {bank_pb2.LEG_DEBIT: Leg.DEBIT, bank_pb2.LEG_CREDIT: Leg.CREDIT}
 
 
 def encode_page_token(account_id: str, before_seq: int) -> str:
@@ -68,7 +72,11 @@ def decode_page_token(token: str, account_id: str) -> int | None:
     return before if version == "v1" and owner == account_id and before > 0 else None
 
 
-class BankServicer(bank_pb2_grpc.BankServiceServicer):
+class BankServicer:
+    """One bank's handlers. Not a servicer of its own: a BankHost picks the bank
+    by `request.bank`, calls these, and runs the batch calls over `prepare` and
+    `decide`, since a batch may span the banks of one host."""
+
     def __init__(self, name: str, store: BankStore, *, check_coordinator: bool = True) -> None:
         self.name = name
         self.store = store
@@ -78,9 +86,9 @@ class BankServicer(bank_pb2_grpc.BankServiceServicer):
 
     async def AuthenticateCustomer(self, request: Any, context: Any) -> Any:
         if not request.username or not request.password:
-            await _invalid(context, "username and password are required")
+            await invalid(context, "username and password are required")
         if max(len(request.username), len(request.password)) > MAX_CREDENTIAL_CHARS:
-            await _invalid(context, "credentials too long")
+            await invalid(context, "credentials too long")
         customer = await self.store.customer(request.username)
         stored = customer.password_hash if customer else None
         ok = await verify_password_async(request.password, stored)
@@ -136,13 +144,13 @@ class BankServicer(bank_pb2_grpc.BankServiceServicer):
         if self.store.account(request.account_id) is None:
             await _account_not_found(context, request.account_id)
         if request.page_size < 0:
-            await _invalid(context, "page_size must not be negative")
+            await invalid(context, "page_size must not be negative")
         size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         before = None
         if request.page_token:
             before = decode_page_token(request.page_token, request.account_id)
             if before is None:
-                await _invalid(context, "page_token is not valid for this account")
+                await invalid(context, "page_token is not valid for this account")
         rows = await self.store.history(request.account_id, before, size + 1)
         page, more = rows[:size], len(rows) > size
         return bank_pb2.BankHistoryResponse(
@@ -154,13 +162,13 @@ class BankServicer(bank_pb2_grpc.BankServiceServicer):
 
     async def Prepare(self, request: Any, context: Any) -> Any:
         await self._require_coordinator(context, request.coordinator)
-        leg = _LEGS.get(request.leg)
+        leg = LEGS.get(request.leg)
         if leg is None:
-            await _invalid(context, "leg must be LEG_DEBIT or LEG_CREDIT")
+            await invalid(context, "leg must be LEG_DEBIT or LEG_CREDIT")
         request_context.note(
             transfer_id=request.transfer_id, amount_minor=request.amount.amount_minor
         )
-        outcome = await self._run(context, self._prepare(request, leg))
+        outcome = await self._run(context, self.prepare(request, leg))
         return _reply(bank_pb2.PrepareResponse, outcome)
 
     async def Commit(self, request: Any, context: Any) -> Any:
@@ -183,62 +191,6 @@ class BankServicer(bank_pb2_grpc.BankServiceServicer):
         )
         return _reply(bank_pb2.AbortResponse, outcome)
 
-    async def DecideTransfers(self, request: Any, context: Any) -> Any:
-        """Commit/Abort for several transfers at once; each answered on its own.
-
-        The decisions go to the writer together, so they share one group
-        commit; a refusal of one (say, a COMMIT of an aborted transfer) is
-        reported in its outcome and does not touch the others.
-        """
-        await self._require_coordinator(context, request.coordinator)
-        decisions = list(request.decisions)
-        await _check_batch(context, [d.transfer_id for d in decisions], "decision")
-        if any(d.commit for d in decisions):
-            failpoint("bank.before_commit")
-        request_context.note(decisions=len(decisions))
-        coordinator = request.coordinator
-        results = await asyncio.gather(
-            *(
-                (self.store.commit if d.commit else self.store.abort)(
-                    transfer_id=d.transfer_id, coordinator=coordinator
-                )
-                for d in decisions
-            ),
-            return_exceptions=True,
-        )
-        await _storage_failure(context, results)
-        outcomes = [
-            _transfer_outcome(d.transfer_id, r, refuse_aborted=d.commit)
-            for d, r in zip(decisions, results, strict=True)
-        ]
-        return bank_pb2.DecideTransfersResponse(outcomes=outcomes)
-
-    async def PrepareTransfers(self, request: Any, context: Any) -> Any:
-        """Prepares in one call, voted on one by one: a NO for one leaves the rest.
-
-        They reach the writer together, so their PREPARED records share one
-        fsync, as concurrent single Prepares under load would.
-        """
-        prepares = list(request.prepares)
-        await _check_batch(context, [p.transfer_id for p in prepares], "prepare")
-        if len({p.coordinator for p in prepares}) != 1:
-            await _invalid(context, "all prepares of one call name the same coordinator")
-        await self._require_coordinator(context, prepares[0].coordinator)
-        legs = [_LEGS.get(p.leg) for p in prepares]
-        if None in legs:
-            await _invalid(context, "leg must be LEG_DEBIT or LEG_CREDIT")
-        request_context.note(prepares=len(prepares))
-        results = await asyncio.gather(
-            *(self._prepare(p, leg) for p, leg in zip(prepares, legs, strict=True)),
-            return_exceptions=True,
-        )
-        await _storage_failure(context, results)
-        outcomes = [
-            _transfer_outcome(p.transfer_id, r, refuse_aborted=True)
-            for p, r in zip(prepares, results, strict=True)
-        ]
-        return bank_pb2.PrepareTransfersResponse(outcomes=outcomes)
-
     async def ProcessTransaction(self, request: Any, context: Any) -> Any:
         await self._require_coordinator(context, request.coordinator)
         request_context.note(
@@ -260,7 +212,8 @@ class BankServicer(bank_pb2_grpc.BankServiceServicer):
 
     # ---------------------------------------------------------------- helpers
 
-    def _prepare(self, request: Any, leg: Leg | None) -> Awaitable[Outcome]:
+    def prepare(self, request: Any, leg: Leg | None) -> Awaitable[Outcome]:
+        """One prepare, as a batch item or a single call (`leg` already checked)."""
         assert leg is not None
         return self.store.prepare(
             transfer_id=request.transfer_id,
@@ -273,16 +226,14 @@ class BankServicer(bank_pb2_grpc.BankServiceServicer):
             counterparty=request.counterparty,
         )
 
+    def decide(self, transfer_id: str, commit: bool, coordinator: str) -> Awaitable[Outcome]:
+        """One COMMIT or ABORT decision of a batch."""
+        apply = self.store.commit if commit else self.store.abort
+        return apply(transfer_id=transfer_id, coordinator=coordinator)
+
     async def _require_coordinator(self, context: Any, coordinator: str) -> None:
-        """A gateway acts only under its own name: the one in its certificate."""
-        info = request_context.current()
-        if self._check_coordinator and info is not None and info.peer_name != coordinator:
-            await abort(
-                context,
-                grpc.StatusCode.PERMISSION_DENIED,
-                Reason.NOT_COORDINATOR,
-                f"peer {info.peer_name!r} may not act as coordinator {coordinator!r}",
-            )
+        if self._check_coordinator:
+            await require_coordinator(context, coordinator)
 
     async def _run(self, context: Any, call: Any, *, aborted_is_success: bool = False) -> Outcome:
         try:
@@ -332,14 +283,19 @@ def _reply(response: Any, outcome: Outcome) -> Any:
     )
 
 
-async def _check_batch(context: Any, ids: list[str], noun: str) -> None:
-    if not ids or len(ids) > MAX_BATCH:
-        await _invalid(context, f"send 1 to {MAX_BATCH} of them, not {len(ids)}")
-    if not all(ids) or len(set(ids)) != len(ids):
-        await _invalid(context, f"each {noun} needs its own, non-empty transfer_id")
+async def require_coordinator(context: Any, coordinator: str) -> None:
+    """A gateway acts only under its own name: the one in its certificate."""
+    info = request_context.current()
+    if info is not None and info.peer_name != coordinator:
+        await abort(
+            context,
+            grpc.StatusCode.PERMISSION_DENIED,
+            Reason.NOT_COORDINATOR,
+            f"peer {info.peer_name!r} may not act as coordinator {coordinator!r}",
+        )
 
 
-async def _storage_failure(context: Any, results: list[Any]) -> None:
+async def storage_failure(context: Any, results: list[Any]) -> None:
     """A batch fails as a whole only when storage does; anything else unexpected raises."""
     for result in results:
         if isinstance(result, QueueFullError):
@@ -355,11 +311,11 @@ async def _storage_failure(context: Any, results: list[Any]) -> None:
             raise result
 
 
-def _transfer_outcome(
+def transfer_outcome(
     transfer_id: str, result: Outcome | BaseException, *, refuse_aborted: bool
 ) -> Any:
     """One transfer's answer in a batch, as its single call would have given it
-    (`_storage_failure` has already raised for anything but a LedgerError)."""
+    (`storage_failure` has already raised for anything but a LedgerError)."""
     if isinstance(result, Outcome) and (
         result.transfer.state != TransferState.ABORTED or not refuse_aborted
     ):
@@ -392,7 +348,7 @@ async def _ledger_abort(context: Any, exc: LedgerError) -> NoReturn:
     await abort(context, _CODES[exc.kind], exc.reason, exc.message)
 
 
-async def _invalid(context: Any, message: str) -> NoReturn:
+async def invalid(context: Any, message: str) -> NoReturn:
     await abort(context, grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_REQUEST, message)
 
 

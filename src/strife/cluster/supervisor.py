@@ -85,7 +85,8 @@ class Supervisor:
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         certs.dev(
             self.certs_dir,
-            banks=tuple(b.name for b in self.topology.banks),
+            # One identity per bank, and one per host serving several.
+            banks=(*(b.name for b in self.topology.banks), *self.topology.bank_processes()),
             gateways=self.topology.gateways,
             clients=("default",),
         )
@@ -101,15 +102,17 @@ class Supervisor:
                 balancer, root / "logs" / "balancer.log",
             )
         ]  # fmt: skip
-        for bank in self.topology.banks:
+        for process, banks in self.topology.bank_processes().items():
+            hosted = [] if banks == (process,) else [a for b in banks for a in ("--bank", b)]
+            seeds = [a for b in banks for a in ("--seed", str(seed_file(self.topology, b)))]
             children.append(
                 Child(
-                    f"bank-{bank.name}", "strife-bank",
-                    ["--name", bank.name, "--db", str(root / "data" / f"bank-{bank.name}.db"),
-                     "--seed", str(seed_file(self.topology, bank.name)),
-                     "--certs", str(self.certs_dir / f"bank-{bank.name}"),
+                    f"bank-{process}", "strife-bank",
+                    ["--name", process, *hosted, "--data-dir", str(root / "data"), *seeds,
+                     "--certs", str(self.certs_dir / f"bank-{process}"),
+                     "--bank-certs", str(self.certs_dir),
                      "--balancer", balancer, "--in-doubt-timeout", str(t.in_doubt_s)],
-                    "127.0.0.1:0", root / "logs" / f"bank-{bank.name}.log",
+                    "127.0.0.1:0", root / "logs" / f"bank-{process}.log",
                 )
             )  # fmt: skip
         for name in self.topology.gateways:

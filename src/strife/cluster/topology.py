@@ -9,6 +9,7 @@ listen = "127.0.0.1:7400"         # fixed: everyone finds everyone through it
 name = "alpha"
 seed = "seed.json"                # optional; default: generated customers
 customers = 3                     # generated customers when no seed is given
+host = "east"                     # optional: banks with the same host share one process
 [gateways]
 count = 2                         # or: names = ["gw-1", "gw-2"]
 [timeouts]
@@ -18,13 +19,15 @@ heartbeat_s = 1.0
 lease_ttl_s = 3.0
 ```
 Banks and gateways listen on ephemeral ports and register with the balancer;
-the supervisor keeps each child's port across restarts.
+the supervisor keeps each child's port across restarts. A bank without a
+`host` gets its own process (`bank-<name>`); banks naming the same host share
+one (`bank-<host>`), each still with its own database (docs/bank.md).
 """
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,7 @@ class BankSpec:
     name: str
     seed: Path | None = None
     customers: int = 3
+    host: str | None = None
 
 
 @dataclass(frozen=True)
@@ -57,9 +61,15 @@ class Topology:
     timeouts: Timeouts = field(default_factory=Timeouts)
 
     def with_data_dir(self, data_dir: Path) -> Topology:
-        return Topology(
-            data_dir, self.balancer_listen, self.policy, self.banks, self.gateways, self.timeouts
-        )
+        return replace(self, data_dir=data_dir)
+
+    def bank_processes(self) -> dict[str, tuple[str, ...]]:
+        """Process name (`alpha`, or a host's name) -> the banks it serves, in file order."""
+        processes: dict[str, tuple[str, ...]] = {}
+        for bank in self.banks:
+            process = bank.host or bank.name
+            processes[process] = (*processes.get(process, ()), bank.name)
+        return processes
 
 
 class TopologyError(ValueError):
@@ -96,12 +106,15 @@ def parse_topology(raw: dict[str, Any], base: Path) -> Topology:
                 name=str(entry["name"]),
                 seed=(base / seed) if seed else None,
                 customers=int(entry.get("customers", 3)),
+                host=str(entry["host"]) if entry.get("host") else None,
             )
         )
     if not banks:
         raise TopologyError("a topology needs at least one bank")
     if len({b.name for b in banks}) != len(banks):
         raise TopologyError("bank names must be unique")
+    if clash := {b.host for b in banks if b.host} & {b.name for b in banks}:
+        raise TopologyError(f"a host may not be named like a bank: {', '.join(sorted(clash))}")
     gw = raw.get("gateways", {})
     names = gw.get("names") or [f"gw-{i + 1}" for i in range(int(gw.get("count", 2)))]
     if not names:

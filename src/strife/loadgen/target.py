@@ -12,11 +12,11 @@ import asyncio
 import math
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from strife.cluster.supervisor import Supervisor, read_state
-from strife.cluster.topology import BankSpec, Topology, load_topology
+from strife.cluster.topology import Topology, load_topology
 from strife.loadgen._model import Customer
 from strife.loadgen.config import ConfigError
 from strife.loadgen.customers import from_topology, from_usernames
@@ -96,16 +96,11 @@ def sized_topology(
     """The topology with enough generated customers for `clients`, on a free balancer port."""
     per_bank = customers_per_bank or math.ceil(clients / len(topology.banks))
     banks = tuple(
-        bank if bank.seed is not None else BankSpec(bank.name, None, max(bank.customers, per_bank))
+        bank if bank.seed is not None else replace(bank, customers=max(bank.customers, per_bank))
         for bank in topology.banks
     )
-    return Topology(
-        data_dir=data_dir,
-        balancer_listen=f"127.0.0.1:{free_port()}",
-        policy=topology.policy,
-        banks=banks,
-        gateways=topology.gateways,
-        timeouts=topology.timeouts,
+    return replace(
+        topology, data_dir=data_dir, balancer_listen=f"127.0.0.1:{free_port()}", banks=banks
     )
 
 
