@@ -252,8 +252,9 @@ def populate(db: Path, entries: int) -> dict[str, Any]:
                 transfer_rows,
             )
             conn.executemany(
-                "INSERT INTO entries (transfer_id, account_id, amount_minor, currency,"
-                " counterparty, posted_at_ms) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO entries (transfer_seq, transfer_id, account_id, amount_minor,"
+                " currency, counterparty, posted_at_ms) VALUES"
+                " ((SELECT seq FROM transfers WHERE transfer_id = ?1), ?1, ?2, ?3, ?4, ?5, ?6)",
                 entry_rows,
             )
             conn.execute("COMMIT")

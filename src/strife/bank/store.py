@@ -62,9 +62,21 @@ _UPSERT_TRANSFER = (
     " ON CONFLICT (transfer_id) DO UPDATE SET state = excluded.state,"
     " abort_reason = excluded.abort_reason, updated_at_ms = excluded.updated_at_ms"
 )
+# An entry carries its transfer's arrival number, which UNIQUE(transfer_seq,
+# account_id) keys on (schema migration 2). The transfer's row is always
+# written earlier in the same batch: `Writes` runs statements in the order
+# first added, and `_record` adds the transfer before its entries. Should it
+# ever be missing, NOT NULL stops the writer rather than post unguarded.
 _INSERT_ENTRY = (
-    "INSERT INTO entries (transfer_id, account_id, amount_minor, currency, counterparty,"
-    " posted_at_ms) VALUES (?, ?, ?, ?, ?, ?)"
+    "INSERT INTO entries (transfer_seq, transfer_id, account_id, amount_minor, currency,"
+    " counterparty, posted_at_ms)"
+    " VALUES ((SELECT seq FROM transfers WHERE transfer_id = ?1), ?1, ?2, ?3, ?4, ?5, ?6)"
+)
+# Its own statement, so that a seed first in a batch cannot put `_INSERT_ENTRY`
+# ahead of a later transfer's row.
+_INSERT_OPENING = (
+    "INSERT INTO entries (transfer_seq, transfer_id, account_id, amount_minor, currency,"
+    " counterparty, posted_at_ms) VALUES (0, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_AUDIT = (
     "INSERT INTO audit (at_ms, transfer_id, state, coordinator, reason) VALUES (?, ?, ?, ?, ?)"
@@ -76,6 +88,7 @@ _INSERT_CUSTOMER = (
 _TRANSFER_COLUMNS = (
     "transfer_id, fingerprint, state, coordinator, one_phase, abort_reason, postings"
 )
+_SELECT_PREPARED = f"SELECT {_TRANSFER_COLUMNS} FROM transfers WHERE state = 'PREPARED'"
 _PRELOAD_CHUNK = 500
 OPENING_PREFIX = "opening:"
 
@@ -105,6 +118,12 @@ class HistoryRow:
     currency: str
     counterparty: str
     posted_at_ms: int
+
+
+def _select_by_ids(count: int) -> str:
+    """The finished transfers among `count` ids: one probe each of `transfers_by_id`."""
+    marks = ",".join("?" * count)
+    return f"SELECT {_TRANSFER_COLUMNS} FROM transfers WHERE transfer_id IN ({marks})"
 
 
 def _now_ms() -> int:
@@ -225,9 +244,7 @@ class BankStore:
             " pending_credit_minor FROM accounts"
         ) as cursor:
             accounts = [Account(*row) async for row in cursor]
-        async with conn.execute(
-            f"SELECT {_TRANSFER_COLUMNS} FROM transfers WHERE state = 'PREPARED'"
-        ) as cursor:
+        async with conn.execute(_SELECT_PREPARED) as cursor:
             prepared = [_transfer_from_row(row) async for row in cursor]
         return Ledger(accounts, prepared)
 
@@ -313,7 +330,7 @@ class BankStore:
                         row.currency,
                         "opening balance",
                     )
-                    writes.add(_INSERT_ENTRY, _entry_row(opening, at_ms))
+                    writes.add(_INSERT_OPENING, _entry_row(opening, at_ms))
                 opened += 1
             return opened
 
@@ -330,11 +347,7 @@ class BankStore:
         rows: list[Any] = []
         for start in range(0, len(missing), _PRELOAD_CHUNK):
             chunk = missing[start : start + _PRELOAD_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            rows += self._lookup.execute(
-                f"SELECT {_TRANSFER_COLUMNS} FROM transfers WHERE transfer_id IN ({marks})",
-                chunk,
-            ).fetchall()
+            rows += self._lookup.execute(_select_by_ids(len(chunk)), chunk).fetchall()
         for row in rows:
             transfer = _transfer_from_row(row)
             assert transfer.state != TransferState.PREPARED, transfer  # always resident
