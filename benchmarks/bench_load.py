@@ -198,6 +198,7 @@ def topology_toml(topology: Topology, data_dir: Path, per_bank: int, balancer: s
     ]
     for bank in topology.banks:
         lines += ["[[banks]]", f'name = "{bank.name}"', f"customers = {per_bank}"]
+        lines += [f'host = "{bank.host}"'] if bank.host else []
     lines += ["[gateways]", "names = [" + ", ".join(f'"{g}"' for g in topology.gateways) + "]"]
     t = topology.timeouts
     lines += [
@@ -263,7 +264,7 @@ async def start_cluster(
     proc = spawn_cluster(config, scratch / "cluster-up.log", env)
     cluster = Cluster(name, config, data, proc, banks=len(topology.banks))
     deadline = time.monotonic() + START_TIMEOUT_S
-    expected = 1 + len(topology.banks) + len(topology.gateways)
+    expected = 1 + len(topology.bank_processes()) + len(topology.gateways)
     while True:
         state = read_state(data)
         if state and len(state.get("children", [])) == expected:
