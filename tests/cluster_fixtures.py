@@ -45,10 +45,13 @@ class Cluster:
         return process
 
     def restart_bank(self, name: str, env: dict[str, str] | None = None) -> ServiceProcess:
+        """Restart the bank's process: with `hosted`, both banks come back together."""
         old = self.banks[name]
         old.kill()
-        process = ServiceProcess("strife-bank", old.args, old.log_path, env=env)
-        self.banks[name] = process.start()
+        process = ServiceProcess("strife-bank", old.args, old.log_path, env=env).start()
+        for bank, serving in self.banks.items():
+            if serving is old:
+                self.banks[bank] = process
         return process
 
 
@@ -62,13 +65,31 @@ def cluster(
     bank_extra: Sequence[str] = (),
     bank_env: dict[str, dict[str, str]] | None = None,
     gateway_env: dict[str, str] | None = None,
+    hosted: bool = False,
 ) -> Iterator[Cluster]:
+    """`hosted`: alpha and beta served by one process, `east` (its env: bank_env["east"])."""
     seed = write_seed(root / "seed.json")
     result = Cluster(pki, root)
     ports = {name: free_port() for name in gateways}
     coordinators = [f"--coordinator={g}=127.0.0.1:{p}" for g, p in ports.items()]
     with ExitStack() as stack:
-        for bank in ("alpha", "beta"):
+        if hosted:
+            for bank in ("alpha", "beta"):
+                pki.identity("bank", bank)  # each bank's own, for its resolver's calls
+            process = ServiceProcess(
+                "strife-bank",
+                [
+                    "--name", "east", "--bank", "alpha", "--bank", "beta",
+                    "--listen", f"127.0.0.1:{free_port()}", "--data-dir", str(root),
+                    "--seed", str(seed), "--certs", str(pki.identity("bank", "east")),
+                    "--grace", "1", *coordinators, *bank_extra,
+                ],
+                root / "east.log",
+                env=(bank_env or {}).get("east"),
+            )  # fmt: skip
+            result.banks = dict.fromkeys(("alpha", "beta"), process.start())
+            stack.callback(lambda: result.banks["alpha"].stop())
+        for bank in () if hosted else ("alpha", "beta"):
             process = ServiceProcess(
                 "strife-bank",
                 [

@@ -3,6 +3,9 @@ that still lands exactly once when a payment's two banks share a process."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -13,6 +16,12 @@ from strife.cluster.supervisor import Supervisor
 from strife.cluster.topology import TopologyError, parse_topology
 from strife.loadgen import LoadConfig, Outcome, own_cluster, run_load
 from strife.loadgen.target import sized_topology
+from strife.rpc.channels import ChannelPool
+from strife.v1 import gateway_pb2
+
+from .bank_fixtures import BankClient
+from .cluster_fixtures import Cluster, Customer, cluster
+from .conftest import Pki
 
 HOSTED = {
     "data_dir": "cluster",
@@ -80,3 +89,57 @@ async def test_payments_within_and_across_a_shared_process_land_exactly_once(
     assert routes[frozenset(("alpha", "beta"))] > 0  # both legs in the shared process
     assert routes[frozenset(("alpha", "gamma"))] + routes[frozenset(("beta", "gamma"))] > 0
     assert routes[frozenset(("alpha",))] + routes[frozenset(("beta",))] > 0  # one-phase
+
+
+async def test_a_host_killed_after_both_yes_votes_learns_commit_for_both_banks(
+    pki: Pki, tmp_path: Path
+) -> None:
+    """Both legs of one payment live in one process, which dies on the COMMIT
+    (one DecideTransfers carrying both). After a restart each bank's own
+    resolver, under its own identity, asks the coordinator and commits its leg;
+    the settler waits a minute, so nothing else can finish the payment."""
+    with cluster(
+        pki, tmp_path, hosted=True,
+        gateway_extra=["--settle-interval", "60"],
+        bank_extra=["--in-doubt-timeout", "0.3"],
+        bank_env={"east": {"STRIFE_FAILPOINTS": "bank.before_commit"}},
+    ) as c:  # fmt: skip
+        async with ChannelPool(pki.identity("client", "default")) as pool:
+            ada = Customer(pool, c.gateways["gw-1"].address)
+            await ada.login("ada")
+            before = await _balances(pki, c)
+            reply = await ada.pay(str(uuid.uuid4()), ("alpha", "ada-usd"), ("beta", "cy-usd"), 700)
+            assert reply.payment.status == gateway_pb2.PAYMENT_STATUS_COMMITTED
+            east = c.banks["alpha"]
+            assert east.proc is not None and east.proc.wait(10) == 75  # died on the COMMIT
+            restarted = c.restart_bank("alpha")
+            assert c.banks["beta"] is restarted
+
+            async def settled() -> bool:
+                now = await _balances(pki, c)
+                return now["ada"][:2] == (before["ada"][0] - 700, 0) and now["cy"][0] == (
+                    before["cy"][0] + 700
+                )
+
+            deadline = time.monotonic() + 20
+            while not await settled():  # bounded poll of the books, not a timed wait
+                assert time.monotonic() < deadline, "the host's banks never resolved"
+                await asyncio.sleep(0.05)
+            resolved = [e for e in restarted.log_events() if e.get("event") == "in_doubt_resolved"]
+            assert sorted(str(e["decision"]) for e in resolved) == ["COMMIT", "COMMIT"]
+            asked = {
+                str(e["peer"]).rsplit("/", 1)[-1]
+                for e in c.gateways["gw-1"].log_events()
+                if str(e.get("method", "")).endswith("/GetDecision")
+            }
+            assert asked == {"alpha", "beta"}  # each bank under its own name, not "east"
+
+
+async def _balances(pki: Pki, c: Cluster) -> dict[str, tuple[int, int, int]]:
+    """Both accounts read from the shared process, each asked of its own bank."""
+    async with ChannelPool(pki.identity("admin", "admin")) as pool:
+        address = c.banks["alpha"].address
+        return {
+            "ada": await BankClient(pool, address, bank="alpha").balance("ada-usd"),
+            "cy": await BankClient(pool, address, bank="beta").balance("cy-usd"),
+        }
