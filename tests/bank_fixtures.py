@@ -37,25 +37,8 @@ def write_seed(path: Path) -> Path:
 def bank_process(
     pki: Pki, tmp: Path, *extra: str, name: str = "alpha", db: Path | None = None
 ) -> Iterator[ServiceProcess]:
-    seed = write_seed(tmp / "seed.json")
-    process = ServiceProcess(
-        "strife-bank",
-        [
-            "--name", name,
-            "--listen", "127.0.0.1:0",
-            "--db", str(db or tmp / f"{name}.db"),
-            "--seed", str(seed),
-            "--certs", str(pki.identity("bank", name)),
-            "--grace", "1",
-            *extra,
-        ],
-        tmp / f"{name}.log",
-    )  # fmt: skip
-    process.start()
-    try:
+    with _bank_server(pki, tmp, name, ["--db", str(db or tmp / f"{name}.db"), *extra]) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @contextmanager
@@ -63,20 +46,23 @@ def bank_host_process(
     pki: Pki, tmp: Path, banks: Sequence[str], *extra: str, name: str = "east"
 ) -> Iterator[ServiceProcess]:
     """One strife-bank process `name` serving `banks`, databases under tmp/data."""
-    seed = write_seed(tmp / "seed.json")
     for bank in banks:  # each bank registers and asks under its own identity
         pki.identity("bank", bank)
+    hosted = [arg for bank in banks for arg in ("--bank", bank)]
+    with _bank_server(
+        pki, tmp, name, [*hosted, "--data-dir", str(tmp / "data"), *extra]
+    ) as process:
+        yield process
+
+
+@contextmanager
+def _bank_server(pki: Pki, tmp: Path, name: str, args: Sequence[str]) -> Iterator[ServiceProcess]:
+    seed = write_seed(tmp / "seed.json")
     process = ServiceProcess(
         "strife-bank",
         [
-            "--name", name,
-            *(arg for bank in banks for arg in ("--bank", bank)),
-            "--listen", "127.0.0.1:0",
-            "--data-dir", str(tmp / "data"),
-            "--seed", str(seed),
-            "--certs", str(pki.identity("bank", name)),
-            "--grace", "1",
-            *extra,
+            "--name", name, "--listen", "127.0.0.1:0", "--seed", str(seed),
+            "--certs", str(pki.identity("bank", name)), "--grace", "1", *args,
         ],
         tmp / f"{name}.log",
     )  # fmt: skip

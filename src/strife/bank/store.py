@@ -37,6 +37,7 @@ from strife.bank.seed import SeedRow
 from strife.observability.logging import get_logger
 from strife.security.passwords import HASHING_EXECUTOR
 from strife.storage.sqlite import (
+    CommitLane,
     GroupCommitWriter,
     InThread,
     Synchronous,
@@ -202,6 +203,7 @@ class BankStore:
         write_conn: aiosqlite.Connection,
         read_conn: aiosqlite.Connection,
         on_batch: Callable[[int], None] | None,
+        lane: CommitLane | None = None,
     ) -> None:
         self.config = config
         self.ledger = ledger
@@ -217,14 +219,21 @@ class BankStore:
             expected_errors=(LedgerError,),
             preload=self._preload,
             on_commit=self._after_commit,
+            lane=lane,
         )
         self.writer_task = self._writer.start()
 
     @classmethod
     async def open(
-        cls, config: StoreConfig, on_batch: Callable[[int], None] | None = None
+        cls,
+        config: StoreConfig,
+        on_batch: Callable[[int], None] | None = None,
+        lane: CommitLane | None = None,
     ) -> BankStore:
-        write_conn = await connect(config.path, synchronous=config.synchronous)
+        """`lane`: commit on a thread shared with the other banks of this process."""
+        write_conn = await connect(
+            config.path, synchronous=config.synchronous, any_thread=lane is not None
+        )
         await migrate(write_conn, MIGRATIONS)
         read_conn = await connect(config.path, synchronous=config.synchronous)
         ledger = await cls._load(write_conn)
@@ -234,7 +243,7 @@ class BankStore:
             accounts=len(ledger.accounts),
             prepared=len(ledger.transfers),
         )
-        return cls(config, ledger, write_conn, read_conn, on_batch)
+        return cls(config, ledger, write_conn, read_conn, on_batch, lane)
 
     @staticmethod
     async def _load(conn: aiosqlite.Connection) -> Ledger:

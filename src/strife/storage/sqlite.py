@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -33,9 +34,17 @@ class Migration:
     sql: str
 
 
-async def connect(path: str | Path, *, synchronous: Synchronous = "FULL") -> aiosqlite.Connection:
-    """Open a connection in WAL mode with an explicit `synchronous` level."""
-    conn = await aiosqlite.connect(str(path), isolation_level=None)
+async def connect(
+    path: str | Path, *, synchronous: Synchronous = "FULL", any_thread: bool = False
+) -> aiosqlite.Connection:
+    """Open a connection in WAL mode with an explicit `synchronous` level.
+
+    `any_thread`: a writer's connection whose commits a CommitLane runs on its
+    own thread (only ever one thread at a time: the writer awaits each batch).
+    """
+    conn = await aiosqlite.connect(
+        str(path), isolation_level=None, check_same_thread=not any_thread
+    )
     await conn.execute("PRAGMA journal_mode=WAL")
     await conn.execute(f"PRAGMA synchronous={synchronous}")
     await conn.execute("PRAGMA foreign_keys=ON")
@@ -165,6 +174,64 @@ def _write_batch(conn: sqlite3.Connection, writes: Writes) -> None:
         raise
 
 
+class CommitLane:
+    """One database thread for the group commits of several databases.
+
+    A process serving several banks has a writer per database. Left to
+    themselves, the writers a single call woke would each hop to their own
+    connection's thread and back: a thread wake-up, a GIL hand-off and a loop
+    wake-up apiece. Commits handed to one lane in the same loop turn go to
+    its thread together and run one after another (each its own transaction
+    and fsync, on its own file), and come back with one wake-up.
+    """
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="sqlite-commit")
+        self._pending: list[tuple[sqlite3.Connection, Writes, asyncio.Future[None]]] = []
+
+    def commit(self, conn: sqlite3.Connection, writes: Writes) -> asyncio.Future[None]:
+        """Commit `writes` on `conn` with the others of this loop turn."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._pending.append((conn, writes, future))
+        if len(self._pending) == 1:
+            loop.call_soon(self._flush, loop)
+        return future
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        jobs, self._pending = self._pending, []
+        ran = loop.run_in_executor(self._executor, _write_batches, [(c, w) for c, w, _ in jobs])
+
+        def settle(done: asyncio.Future[list[BaseException | None]]) -> None:
+            crashed = done.exception()  # the lane itself, not one database
+            for index, (_, _, future) in enumerate(jobs):
+                if future.done():
+                    continue
+                error = crashed if crashed is not None else done.result()[index]
+                if error is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(error)
+
+        ran.add_done_callback(settle)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+def _write_batches(jobs: list[tuple[sqlite3.Connection, Writes]]) -> list[BaseException | None]:
+    """Each connection's batch in its own transaction; one failing leaves the rest."""
+    failures: list[BaseException | None] = []
+    for conn, writes in jobs:
+        try:
+            _write_batch(conn, writes)
+        except Exception as exc:  # that writer stops (fail-stop); the others go on
+            failures.append(exc)
+        else:
+            failures.append(None)
+    return failures
+
+
 @dataclass(slots=True)
 class _Item:
     work: Work
@@ -177,7 +244,8 @@ class GroupCommitWriter:
 
     Per batch: `preload` (one query fetching what the batch's keys need; this
     task is the only writer, so nothing changes underneath it), each work in
-    order, then one call on the database thread running BEGIN IMMEDIATE, one
+    order, then one call on the database thread (the connection's own, or a
+    CommitLane's shared by several writers) running BEGIN IMMEDIATE, one
     `executemany` per statement and COMMIT; then every caller gets its result.
     A work that raises one of `expected_errors` fails alone and must have
     changed nothing; any other exception, or a failed COMMIT, stops the writer
@@ -194,9 +262,11 @@ class GroupCommitWriter:
         expected_errors: tuple[type[Exception], ...] = (),
         preload: Preload | None = None,
         on_commit: Callable[[int], None] | None = None,
+        lane: CommitLane | None = None,
     ) -> None:
         assert 1 <= max_batch <= max_queue
         self._conn = conn
+        self._lane = lane
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max_queue)
         self._expected = expected_errors
@@ -275,7 +345,10 @@ class GroupCommitWriter:
             writes.extend(mine)
             results.append((True, value))
         if len(writes):
-            await in_thread(conn, lambda raw: _write_batch(raw, writes))
+            if self._lane is not None:  # opened with any_thread=True
+                await self._lane.commit(conn._conn, writes)
+            else:
+                await in_thread(conn, lambda raw: _write_batch(raw, writes))
         return results
 
     def _fail(self, batch: list[_Item], exc: BaseException) -> None:
