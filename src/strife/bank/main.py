@@ -77,6 +77,11 @@ _log = get_logger("strife.bank")
 )  # fmt: skip
 @click.option("--max-batch", default=256, show_default=True, help="Group-commit batch cap.")
 @click.option("--max-queue", default=8192, show_default=True, help="Write queue bound.")
+@click.option(
+    "--resident-transfers", default=20_000, show_default=True, type=click.IntRange(min=100),
+    help="Finished transfers kept in memory by the process, shared equally among its banks "
+    "(older ones are read back from disk when asked for).",
+)  # fmt: skip
 @click.option("--in-doubt-timeout", "in_doubt_s", default=5.0, show_default=True)
 @server_options
 def main(**options: Any) -> None:
@@ -115,6 +120,8 @@ def main(**options: Any) -> None:
                 synchronous=options["synchronous"],
                 max_batch=options["max_batch"],
                 max_queue=options["max_queue"],
+                # A memory budget for the process, not for each bank it serves.
+                resident_transfers=options["resident_transfers"] // len(banks),
             ),
             on_batch=BATCH_SIZE.observe,
             lane=lane,
