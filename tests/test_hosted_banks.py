@@ -3,8 +3,6 @@ that still lands exactly once when a payment's two banks share a process."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -22,6 +20,7 @@ from strife.v1 import gateway_pb2
 from .bank_fixtures import BankClient
 from .cluster_fixtures import Cluster, Customer, cluster
 from .conftest import Pki
+from .test_gateway_faults import until
 
 HOSTED = {
     "data_dir": "cluster",
@@ -121,10 +120,7 @@ async def test_a_host_killed_after_both_yes_votes_learns_commit_for_both_banks(
                     before["cy"][0] + 700
                 )
 
-            deadline = time.monotonic() + 20
-            while not await settled():  # bounded poll of the books, not a timed wait
-                assert time.monotonic() < deadline, "the host's banks never resolved"
-                await asyncio.sleep(0.05)
+            await until(settled, "the host's banks to resolve the in-doubt transfer")
             resolved = [e for e in restarted.log_events() if e.get("event") == "in_doubt_resolved"]
             assert sorted(str(e["decision"]) for e in resolved) == ["COMMIT", "COMMIT"]
             asked = {
