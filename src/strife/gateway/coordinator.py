@@ -131,6 +131,23 @@ class PaymentCoordinator:
 
     # ------------------------------------------------------------- the run
 
+    async def submit(self, record: PaymentRecord) -> tuple[PaymentRecord, bool]:
+        """A customer's request for a payment: the stored outcome of its key, the
+        run already deciding it, or a new run. The second element says the answer
+        replays an earlier attempt (or joined one)."""
+        if self.running(record.transfer_id) is not None:
+            return await self.run(record)
+        existing = self.store.by_transfer(record.transfer_id)
+        if existing is None:
+            return await self.run(record)
+        if existing.fingerprint != record.fingerprint:
+            raise FingerprintMismatchError(record.transfer_id)
+        if existing.state != PaymentState.PENDING:
+            return existing, True
+        result, _ = await self.run(existing)  # an unresolved one-phase payment
+        return result, True
+
+
     async def run(self, record: PaymentRecord) -> tuple[PaymentRecord, bool]:
         """Coordinate a payment to its decision. Concurrent calls for the same id
         share one run; the second element says the caller joined one."""

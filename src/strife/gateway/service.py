@@ -162,7 +162,7 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
             transfer_id=record.transfer_id,
         )
         try:
-            result, replayed = await self._process(context, record)
+            result, replayed = await self.coordinator.submit(record)
         except FingerprintMismatchError:
             await _key_reused(context, key)
         except InProgressError:
@@ -193,19 +193,6 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
             )  # fmt: skip
         request_context.note(status=str(result.state), abort_reason=result.abort_reason or None)
         return gateway_pb2.ProcessPaymentResponse(payment=payment_pb(result), replayed=replayed)
-
-    async def _process(self, context: Any, record: PaymentRecord) -> tuple[PaymentRecord, bool]:
-        if self.coordinator.running(record.transfer_id) is not None:
-            return await self.coordinator.run(record)
-        existing = self.store.by_transfer(record.transfer_id)
-        if existing is None:
-            return await self.coordinator.run(record)
-        if existing.fingerprint != record.fingerprint:
-            raise FingerprintMismatchError(record.transfer_id)
-        if existing.state != PaymentState.PENDING:
-            return existing, True
-        result, _ = await self.coordinator.run(existing)  # an unresolved one-phase payment
-        return result, True
 
     async def _validate_payment(self, context: Any, request: Any) -> None:
         if not _KEY.fullmatch(request.idempotency_key):
