@@ -1,14 +1,58 @@
-"""Shared fixtures: a private CA and identity folders made with strife's own tooling."""
+"""Shared fixtures: hermetic tests, and a private CA and identity folders made with
+strife's own tooling."""
 
 from __future__ import annotations
 
 import datetime as dt
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from strife.security import certs
+# Variables a user's shell may carry that Strife (or gRPC under it) reads. Removed
+# here, before strife is imported (failpoints are read at import), and again
+# around every test; a test that wants one sets it for the process it starts.
+_USER_PREFIXES = ("STRIFE_",)
+_USER_VARIABLES = (
+    "http_proxy", "https_proxy", "grpc_proxy", "all_proxy", "no_proxy",
+    "HTTP_PROXY", "HTTPS_PROXY", "GRPC_PROXY", "ALL_PROXY", "NO_PROXY",
+    "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH", "GRPC_TRACE", "GRPC_VERBOSITY",
+)  # fmt: skip
+
+
+def _user_settings() -> list[str]:
+    return [name for name in os.environ if name.startswith(_USER_PREFIXES)] + [
+        name for name in _USER_VARIABLES if name in os.environ
+    ]
+
+
+for _name in _user_settings():
+    del os.environ[_name]
+
+from strife.security import certs  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def hermetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Every test runs in its own empty working directory with a clean environment.
+
+    Strife's defaults are relative to the working directory (`./certs/<identity>`,
+    `./data/`, `.strife/cluster`) or come from the environment (`STRIFE_*`, the
+    client's `~/.strife`): none of them may be the checkout's or the user's. What a
+    test sets in `os.environ` is undone after it.
+    """
+    saved = dict(os.environ)
+    for name in _user_settings():
+        monkeypatch.delenv(name)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("STRIFE_HOME", str(tmp_path / "strife-home"))
+    yield work
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @dataclass(frozen=True)

@@ -644,6 +644,9 @@ def test_cli_refuses_a_lease_shorter_than_two_heartbeats() -> None:
 
 
 def test_cli_requires_certificates() -> None:
+    # The working directory is the test's own (conftest): no ./certs/balancer to
+    # fall back on, so the command refuses instead of starting a balancer here.
+    assert not Path("certs").exists()
     result = CliRunner().invoke(balancer_main, ["--listen", "127.0.0.1:0"])
     assert result.exit_code == 2
     assert "--certs" in result.output

@@ -18,6 +18,7 @@ from strife.bank.seed import SeedError, SeedRow, load_seed
 from strife.bank.service import AUTHZ, SERVICE, BankServicer
 from strife.bank.store import BankStore, StoreConfig
 from strife.observability.logging import get_logger
+from strife.program import entry as program_entry
 from strife.rpc.channels import ChannelPool
 from strife.rpc.cli import named_addresses, server_config, server_options
 from strife.rpc.discovery import BalancerClient, Heartbeat
@@ -236,3 +237,7 @@ async def _open_all(
         await asyncio.gather(*(store.close() for store in stores.values()))
         raise failure
     return stores
+
+
+# The console script: this process is the program (signals, uvloop).
+entry = program_entry(main)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -54,6 +53,8 @@ from strife.cluster.demo import demo as demo_command
 from strife.errors import StrifeError
 from strife.money import MoneyError
 from strife.observability.logging import configure_logging
+from strife.program import entry as program_entry
+from strife.rpc.server import install_stop_signals
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -722,10 +723,8 @@ def watch(until_empty: bool, timeout_s: float | None, **options: Any) -> None:
     settings = _settings(options)
 
     async def body() -> int:
-        stop = asyncio.Event()
+        stop = install_stop_signals()  # only when `strife` is the program
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         async with _client(settings, background=True) as client:
             outcomes = client.outcomes()
             if not settings.as_json:
@@ -755,3 +754,7 @@ def watch(until_empty: bool, timeout_s: float | None, **options: Any) -> None:
 
 main.add_command(cluster_group)
 main.add_command(demo_command)
+
+
+# The console script: this process is the program (signals, uvloop).
+entry = program_entry(main)

@@ -1,5 +1,6 @@
 """`python -m strife.cluster up|status|down` (also `strife cluster ...`)."""
 
 from strife.cluster.cli import cluster
+from strife.program import entry
 
-cluster()
+entry(cluster)()

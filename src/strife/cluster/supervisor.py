@@ -27,6 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from strife.cluster.seeds import seed_file
 from strife.cluster.topology import Topology
 from strife.rpc.channels import ChannelPool
+from strife.rpc.server import install_stop_signals
 from strife.security import certs
 
 STATE_FILE = "cluster.json"
@@ -181,9 +182,7 @@ class Supervisor:
 
     async def supervise(self) -> None:
         """Restart children that die, until stop() (or SIGTERM/SIGINT)."""
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
+        install_stop_signals(self._stop)  # only when `strife cluster up` is the program
         self._watchers = [asyncio.create_task(self._watch(child)) for child in self.children]
         await self._stop.wait()
         for task in self._watchers:

@@ -24,6 +24,7 @@ from strife.gateway.store import GatewayStore, PaymentRecord, now_ms
 from strife.gateway.throttle import LoginThrottle
 from strife.gateway.tokens import TokenAuthority, load_or_create_key
 from strife.observability.logging import get_logger
+from strife.program import entry as program_entry
 from strife.rpc.channels import ChannelPool
 from strife.rpc.cli import named_addresses, server_config, server_options
 from strife.rpc.discovery import BalancerClient, Heartbeat
@@ -172,3 +173,7 @@ def main(**options: Any) -> None:
         await store.close()
 
     run(serve)
+
+
+# The console script: this process is the program (signals, uvloop).
+entry = program_entry(main)

@@ -28,6 +28,7 @@ from strife.loadgen.engine import LoadError
 from strife.loadgen.report import print_summary
 from strife.loadgen.runner import LoadResult, run_load
 from strife.loadgen.target import Target, own_cluster, running_cluster, sized_topology
+from strife.program import entry as program_entry
 from strife.rpc.discovery import POLICIES
 
 EXIT_MONEY = 2
@@ -289,5 +290,8 @@ async def _run(
                           plot=plot)  # fmt: skip
 
 
+# The console script: this process is the program (signals, uvloop).
+entry = program_entry(main)
+
 if __name__ == "__main__":
-    main()
+    entry()

@@ -3,7 +3,9 @@
 mTLS with client certificates required, one interceptor (logging -> peer
 authentication -> authorization -> the service's checks), health and reflection,
 message-size limits, a port that cannot be shared by accident, and a graceful
-stop on SIGTERM/SIGINT.
+stop on SIGTERM/SIGINT when the server runs as its process's program
+(`strife.program`); a server started in-process by other code leaves the
+host's signals alone.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 
 from strife.observability.logging import get_logger
 from strife.observability.metrics import serve_metrics
+from strife.program import owns_signals
 from strife.rpc.addresses import join_host_port, split_host_port
 from strife.rpc.authz import AuthzTable
 from strife.rpc.channels import MAX_MESSAGE_BYTES
@@ -134,24 +137,47 @@ class StrifeServer:
         _log.info("server_stopped", name=self.config.name)
 
     def install_signal_handlers(self) -> asyncio.Event:
-        """An event set by SIGTERM or SIGINT (instead of the default kill)."""
-        loop = asyncio.get_running_loop()
-        requested = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, requested.set)
-        return requested
+        """An event set by SIGTERM or SIGINT (instead of the default kill).
+
+        Only in a Strife program's main thread; elsewhere the host keeps its
+        signals (SIGTERM still ends the host) and the event is set only by
+        whoever holds it.
+        """
+        return install_stop_signals()
 
     async def wait_for_signal(self, requested: asyncio.Event | None = None) -> None:
         """Block until SIGTERM or SIGINT, then stop gracefully."""
-        loop = asyncio.get_running_loop()
         requested = requested or self.install_signal_handlers()
         try:
             await requested.wait()
             _log.info("shutdown_requested", name=self.config.name)
             await self.stop()
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
+            remove_stop_signals()
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def install_stop_signals(requested: asyncio.Event | None = None) -> asyncio.Event:
+    """Make SIGTERM/SIGINT set `requested`, if this process is a Strife program.
+
+    A host that calls a command in-process (a test, another program) keeps
+    its own handling: a server must never be what keeps it alive.
+    """
+    requested = requested or asyncio.Event()
+    if owns_signals():
+        loop = asyncio.get_running_loop()
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, requested.set)
+    return requested
+
+
+def remove_stop_signals() -> None:
+    if owns_signals():
+        loop = asyncio.get_running_loop()
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
 
 
 def _settle_gc() -> None:
@@ -169,7 +195,15 @@ def _settle_gc() -> None:
 
 
 def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """Run a process's main coroutine on uvloop when it is installed."""
+    """Run a process's main coroutine: on uvloop in a Strife program.
+
+    In-process (not a Strife program) it runs on the stdlib loop, where an
+    exception from the host's own signal handler (pytest-timeout's SIGALRM,
+    KeyboardInterrupt) ends the run; uvloop would log it and keep serving.
+    """
+    if not owns_signals():
+        asyncio.run(main())
+        return
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
