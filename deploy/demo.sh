@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Set up a local Strife: a virtual environment with the project, the dev
-# certificates, then the demo (a local cluster making real payments).
+# Set up a local Strife: a virtual environment with the project, then the demo
+# (a local cluster making real payments). The demo keeps its certificates,
+# databases and logs under .strife/demo (git-ignored), never in ./certs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-if [ ! -x .venv/bin/strife ]; then
-  "$PYTHON" -m venv .venv
-  .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e '.[dev]'
+VENV=${VENV:-.venv}
+if [ ! -x "$VENV/bin/strife" ]; then
+  "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  "$VENV/bin/python" -m pip install --quiet -e '.[dev]'
 fi
-.venv/bin/strife-certs dev --out certs
-exec .venv/bin/strife demo "$@"
+exec "$VENV/bin/strife" demo "$@"

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import signal
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -243,42 +243,67 @@ async def play(supervisor: Supervisor, topology: Topology, story: Story) -> None
         )
 
 
-async def run_demo(data_dir: Path | None, say: Callable[[str], None]) -> int:
-    with contextlib.ExitStack() as stack:
-        root = data_dir or Path(
-            stack.enter_context(tempfile.TemporaryDirectory(prefix="strife-demo-"))
+DEFAULT_DATA_DIR = Path(".strife/demo")
+MARKER = "strife-demo"  # a folder the demo made, and so may clear
+
+
+class DemoFolderError(click.ClickException):
+    pass
+
+
+def prepare_folder(root: Path) -> None:
+    """Start each run from fresh books in `root`, keeping its certificates.
+
+    Only a folder the demo made (it holds the marker file) is cleared; the
+    last run's logs stay there until the next run.
+    """
+    if root.exists() and any(root.iterdir()) and not (root / MARKER).exists():
+        raise DemoFolderError(
+            f"{root} is not empty and was not made by `strife demo`; choose another --data-dir"
         )
-        topology = default_topology(root)
-        topology = Topology(
-            topology.data_dir, f"127.0.0.1:{free_port()}", topology.policy, topology.banks,
-            topology.gateways, topology.timeouts,
-        )  # fmt: skip
-        supervisor = Supervisor(topology, say=lambda line: say(f"  (supervisor) {line}"))
-        say(f"starting a local cluster in {topology.data_dir} ...")
-        started = time.monotonic()
-        await supervisor.up()
-        say(f"cluster up in {time.monotonic() - started:.1f}s:")
-        for name, address, pid, _log in supervisor.table():
-            say(f"  {name:<14} {address:<17} pid {pid}")
-        supervising = asyncio.create_task(supervisor.supervise())
-        story = Story(say)
-        try:
-            say("story:")
-            await play(supervisor, topology, story)
-        except Exception as exc:  # a step blew up: report it, still shut down
-            story.check(False, "the story ran to the end", repr(exc))
-        finally:
-            supervisor.stop()
-            await supervising
-        passed = story.steps - len(story.failures)
-        say(f"{passed}/{story.steps} steps behaved as stated; cluster stopped.")
-        return 0 if not story.failures else 1
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MARKER).write_text("made by `strife demo`; cleared (but for certs/) on each run\n")
+    for sub in ("data", "logs"):
+        shutil.rmtree(root / sub, ignore_errors=True)
+    for outbox in root.glob("demo-outbox*.db*"):
+        outbox.unlink()
+
+
+async def run_demo(data_dir: Path | None, say: Callable[[str], None]) -> int:
+    root = data_dir or DEFAULT_DATA_DIR
+    prepare_folder(root)
+    topology = default_topology(root)
+    topology = Topology(
+        topology.data_dir, f"127.0.0.1:{free_port()}", topology.policy, topology.banks,
+        topology.gateways, topology.timeouts,
+    )  # fmt: skip
+    supervisor = Supervisor(topology, say=lambda line: say(f"  (supervisor) {line}"))
+    say(f"starting a local cluster in {topology.data_dir} ...")
+    started = time.monotonic()
+    await supervisor.up()
+    say(f"cluster up in {time.monotonic() - started:.1f}s:")
+    for name, address, pid, _log in supervisor.table():
+        say(f"  {name:<14} {address:<17} pid {pid}")
+    supervising = asyncio.create_task(supervisor.supervise())
+    story = Story(say)
+    try:
+        say("story:")
+        await play(supervisor, topology, story)
+    except Exception as exc:  # a step blew up: report it, still shut down
+        story.check(False, "the story ran to the end", repr(exc))
+    finally:
+        supervisor.stop()
+        await supervising
+    passed = story.steps - len(story.failures)
+    say(f"{passed}/{story.steps} steps behaved as stated; cluster stopped.")
+    return 0 if not story.failures else 1
 
 
 @click.command()
 @click.option(
     "--data-dir", type=click.Path(file_okay=False, path_type=Path),
-    help="Keep the cluster's files here (default: a temporary folder).",
+    help=f"Certificates, databases and logs (default: {DEFAULT_DATA_DIR}); "
+    "certificates are kept between runs, the books start fresh each run.",
 )  # fmt: skip
 def demo(data_dir: Path | None) -> None:
     """Start a local cluster, play a story of real payments, check every step."""
