@@ -245,19 +245,25 @@ async def test_a_stale_listing_never_aborts_a_committed_payment(
     assert stored is not None and stored.state is PaymentState.COMMITTED
 
 
-async def test_an_undecided_payment_nobody_runs_is_aborted_once(store: GatewayStore) -> None:
-    """A PENDING record with no run here (left by a crash) is decided ABORT, and
-    a second look at it finds the decision instead of deciding again."""
+async def test_an_undecided_payment_nobody_runs_is_resolved_at_the_payers_bank(
+    store: GatewayStore,
+) -> None:
+    """A PENDING record with no run here (left by a crash) is never decided ABORT on
+    this gateway's word alone: another replica may have committed the transfer.
+    An Abort goes to the payer's bank first; only its acknowledgement makes the
+    abort final, and then the payee's bank hears it too."""
     banks = FakeBanks()
     coord = coordinator(store, banks, "decision")
     await store.insert_pending(payment(8))
 
-    assert await coord.decision("t-8") == coordinator_pb2.DECISION_ABORT
+    assert await coord.decision("t-8") == coordinator_pb2.DECISION_UNDECIDED
+    assert banks.by_name["alpha"].aborts == []  # nothing decided before the bank said so
+    await coord.close()
     assert await coord.decision("t-8") == coordinator_pb2.DECISION_ABORT
     assert await coord.settle_once()
-    await coord.close()
     stored = store.by_transfer("t-8")
     assert stored is not None and stored.state is PaymentState.ABORTED and stored.settled
+    assert stored.abort_transient
     assert banks.by_name["alpha"].aborts == banks.by_name["beta"].aborts == ["t-8"]
 
 

@@ -26,7 +26,7 @@ from strife.bank.service import (
     transfer_outcome,
 )
 from strife.errors import Reason, abort
-from strife.faults import failpoint
+from strife.faults import decision_failpoints, failpoint, failpoint_async
 from strife.observability import context as request_context
 from strife.v1 import bank_pb2, bank_pb2_grpc
 
@@ -88,6 +88,10 @@ class BankHost(bank_pb2_grpc.BankServiceServicer):
         bank = self._pick(request.bank) or await self._unrouted(context, request.bank)
         return await bank.Abort(request, context)
 
+    async def GetTransfer(self, request: Any, context: Any) -> Any:
+        bank = self._pick(request.bank) or await self._unrouted(context, request.bank)
+        return await bank.GetTransfer(request, context)
+
     # ----------------------------------------------------------------- batches
 
     async def PrepareTransfers(self, request: Any, context: Any) -> Any:
@@ -99,6 +103,7 @@ class BankHost(bank_pb2_grpc.BankServiceServicer):
         bank's PREPARED records share one fsync, as concurrent single
         Prepares under load would.
         """
+        await failpoint_async("bank.before_prepare", *(p.transfer_id for p in request.prepares))
         prepares = list(request.prepares)
         routes = await self._routes(context, prepares, "prepare")
         if len({p.coordinator for p in prepares}) != 1:
@@ -135,6 +140,7 @@ class BankHost(bank_pb2_grpc.BankServiceServicer):
         transfer, or a bank not hosted here) is reported in its outcome and
         does not touch the others.
         """
+        await decision_failpoints(request.decisions)
         coordinator = request.coordinator
         if self._check_coordinator:
             await require_coordinator(context, coordinator)

@@ -199,10 +199,12 @@ class Changes:
     accounts: list[Account] = field(default_factory=list)
     transfers: list[Transfer] = field(default_factory=list)
     entries: list[Entry] = field(default_factory=list)
+    released: list[str] = field(default_factory=list)
+    """Transfer ids whose PREPARED record was withdrawn (deleted, not aborted)."""
 
     @property
     def empty(self) -> bool:
-        return not (self.accounts or self.transfers or self.entries)
+        return not (self.accounts or self.transfers or self.entries or self.released)
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +248,10 @@ class Ledger:
         for transfer in transfers:
             assert transfer.transfer_id not in self.transfers, transfer.transfer_id
             self.transfers[transfer.transfer_id] = transfer
+        # Volatile: how often each PREPARED id was voted YES again (a replayed
+        # prepare). The resolver aborts on a presumed-abort answer only if no
+        # YES was given since it asked (`abort(..., unless_voted_since=...)`).
+        self.votes: dict[str, int] = {}
         # Paired with the checks on the way out of every operation: what the store
         # gives back must be exactly what we handed it.
         self.check_invariants()
@@ -360,12 +366,27 @@ class Ledger:
         committed = dataclasses.replace(transfer, state=TransferState.COMMITTED)
         return self._apply(accounts, committed, entries)
 
-    def abort(self, *, transfer_id: str, coordinator: str) -> Outcome:
+    def abort(
+        self, *, transfer_id: str, coordinator: str, unless_voted_since: int | None = None
+    ) -> Outcome:
         """Apply ABORT: release what the prepare held. An abort for an unknown id
-        leaves a tombstone, so a prepare that arrives late is refused."""
+        leaves a tombstone, so a prepare that arrives late is refused.
+
+        `unless_voted_since` (the resolver's): a count read from `votes` before
+        the coordinator was asked. If the id was voted YES again since (a new
+        attempt of its coordinator is counting on it), the presumed abort is
+        stale: nothing changes and the transfer is answered as it stands.
+        """
         _require_id(transfer_id, "transfer_id")
         _require_id(coordinator, "coordinator")
         transfer = self.transfers.get(transfer_id)
+        if (
+            unless_voted_since is not None
+            and transfer is not None
+            and transfer.state == TransferState.PREPARED
+            and self.votes.get(transfer_id, 0) != unless_voted_since
+        ):
+            return _replayed(transfer)
         if transfer is None:
             tombstone = Transfer(
                 transfer_id,
@@ -404,6 +425,42 @@ class Ledger:
             transfer, state=TransferState.ABORTED, abort_reason=Reason.ABORTED_BY_COORDINATOR
         )
         return self._apply(accounts, aborted, [])
+
+    def release(self, *, transfer_id: str, coordinator: str) -> Outcome:
+        """Withdraw a coordinator's undecided YES: the PREPARED record is removed
+        as if the prepare never came, and its hold lifted. Unlike an abort it
+        leaves no tombstone, so the coordinator that owns the transfer (the one
+        holding the payer's leg) can still prepare this leg. An unknown id stays
+        unknown; a decided one is answered as recorded; another coordinator's
+        PREPARED record is not ours to withdraw (NOT_COORDINATOR)."""
+        _require_id(transfer_id, "transfer_id")
+        _require_id(coordinator, "coordinator")
+        transfer = self.transfers.get(transfer_id)
+        if transfer is None:
+            return Outcome(_unknown(transfer_id, coordinator), Changes(), replayed=True)
+        if transfer.state != TransferState.PREPARED:
+            return _replayed(transfer)
+        _require_coordinator(transfer, coordinator)
+        accounts: list[Account] = []
+        for posting in transfer.postings:
+            account = self.accounts[posting.account_id]
+            _assert_account(account)
+            if posting.leg == Leg.DEBIT:
+                account = dataclasses.replace(
+                    account, held_minor=account.held_minor - posting.amount_minor
+                )
+            else:
+                account = dataclasses.replace(
+                    account,
+                    pending_credit_minor=account.pending_credit_minor - posting.amount_minor,
+                )
+            _assert_account(account)
+            accounts.append(account)
+        for account in accounts:
+            self.accounts[account.account_id] = account
+        del self.transfers[transfer_id]
+        self.votes.pop(transfer_id, None)
+        return Outcome(transfer, Changes(accounts=accounts, released=[transfer_id]), False)
 
     # ----------------------------------------------------------------- one phase
 
@@ -514,6 +571,8 @@ class Ledger:
                 Reason.REQUEST_IN_PROGRESS,
                 f"transfer {recorded.transfer_id} is in progress at another coordinator",
             )
+        if recorded.state == TransferState.PREPARED:
+            self.votes[recorded.transfer_id] = self.votes.get(recorded.transfer_id, 0) + 1
         return _replayed(recorded)
 
     def _refusal(self, postings: Sequence[Posting]) -> Reason | None:
@@ -577,6 +636,8 @@ class Ledger:
         for account in accounts:
             self.accounts[account.account_id] = account
         self.transfers[transfer.transfer_id] = transfer
+        if transfer.state != TransferState.PREPARED:
+            self.votes.pop(transfer.transfer_id, None)
 
         for account in accounts:
             _assert_account(self.accounts[account.account_id])
@@ -585,6 +646,14 @@ class Ledger:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _unknown(transfer_id: str, coordinator: str) -> Transfer:
+    """What `release` answers for an id this bank never recorded: an ABORTED
+    view of it that is not stored (nothing was held, nothing is kept)."""
+    return Transfer(
+        transfer_id, b"", TransferState.ABORTED, coordinator, (), False, Reason.TRANSFER_NOT_FOUND
+    )
 
 
 def _replayed(transfer: Transfer) -> Outcome:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from strife.bank.ledger import LedgerError, Transfer
+from strife.bank.ledger import LedgerError, Transfer, TransferState
 from strife.bank.store import BankStore
 from strife.errors import StrifeError
 from strife.observability.logging import get_logger
@@ -85,6 +85,9 @@ class Resolver:
             await asyncio.gather(*(self._resolve(t, d) for t, d in due))
 
     async def _resolve(self, transfer: Transfer, doubt: _Doubt) -> None:
+        # Read before asking: a presumed abort ("unknown to me") is stale if the
+        # coordinator started a new attempt that got this leg's YES meanwhile.
+        votes = self._store.votes(transfer.transfer_id)
         decision = await self._ask(transfer)
         try:
             if decision == coordinator_pb2.DECISION_COMMIT:
@@ -92,9 +95,14 @@ class Resolver:
                     transfer_id=transfer.transfer_id, coordinator=transfer.coordinator
                 )
             elif decision == coordinator_pb2.DECISION_ABORT:
-                await self._store.abort(
-                    transfer_id=transfer.transfer_id, coordinator=transfer.coordinator
+                outcome = await self._store.abort(
+                    transfer_id=transfer.transfer_id,
+                    coordinator=transfer.coordinator,
+                    unless_voted_since=votes,
                 )
+                if outcome.transfer.state == TransferState.PREPARED:
+                    self._back_off(doubt)  # voted YES again since: ask again later
+                    return
             else:
                 self._back_off(doubt)
                 return

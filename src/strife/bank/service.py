@@ -16,7 +16,7 @@ import grpc
 from strife.bank.ledger import ErrorKind, LedgerError, Leg, Outcome, TransferState, abort_error
 from strife.bank.store import BankStore, HistoryRow
 from strife.errors import Reason, abort
-from strife.faults import failpoint
+from strife.faults import failpoint, failpoint_async
 from strife.observability import context as request_context
 from strife.rpc.authz import AuthzTable, service_methods
 from strife.security.passwords import verify_password_async
@@ -29,6 +29,7 @@ MAX_PAGE_SIZE = 200
 MAX_CREDENTIAL_CHARS = 256
 
 _READS = ["AuthenticateCustomer", "ValidateAccount", "GetAccountBalance", "GetTransactionHistory"]
+_LEGS_PB = {Leg.DEBIT: bank_pb2.LEG_DEBIT, Leg.CREDIT: bank_pb2.LEG_CREDIT}
 _TWO_PHASE = [
     "ProcessTransaction",
     "Prepare",
@@ -36,6 +37,7 @@ _TWO_PHASE = [
     "Abort",
     "DecideTransfers",
     "PrepareTransfers",
+    "GetTransfer",
 ]
 MAX_BATCH = 1000
 AUTHZ = AuthzTable(
@@ -161,6 +163,7 @@ class BankServicer:
     # ------------------------------------------------------------- transfers
 
     async def Prepare(self, request: Any, context: Any) -> Any:
+        await failpoint_async("bank.before_prepare", request.transfer_id)
         await self._require_coordinator(context, request.coordinator)
         leg = LEGS.get(request.leg)
         if leg is None:
@@ -172,6 +175,7 @@ class BankServicer:
         return _reply(bank_pb2.PrepareResponse, outcome)
 
     async def Commit(self, request: Any, context: Any) -> Any:
+        await failpoint_async("bank.before_commit", request.transfer_id)
         await self._require_coordinator(context, request.coordinator)
         failpoint("bank.before_commit")
         request_context.note(transfer_id=request.transfer_id)
@@ -182,14 +186,42 @@ class BankServicer:
         return _reply(bank_pb2.CommitResponse, outcome)
 
     async def Abort(self, request: Any, context: Any) -> Any:
+        await failpoint_async("bank.before_abort", request.transfer_id)
         await self._require_coordinator(context, request.coordinator)
-        request_context.note(transfer_id=request.transfer_id)
+        request_context.note(transfer_id=request.transfer_id, release=request.release or None)
+        settle = self.store.release if request.release else self.store.abort
         outcome = await self._run(
             context,
-            self.store.abort(transfer_id=request.transfer_id, coordinator=request.coordinator),
+            settle(transfer_id=request.transfer_id, coordinator=request.coordinator),
             aborted_is_success=True,
         )
         return _reply(bank_pb2.AbortResponse, outcome)
+
+    async def GetTransfer(self, request: Any, context: Any) -> Any:
+        if not request.transfer_id:
+            await invalid(context, "transfer_id is required")
+        transfer = self.store.transfer(request.transfer_id)
+        if transfer is None:
+            await abort(
+                context, grpc.StatusCode.NOT_FOUND, Reason.TRANSFER_NOT_FOUND,
+                f"no transfer {request.transfer_id!r} at this bank",
+            )  # fmt: skip
+        return bank_pb2.GetTransferResponse(
+            transfer_id=transfer.transfer_id,
+            state=_STATES[transfer.state],
+            coordinator=transfer.coordinator,
+            one_phase=transfer.one_phase,
+            abort_reason=transfer.abort_reason,
+            postings=[
+                bank_pb2.TransferPosting(
+                    leg=_LEGS_PB[p.leg],
+                    account_id=p.account_id,
+                    amount=money_pb2.Money(amount_minor=p.amount_minor, currency=p.currency),
+                    counterparty=p.counterparty,
+                )
+                for p in transfer.postings
+            ],
+        )
 
     async def ProcessTransaction(self, request: Any, context: Any) -> Any:
         await self._require_coordinator(context, request.coordinator)

@@ -65,8 +65,8 @@ _UPSERT_TRANSFER = (
 )
 # An entry carries its transfer's arrival number, which UNIQUE(transfer_seq,
 # account_id) keys on (schema migration 2). The transfer's row is always
-# written earlier in the same batch: `Writes` runs statements in the order
-# first added, and `_record` adds the transfer before its entries. Should it
+# written earlier in the same batch: `Writes` runs rows in the order they were
+# added, and `_record` adds the transfer before its entries. Should it
 # ever be missing, NOT NULL stops the writer rather than post unguarded.
 _INSERT_ENTRY = (
     "INSERT INTO entries (transfer_seq, transfer_id, account_id, amount_minor, currency,"
@@ -82,6 +82,8 @@ _INSERT_OPENING = (
 _INSERT_AUDIT = (
     "INSERT INTO audit (at_ms, transfer_id, state, coordinator, reason) VALUES (?, ?, ?, ?, ?)"
 )
+# A withdrawn vote (Ledger.release): the PREPARED row goes, as if never prepared.
+_DELETE_PREPARED = "DELETE FROM transfers WHERE transfer_id = ? AND state = 'PREPARED'"
 _INSERT_CUSTOMER = (
     "INSERT INTO customers (customer_id, username, display_name, password_hash)"
     " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
@@ -186,6 +188,9 @@ def _record(writes: Writes, changes: Changes, at_ms: int) -> None:
         )  # fmt: skip
     for entry in changes.entries:
         writes.add(_INSERT_ENTRY, _entry_row(entry, at_ms))
+    for transfer_id in changes.released:
+        writes.add(_DELETE_PREPARED, (transfer_id,))
+        writes.add(_INSERT_AUDIT, (at_ms, transfer_id, "RELEASED", "", ""))
 
 
 def _entry_row(entry: Entry, at_ms: int) -> tuple[Any, ...]:
@@ -287,10 +292,27 @@ class BankStore:
             lambda: self.ledger.commit(transfer_id=transfer_id, coordinator=coordinator),
         )
 
-    async def abort(self, *, transfer_id: str, coordinator: str) -> Outcome:
+    async def abort(
+        self, *, transfer_id: str, coordinator: str, unless_voted_since: int | None = None
+    ) -> Outcome:
         return await self._apply(
-            transfer_id, lambda: self.ledger.abort(transfer_id=transfer_id, coordinator=coordinator)
+            transfer_id,
+            lambda: self.ledger.abort(
+                transfer_id=transfer_id,
+                coordinator=coordinator,
+                unless_voted_since=unless_voted_since,
+            ),
         )
+
+    async def release(self, *, transfer_id: str, coordinator: str) -> Outcome:
+        return await self._apply(
+            transfer_id,
+            lambda: self.ledger.release(transfer_id=transfer_id, coordinator=coordinator),
+        )
+
+    def votes(self, transfer_id: str) -> int:
+        """How often a PREPARED id was voted YES again (see `Ledger.abort`)."""
+        return self.ledger.votes.get(transfer_id, 0)
 
     async def process(self, **request: Any) -> Outcome:
         return await self._apply(request["transfer_id"], lambda: self.ledger.process(**request))
@@ -423,6 +445,14 @@ class BankStore:
             (account_id, before_seq if before_seq is not None else 2**63 - 1, limit),
         )
         return [HistoryRow(*row) for row in rows]
+
+    def transfer(self, transfer_id: str) -> Transfer | None:
+        """A transfer id's record, resident or evicted (one indexed read)."""
+        resident = self.ledger.transfers.get(transfer_id)
+        if resident is not None:
+            return resident
+        row = self._lookup.execute(_select_by_ids(1), (transfer_id,)).fetchone()
+        return _transfer_from_row(row) if row else None
 
     def prepared(self) -> list[Transfer]:
         return [t for t in self.ledger.transfers.values() if t.state == TransferState.PREPARED]

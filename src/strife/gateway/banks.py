@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from strife.errors import StrifeError
+from strife.errors import Reason, StrifeError
 from strife.rpc.channels import ChannelPool
 from strife.rpc.discovery import BalancerClient
 from strife.v1 import bank_pb2_grpc
@@ -19,6 +19,10 @@ from strife.v1 import bank_pb2_grpc
 
 class BankDirectory(Protocol):
     async def address(self, bank: str) -> str | None: ...
+
+    async def knows(self, bank: str) -> bool:
+        """False only when `bank` is surely no bank of this deployment."""
+        ...
 
 
 class StaticDirectory:
@@ -28,6 +32,9 @@ class StaticDirectory:
     async def address(self, bank: str) -> str | None:
         return self._addresses.get(bank)
 
+    async def knows(self, bank: str) -> bool:
+        return bank in self._addresses
+
 
 class RegistryDirectory:
     """Banks by name through the balancer (cached there), after any static entries."""
@@ -36,13 +43,31 @@ class RegistryDirectory:
         self._client = client
         self._static = dict(static or {})
 
+        # Names that resolved once: a bank that is down (and evicted from the
+        # registry) is still a bank, and a payment to it is only delayed.
+        self._seen: set[str] = set(self._static)
+
     async def address(self, bank: str) -> str | None:
         if bank in self._static:
             return self._static[bank]
         try:
-            return await self._client.resolve("bank", bank)
+            address = await self._client.resolve("bank", bank)
         except StrifeError:
             return None
+        self._seen.add(bank)
+        return address
+
+    async def knows(self, bank: str) -> bool:
+        """Unknown means: never seen by this process, and the registry, when
+        reachable, has no instance of that name either."""
+        if bank in self._seen:
+            return True
+        try:
+            await self._client.resolve("bank", bank)
+        except StrifeError as error:
+            return error.reason != Reason.NO_INSTANCE
+        self._seen.add(bank)
+        return True
 
 
 class Banks:
@@ -69,6 +94,9 @@ class Banks:
         if stub is None:
             stub = self._stubs[address] = bank_pb2_grpc.BankServiceStub(self._pool.get(address))
         return stub
+
+    async def exists(self, bank: str) -> bool:
+        return await self._directory.knows(bank)
 
     async def stub(self, bank: str) -> Any | None:
         address = await self._directory.address(bank)

@@ -1,20 +1,27 @@
-"""Two-phase commit with presumed abort, the gateway as coordinator.
+"""Two-phase commit with presumed abort, the gateway as coordinator: the I/O shell.
 
-Each payment is a persisted state machine with recovery points (see
-`GatewayStore`): the PENDING record before any bank is called, the decision
-(COMMIT force-written before any bank hears it), then `settled` once every
-bank acknowledged. A crash between points resumes from the last one:
-undecided -> abort everywhere; decided but unsettled -> resend the decision.
+The rules live in `twophase` (pure); this module sends the calls, writes the
+log and owns the runs. Each payment is a persisted state machine with
+recovery points (see `GatewayStore`): the PENDING record before any bank is
+called, the decision (COMMIT force-written before any bank hears it), then
+`settled` once every bank acknowledged. A crash between points resumes from
+the last one: decided but unsettled -> resend the decision; undecided -> ask
+the payer's bank to abort it, and believe what it answers (rule 7: an abort
+is a promise only once a bank holds it).
+
+One mechanism owns a transfer id in this process: `_own` starts the one task
+that may act for it (a customer's attempt, a settler's or recovery's
+resolution, a GetDecision's), and everyone else joins that task. The task is
+never cancelled by a caller going away, so a cancelled request cannot leave
+an undecided record that nobody is running.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any, Literal
 
 import grpc
@@ -24,8 +31,31 @@ from strife.faults import failpoint
 from strife.gateway.banks import Banks
 from strife.gateway.decisions import BankBatcher, Delivery, status_code
 from strife.gateway.store import GatewayStore, PaymentRecord, PaymentState
+from strife.gateway.twophase import (
+    RECORDED_REFUSALS,
+    Arbiter,
+    Ballot,
+    Delivered,
+    Plan,
+    Verdict,
+    Vote,
+    after_arbiter_abort,
+    after_delivery,
+    after_votes,
+    is_transient,
+)
 from strife.observability.logging import get_logger
 from strife.v1 import bank_pb2, coordinator_pb2, money_pb2
+
+__all__ = [
+    "CoordinatorConfig",
+    "FingerprintMismatchError",
+    "InProgressError",
+    "LegSpec",
+    "PaymentCoordinator",
+    "TooManyInFlightError",
+    "legs_of",
+]
 
 _log = get_logger("strife.gateway.coordinator")
 
@@ -35,31 +65,16 @@ _TRANSIENT_CODES = {
     grpc.StatusCode.CANCELLED,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
-# Reasons after which a new attempt under a new key may well succeed.
-TRANSIENT_REASONS = frozenset(
-    {Reason.BANK_UNAVAILABLE, Reason.PREPARE_TIMEOUT, Reason.TRANSFER_ABORTED,
-     Reason.COORDINATOR_RESTARTED}
-)  # fmt: skip
-
-
-class Vote(Enum):
-    YES = "YES"
-    COMMITTED = "COMMITTED"  # the id was already committed (by this or another replica)
-    NO = "NO"
-    IN_PROGRESS = "IN_PROGRESS"  # another coordinator holds the id PREPARED
-    TRANSIENT = "TRANSIENT"
-
-
-@dataclass(frozen=True, slots=True)
-class Ballot:
-    vote: Vote
-    reason: str = ""
+# How soon the owner of a transfer asks again for a leg another attempt holds:
+# the other side lets go as soon as it sees our debit, one round trip later.
+RETRY_PREPARE_S = 0.02
 
 
 # A decision for one bank's leg: (bank, transfer id, commit). Batched per
 # server, so the bank travels with it.
 Decision = tuple[str, str, bool]
-_NO_SUCH_BANK = Delivery(False, grpc.StatusCode.NOT_FOUND, Reason.BANK_NOT_FOUND)
+# A bank whose address the directory cannot give now: try again later.
+_NO_ADDRESS = Delivery(False, grpc.StatusCode.UNAVAILABLE, Reason.BANK_UNAVAILABLE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,15 +98,8 @@ class CoordinatorConfig:
     reply_after: Literal["decision", "settled"] = "decision"
 
 
-class _Owned:
-    """Marker: a run in this process is deciding the transfer right now."""
-
-
-_OWNED = _Owned()
-
-
 class InProgressError(Exception):
-    """Another coordinator owns this transfer id; the caller should ask again later."""
+    """Another attempt owns this transfer id; the caller should ask again later."""
 
 
 class TooManyInFlightError(Exception):
@@ -99,16 +107,31 @@ class TooManyInFlightError(Exception):
 
 
 class FingerprintMismatchError(Exception):
-    """The same idempotency key is running for a different request."""
+    """The same idempotency key is known for a different request."""
 
 
 def legs_of(record: PaymentRecord) -> list[LegSpec]:
-    return [
-        LegSpec(record.from_bank, bank_pb2.LEG_DEBIT, record.from_account,
-                f"{record.to_bank}/{record.to_account}"),
-        LegSpec(record.to_bank, bank_pb2.LEG_CREDIT, record.to_account,
-                f"{record.from_bank}/{record.from_account}"),
-    ]  # fmt: skip
+    """The payment's legs, the payer's bank (the arbiter) first. A one-phase
+    payment has one call, to its one bank."""
+    debit = LegSpec(record.from_bank, bank_pb2.LEG_DEBIT, record.from_account,
+                    f"{record.to_bank}/{record.to_account}")  # fmt: skip
+    if record.one_phase:
+        return [debit]
+    credit = LegSpec(record.to_bank, bank_pb2.LEG_CREDIT, record.to_account,
+                     f"{record.from_bank}/{record.from_account}")  # fmt: skip
+    return [debit, credit]
+
+
+@dataclass(slots=True)
+class _Run:
+    record: PaymentRecord
+    task: asyncio.Task[PaymentRecord]
+
+
+@dataclass(slots=True)
+class _Backoff:
+    attempts: int = 0
+    next_at: float = 0.0
 
 
 class PaymentCoordinator:
@@ -116,7 +139,7 @@ class PaymentCoordinator:
         self.config = config
         self.store = store
         self.banks = banks
-        self.in_flight: dict[str, tuple[PaymentRecord, asyncio.Future[PaymentRecord]]] = {}
+        self._runs: dict[str, _Run] = {}
         self._background: set[asyncio.Task[Any]] = set()
         # Decisions being delivered after the reply, by transfer id and by account,
         # so reads through this gateway can wait for them (read your own writes).
@@ -128,8 +151,11 @@ class PaymentCoordinator:
         self._decisions: BankBatcher[Decision] = BankBatcher(self._decide_batch)
         self._singly: set[str] = set()  # addresses without the batch calls (UNIMPLEMENTED)
         self._on_outcome: Callable[[PaymentRecord], None] | None = None
+        # The settler's patience, per payment: one bank that refuses to answer
+        # must not hold back the settlement of every other payment.
+        self._backoff: dict[str, _Backoff] = {}
 
-    # ------------------------------------------------------------- the run
+    # ------------------------------------------------------------ entry points
 
     async def submit(self, record: PaymentRecord) -> tuple[PaymentRecord, bool]:
         """A customer's request for a payment: the stored outcome of its key, the
@@ -144,155 +170,256 @@ class PaymentCoordinator:
             raise FingerprintMismatchError(record.transfer_id)
         if existing.state != PaymentState.PENDING:
             return existing, True
-        result, _ = await self.run(existing)  # an unresolved one-phase payment
+        # Undecided and nobody runs it (a crash, or a bank that did not answer):
+        # a new attempt under the same transfer id may still commit it.
+        result, _ = await self.run(existing)
         return result, True
-
 
     async def run(self, record: PaymentRecord) -> tuple[PaymentRecord, bool]:
         """Coordinate a payment to its decision. Concurrent calls for the same id
         share one run; the second element says the caller joined one."""
-        running = self.in_flight.get(record.transfer_id)
-        if running is not None:
-            if running[0].fingerprint != record.fingerprint:
-                raise FingerprintMismatchError(record.transfer_id)
-            return await asyncio.shield(running[1]), True
-        busy = len(self.in_flight) + len(self._delivering)
-        if busy >= self.config.max_in_flight:
-            raise TooManyInFlightError(f"{busy} payments in flight")
-        future: asyncio.Future[PaymentRecord] = asyncio.get_running_loop().create_future()
-        self.in_flight[record.transfer_id] = (record, future)
-        try:
-            result = await self._run(record)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: joiners re-raise it, nobody else must
-            raise
-        else:
-            future.set_result(result)
-            return result, False
-        finally:
-            del self.in_flight[record.transfer_id]
+        running = self._runs.get(record.transfer_id)
+        if running is not None and running.record.fingerprint != record.fingerprint:
+            raise FingerprintMismatchError(record.transfer_id)
+        task, joined = self._own(record, lambda: self._attempt(record))
+        return await asyncio.shield(task), joined
 
     def running(self, transfer_id: str) -> PaymentRecord | None:
-        entry = self.in_flight.get(transfer_id)
-        return entry[0] if entry else None
+        entry = self._runs.get(transfer_id)
+        return entry.record if entry else None
 
-    async def _run(self, record: PaymentRecord) -> PaymentRecord:
-        if record.created_at_ms:  # already recorded (an unresolved one-phase payment)
-            return await self._one_phase(record)
-        # The recovery point commits while the banks are asked, not before: a
-        # crash that loses it is harmless under presumed abort, and waiting for
-        # it first would put one more fsync on every payment's path.
-        recorded = self.store.insert_pending(record)
-        try:
-            if record.one_phase:
-                return await self._one_phase(record)
-            return await self._two_phase(record, recorded)
-        finally:
-            await recorded
+    async def decision(self, transfer_id: str) -> coordinator_pb2.Decision.ValueType:
+        """What a participant in doubt is told. Never ABORT while COMMIT is possible."""
+        if transfer_id in self._runs:
+            return coordinator_pb2.DECISION_UNDECIDED
+        record = self.store.by_transfer(transfer_id)
+        if record is None:
+            # Never decided here, and nothing runs it: presumed abort. A new
+            # attempt that got the asking bank's YES since it asked makes the
+            # bank drop this answer (it counts votes; see Ledger.abort).
+            return coordinator_pb2.DECISION_ABORT
+        if record.state == PaymentState.COMMITTED:
+            return coordinator_pb2.DECISION_COMMIT
+        if record.state == PaymentState.ABORTED:
+            return coordinator_pb2.DECISION_ABORT
+        self._resolve_soon(record)
+        return coordinator_pb2.DECISION_UNDECIDED
 
-    async def _two_phase(self, record: PaymentRecord, recorded: Awaitable[None]) -> PaymentRecord:
-        legs = legs_of(record)
-        started = time.perf_counter()
-        ballots = await asyncio.gather(*(self._prepare(record, leg) for leg in legs))
-        await recorded  # durable before any decision, so recovery knows every undecided one
-        votes = [b.vote for b in ballots]
-        _log.debug("votes", transfer_id=record.transfer_id, votes=[v.value for v in votes],
-                   prepare_ms=round((time.perf_counter() - started) * 1000, 3))  # fmt: skip
-
-        failpoint("gateway.before_decision")
-        if all(v is Vote.YES for v in votes):
-            decided = record.decided(PaymentState.COMMITTED)
-            await self.store.decide(decided)  # the commit point
-            failpoint("gateway.after_commit_decision")
-            await self._decided(decided, legs)
-            return decided
-        if all(v is Vote.COMMITTED for v in votes):
-            decided = record.decided(PaymentState.COMMITTED)
-            await self.store.decide(decided, settled=True)
-            return decided
-        if any(v in (Vote.IN_PROGRESS, Vote.COMMITTED) for v in votes):
-            # Another replica owns (part of) this id: release only what we hold.
-            ours = [leg for leg, b in zip(legs, ballots, strict=True) if b.vote is Vote.YES]
-            await self._send_all(record, ours, commit=False)
-            await self.store.forget(record.transfer_id)
-            raise InProgressError(record.transfer_id)
-
-        reason, transient = _abort_reason(ballots)
-        decided = record.decided(PaymentState.ABORTED, reason, transient)
-        await self.store.decide(decided)
-        await self._decided(decided, legs)
-        return decided
-
-    async def _one_phase(self, record: PaymentRecord) -> PaymentRecord:
-        stub = await self.banks.stub(record.from_bank)
-        ballot = Ballot(Vote.TRANSIENT, Reason.BANK_UNAVAILABLE)
-        if stub is not None:
-            try:
-                await stub.ProcessTransaction(
-                    bank_pb2.ProcessTransactionRequest(
-                        bank=record.from_bank,
-                        transfer_id=record.transfer_id,
-                        coordinator=self.config.name,
-                        from_account_id=record.from_account,
-                        to_account_id=record.to_account,
-                        amount=money_pb2.Money(
-                            amount_minor=record.amount_minor, currency=record.currency
-                        ),
-                        fingerprint=record.fingerprint,
-                    ),
-                    timeout=self.config.prepare_timeout_s,
-                )
-                ballot = Ballot(Vote.COMMITTED)
-            except grpc.aio.AioRpcError as exc:
-                ballot = _ballot_from_error(exc)
-        if ballot.vote is Vote.COMMITTED:
-            decided = record.decided(PaymentState.COMMITTED)
-            await self.store.decide(decided, settled=True)
-            return decided
-        if ballot.vote is Vote.NO:
-            decided = record.decided(PaymentState.ABORTED, ballot.reason, _transient(ballot))
-            await self.store.decide(decided, settled=True)
-            return decided
-        # Unknown outcome: an Abort either tombstones the id or tells us it committed.
-        resolved = await self._resolve_one_phase(record)
-        if resolved is None:
-            return record  # still PENDING; the settler keeps trying
-        return resolved
-
-    async def _resolve_one_phase(self, record: PaymentRecord) -> PaymentRecord | None:
-        stub = await self.banks.stub(record.from_bank)
+    async def lookup(self, transfer_id: str, key: str, bank: str) -> PaymentRecord | None:
+        """A payment by transfer id: this replica's record, or what the payer's
+        bank recorded (another replica coordinated it)."""
+        record = self.running(transfer_id) or self.store.by_transfer(transfer_id)
+        if record is not None:
+            return record
+        stub = await self.banks.stub(bank)
         if stub is None:
             return None
         try:
-            await stub.Abort(
-                bank_pb2.AbortRequest(
-                    bank=record.from_bank,
-                    transfer_id=record.transfer_id,
-                    coordinator=self.config.name,
-                ),
+            reply = await stub.GetTransfer(
+                bank_pb2.GetTransferRequest(bank=bank, transfer_id=transfer_id),
                 timeout=self.config.decision_timeout_s,
             )
         except grpc.aio.AioRpcError as exc:
-            error = from_rpc_error(exc)
-            if error.reason == Reason.TRANSFER_COMMITTED:
-                decided = record.decided(PaymentState.COMMITTED)
-            elif exc.code() in _TRANSIENT_CODES:
+            if exc.code() is grpc.StatusCode.NOT_FOUND:
                 return None
-            else:
-                _log.error(
-                    "one_phase_unresolvable", transfer_id=record.transfer_id, error=str(error)
-                )
-                return None
+            raise
+        return _record_from_bank(reply, key, bank)
+
+    # ------------------------------------------------------------- ownership
+
+    def _own(
+        self,
+        record: PaymentRecord,
+        work: Callable[[], Awaitable[PaymentRecord]],
+        *,
+        bounded: bool = True,
+    ) -> tuple[asyncio.Task[PaymentRecord], bool]:
+        """The one task acting for this transfer id here: the running one, or a
+        new one doing `work`. Registered before anything can yield."""
+        transfer_id = record.transfer_id
+        running = self._runs.get(transfer_id)
+        if running is not None:
+            return running.task, True
+        busy = len(self._runs) + len(self._delivering)
+        if bounded and busy >= self.config.max_in_flight:
+            raise TooManyInFlightError(f"{busy} payments in flight")
+        task: asyncio.Task[PaymentRecord] = asyncio.ensure_future(_call(work))
+        run = _Run(record, task)
+        self._runs[transfer_id] = run
+
+        def finished(done: asyncio.Task[PaymentRecord]) -> None:
+            if self._runs.get(transfer_id) is run:
+                del self._runs[transfer_id]
+            if not done.cancelled():
+                done.exception()  # retrieved: joiners re-raise it, nobody else must
+
+        task.add_done_callback(finished)
+        return task, False
+
+    def _resolve_soon(self, record: PaymentRecord) -> None:
+        """Start resolving an undecided record nobody runs (no caller waits)."""
+        if record.transfer_id not in self._runs:
+            self._own(record, lambda: self._resolve(record), bounded=False)
+
+    # -------------------------------------------------------------- the run
+
+    async def _attempt(self, record: PaymentRecord) -> PaymentRecord:
+        if record.created_at_ms:  # already recorded: a new attempt of an undecided one
+            recorded: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            recorded.set_result(None)
         else:
-            decided = record.decided(PaymentState.ABORTED, Reason.BANK_UNAVAILABLE, True)
-        await self.store.decide(decided, settled=True)
-        self._notify(decided)
-        return decided
+            # The recovery point commits while the banks are asked, not before: a
+            # crash that loses it is harmless under presumed abort, and waiting for
+            # it first would put one more fsync on every payment's path.
+            recorded = self.store.insert_pending(record)
+        try:
+            legs = legs_of(record)
+            if record.one_phase:
+                ballots = [await self._process(record)]
+            else:
+                ballots = await self._prepare_all(record, legs)
+            await recorded  # durable before any decision, so recovery knows every undecided one
+            failpoint("gateway.before_decision")
+            return await self._act(record, legs, ballots)
+        finally:
+            await recorded
+
+    async def _prepare_all(self, record: PaymentRecord, legs: list[LegSpec]) -> list[Ballot]:
+        """Prepare every leg at once; while we hold the debit and another attempt
+        holds a leg, ask that leg again until the prepare deadline."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.prepare_timeout_s
+        ballots = list(
+            await asyncio.gather(*(self._prepare(record, leg, deadline) for leg in legs))
+        )
+        while True:
+            plan = after_votes(ballots, can_retry=loop.time() + RETRY_PREPARE_S < deadline)
+            if plan.verdict is not Verdict.RETRY:
+                return ballots
+            await asyncio.sleep(RETRY_PREPARE_S)
+            again = await asyncio.gather(
+                *(self._prepare(record, legs[i], deadline) for i in plan.retry)
+            )
+            for index, ballot in zip(plan.retry, again, strict=True):
+                ballots[index] = ballot
+
+    async def _act(
+        self, record: PaymentRecord, legs: list[LegSpec], ballots: list[Ballot]
+    ) -> PaymentRecord:
+        plan = after_votes(ballots, can_retry=False)
+        _log.debug("votes", transfer_id=record.transfer_id, verdict=plan.verdict.value,
+                   votes=[b.vote.value for b in ballots])  # fmt: skip
+        if plan.verdict is Verdict.COMMIT:
+            decided = record.decided(PaymentState.COMMITTED)
+            await self.store.decide(decided)  # the commit point
+            failpoint("gateway.after_commit_decision")
+            await self._decided(decided, _pick(legs, plan.deliver))
+            return decided
+        if plan.verdict is Verdict.COMMITTED:
+            decided = record.decided(PaymentState.COMMITTED)
+            await self.store.decide(decided, settled=True)
+            return decided
+        if plan.verdict is Verdict.ABORT:
+            decided = record.decided(PaymentState.ABORTED, plan.reason, plan.transient)
+            await self.store.decide(decided, settled=not plan.deliver)
+            if plan.deliver:
+                await self._decided(decided, _pick(legs, plan.deliver))
+            return decided
+        if plan.verdict in (Verdict.LOST, Verdict.KEY_REUSED):
+            await self._withdraw(record, _pick(legs, plan.release))
+            if plan.verdict is Verdict.KEY_REUSED:
+                raise FingerprintMismatchError(record.transfer_id)
+            raise InProgressError(record.transfer_id)
+        assert plan.verdict is Verdict.UNDECIDED, plan
+        return await self._establish(record, legs, plan)
+
+    async def _withdraw(self, record: PaymentRecord, legs: list[LegSpec]) -> None:
+        """Take back whatever undecided YES we may hold, then drop our record: the
+        transfer is another attempt's. A release that does not arrive leaves a
+        PREPARED leg of ours that its bank's resolver settles (we have no record:
+        presumed abort)."""
+        await asyncio.gather(*(self._call_abort(record, leg.bank, release=True) for leg in legs))
+        await self.store.forget(record.transfer_id)
+
+    async def _resolve(self, record: PaymentRecord) -> PaymentRecord:
+        """Settle an undecided record nobody runs (after a crash, a cancelled or
+        unanswered attempt): an abort established at the payer's bank."""
+        current = self.store.by_transfer(record.transfer_id)
+        if current is None or current.state != PaymentState.PENDING:
+            return current or record
+        plan = Plan(Verdict.UNDECIDED, Reason.COORDINATOR_RESTARTED, transient=True)
+        return await self._establish(current, legs_of(current), plan)
+
+    async def _establish(
+        self, record: PaymentRecord, legs: list[LegSpec], plan: Plan
+    ) -> PaymentRecord:
+        """Ask the arbiter to abort: its answer is the outcome (rule 7). Until a
+        bank holds the abort, the payment stays PENDING."""
+        delivery = await self._call_abort(record, legs[0].bank, release=False)
+        arbiter = after_arbiter_abort(
+            delivery.acked, delivery.code in _TRANSIENT_CODES, delivery.reason
+        )
+        if arbiter is Arbiter.ABORTED:
+            reason = plan.reason or Reason.COORDINATOR_RESTARTED
+            decided = record.decided(PaymentState.ABORTED, reason, is_transient(reason))
+            await self.store.decide(decided, settled=len(legs) == 1)
+            self._notify(decided)
+            if len(legs) > 1:
+                await self._decided(decided, legs[1:])
+            return decided
+        if arbiter is Arbiter.COMMITTED:
+            decided = record.decided(PaymentState.COMMITTED)
+            await self.store.decide(decided, settled=True)  # its coordinator delivers it
+            self._notify(decided)
+            return decided
+        if arbiter is Arbiter.HELD:
+            await self._withdraw(record, legs[1:])
+            return record
+        return record  # unknown: PENDING, asked again later
+
+    async def _call_abort(self, record: PaymentRecord, bank: str, *, release: bool) -> Delivery:
+        stub = await self.banks.stub(bank)
+        if stub is None:
+            return Delivery(False, grpc.StatusCode.UNAVAILABLE, Reason.BANK_UNAVAILABLE)
+        try:
+            reply = await stub.Abort(
+                bank_pb2.AbortRequest(
+                    bank=bank, transfer_id=record.transfer_id,
+                    coordinator=self.config.name, release=release,
+                ),
+                timeout=self.config.decision_timeout_s,
+            )  # fmt: skip
+        except grpc.aio.AioRpcError as exc:
+            return _failed(exc)
+        return Delivery(True, state=reply.state)
 
     # --------------------------------------------------------- phase calls
 
-    async def _prepare(self, record: PaymentRecord, leg: LegSpec) -> Ballot:
+    async def _process(self, record: PaymentRecord) -> Ballot:
+        """Both legs at one bank: one call, decided there (one-phase commit)."""
+        stub = await self.banks.stub(record.from_bank)
+        if stub is None:
+            return Ballot(Vote.TRANSIENT, Reason.BANK_UNAVAILABLE)
+        try:
+            await stub.ProcessTransaction(
+                bank_pb2.ProcessTransactionRequest(
+                    bank=record.from_bank,
+                    transfer_id=record.transfer_id,
+                    coordinator=self.config.name,
+                    from_account_id=record.from_account,
+                    to_account_id=record.to_account,
+                    amount=money_pb2.Money(
+                        amount_minor=record.amount_minor, currency=record.currency
+                    ),
+                    fingerprint=record.fingerprint,
+                ),
+                timeout=self.config.prepare_timeout_s,
+            )
+        except grpc.aio.AioRpcError as exc:
+            return _ballot(exc.code(), from_rpc_error(exc).reason)
+        return Ballot(Vote.COMMITTED)
+
+    async def _prepare(self, record: PaymentRecord, leg: LegSpec, deadline: float) -> Ballot:
         request = bank_pb2.PrepareRequest(
             bank=leg.bank,
             transfer_id=record.transfer_id,
@@ -305,7 +432,7 @@ class PaymentCoordinator:
         )
         try:
             # The deadline covers the wait behind an earlier batch as well.
-            async with asyncio.timeout(self.config.prepare_timeout_s):
+            async with asyncio.timeout_at(deadline):
                 address = await self.banks.address(leg.bank)
                 if address is None:
                     return Ballot(Vote.TRANSIENT, Reason.BANK_UNAVAILABLE)
@@ -436,7 +563,7 @@ class PaymentCoordinator:
     async def _send_batched(self, record: PaymentRecord, bank: str, commit: bool) -> bool:
         address = await self.banks.address(bank)
         if address is None:
-            delivery = _NO_SUCH_BANK
+            delivery = _NO_ADDRESS
         else:
             delivery = await self._decisions.send(address, (bank, record.transfer_id, commit))
         return self._acked(record.transfer_id, bank, commit, delivery)
@@ -444,7 +571,7 @@ class PaymentCoordinator:
     async def _send_one(self, bank: str, transfer_id: str, commit: bool) -> Delivery:
         stub = await self.banks.stub(bank)
         if stub is None:
-            return _NO_SUCH_BANK
+            return _NO_ADDRESS
         return await self._decide_one(stub, bank, transfer_id, commit)
 
     async def _decide_one(self, stub: Any, bank: str, transfer_id: str, commit: bool) -> Delivery:
@@ -461,133 +588,97 @@ class PaymentCoordinator:
                     timeout=self.config.decision_timeout_s,
                 )
         except grpc.aio.AioRpcError as exc:
-            return Delivery(False, exc.code(), from_rpc_error(exc).reason)
+            return _failed(exc)
         return Delivery(True)
 
     def _acked(self, transfer_id: str, bank: str, commit: bool, delivery: Delivery) -> bool:
-        if delivery.acked:
+        """True when nothing is left to send this bank for this transfer."""
+        verdict = after_delivery(
+            commit, delivery.acked, delivery.code in _TRANSIENT_CODES, delivery.reason
+        )
+        if verdict is Delivered.DONE:
             return True
-        if not commit and delivery.reason == Reason.NOT_COORDINATOR:
-            return True  # that leg is another coordinator's to release, not ours
-        level = "warning" if delivery.code in _TRANSIENT_CODES else "error"
-        getattr(_log, level)(
+        if verdict is Delivered.REFUSED:
+            # The bank knows the id with the other outcome, or not at all: sending
+            # it again cannot change that. Only a violated rule gets here.
+            _log.error(
+                "decision_refused", transfer_id=transfer_id, bank=bank, commit=commit,
+                code=delivery.code.name, reason=delivery.reason,
+            )  # fmt: skip
+            return True
+        _log.warning(
             "decision_not_delivered", transfer_id=transfer_id, bank=bank,
             commit=commit, code=delivery.code.name, reason=delivery.reason,
         )  # fmt: skip
         return False
 
-    # ----------------------------------------------------------- decisions
-
-    async def decision(self, transfer_id: str) -> coordinator_pb2.Decision.ValueType:
-        """What a participant in doubt is told. Never ABORT while COMMIT is possible."""
-        record = await self._resolve_undecided(transfer_id)
-        if isinstance(record, _Owned):
-            return coordinator_pb2.DECISION_UNDECIDED
-        if record is not None and record.state == PaymentState.COMMITTED:
-            return coordinator_pb2.DECISION_COMMIT
-        if record is not None and record.state == PaymentState.PENDING:
-            return coordinator_pb2.DECISION_UNDECIDED  # a one-phase payment, still resolving
-        return coordinator_pb2.DECISION_ABORT  # decided ABORT, or unknown (presumed abort)
-
     # ------------------------------------------------------------ recovery
 
     async def recover(self) -> int:
-        """At start: undecided -> ABORT; everything unsettled is resent by the settler."""
-        count = 0
-        for record in await self.store.unsettled(limit=1_000_000):
-            if record.state == PaymentState.PENDING and not record.one_phase:
-                await self._resolve_undecided(record.transfer_id)
-                count += 1
-        if count:
-            _log.info("recovered_undecided", aborted=count)
-        return count
-
-    async def _resolve_undecided(self, transfer_id: str) -> PaymentRecord | _Owned | None:
-        """The current record (or _OWNED while a run here has it); a two-phase one
-        left PENDING by no run here is first
-        decided ABORT, durably (the restart rule).
-
-        A listing read earlier may predate the decision: a payment can be decided
-        COMMIT between the read and now. So the check of ownership and the fresh
-        read happen with no `await` between them, and the takeover registers as
-        the transfer's run before yielding, so no run can start beside it.
-        """
-        if transfer_id in self.in_flight:
-            return _OWNED
-        record = self.store.by_transfer(transfer_id)
-        if record is None or record.state != PaymentState.PENDING or record.one_phase:
-            return record
-        future: asyncio.Future[PaymentRecord] = asyncio.get_running_loop().create_future()
-        self.in_flight[transfer_id] = (record, future)
-        try:
-            decided = record.decided(PaymentState.ABORTED, Reason.COORDINATOR_RESTARTED, True)
-            await self.store.decide(decided)
-            self._notify(decided)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()
-            raise
-        else:
-            future.set_result(decided)
-            return decided
-        finally:
-            del self.in_flight[transfer_id]
+        """At start: every undecided record is resolved at the banks (or left for
+        the settler when they cannot say yet); decided ones are resent by the
+        settler. Returns how many undecided records there were."""
+        pending = [
+            record
+            for record in await self.store.unsettled(limit=1_000_000)
+            if record.state == PaymentState.PENDING
+        ]
+        if pending:
+            results = await asyncio.gather(*(self._settle(r.transfer_id) for r in pending))
+            _log.info("recovered_undecided", undecided=len(pending), resolved=sum(results))
+        return len(pending)
 
     async def settle_forever(self) -> None:
-        """Resend decisions until every bank has acknowledged them (capped backoff)."""
-        delay = self.config.settle_interval_s
+        """Resend decisions and resolve undecided records until none is left;
+        each payment backs off on its own (capped)."""
         while True:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(self.config.settle_interval_s)
             try:
-                done = await self.settle_once()
+                await self.settle_once()
             except Exception as exc:  # never let the settler die; log and keep going
                 _log.error("settler_failed", error=repr(exc))
-                done = False
-            cap_s = max(self.config.settle_backoff_max_s, self.config.settle_interval_s)
-            delay = self.config.settle_interval_s if done else min(cap_s, delay * 2)
 
     async def settle_once(self) -> bool:
-        """One pass over unsettled payments; True when nothing is left to deliver."""
+        """One pass over the unsettled payments that are due; True when nothing is
+        left to deliver."""
+        now = asyncio.get_running_loop().time()
         listed = await self.store.unsettled()
-        results = await asyncio.gather(*(self._settle(r.transfer_id) for r in listed))
-        return all(results)
+        due = [r for r in listed if self._backoff.get(r.transfer_id, _Backoff()).next_at <= now]
+        results = await asyncio.gather(*(self._settle(r.transfer_id) for r in due))
+        for record, done in zip(due, results, strict=True):
+            self._note_attempt(record.transfer_id, done, now)
+        return len(due) == len(listed) and all(results)
+
+    def _note_attempt(self, transfer_id: str, done: bool, now: float) -> None:
+        if done:
+            self._backoff.pop(transfer_id, None)
+            return
+        backoff = self._backoff.setdefault(transfer_id, _Backoff())
+        backoff.attempts += 1
+        cap_s = max(self.config.settle_backoff_max_s, self.config.settle_interval_s)
+        delay_s = min(cap_s, self.config.settle_interval_s * 2 ** min(backoff.attempts, 16))
+        backoff.next_at = now + delay_s
 
     async def _settle(self, transfer_id: str) -> bool:
         if transfer_id in self._delivering:
             return True  # decided; its delivery is under way
-        record = await self._resolve_undecided(transfer_id)
-        if isinstance(record, _Owned) or record is None or record.settled:
-            return True  # its own run or delivery finishes it, or it is done
-        if record.state == PaymentState.PENDING:  # one-phase: ask the bank what happened
-            return await self._exclusively(record, self._resolve_one_phase) is not None
-        legs = legs_of(record) if not record.one_phase else []
-        if await self._send_all(record, legs, commit=record.state == PaymentState.COMMITTED):
+        running = self._runs.get(transfer_id)
+        if running is not None:
+            return True  # its own run finishes it
+        record = self.store.by_transfer(transfer_id)
+        if record is None or record.settled:
+            return True
+        if record.state == PaymentState.PENDING:
+            task, _ = self._own(record, lambda: self._resolve(record), bounded=False)
+            resolved = await asyncio.shield(task)
+            return resolved.state != PaymentState.PENDING
+        legs = legs_of(record)
+        commit = record.state == PaymentState.COMMITTED
+        if await self._send_all(record, legs, commit=commit):
             await self.store.settle(record.transfer_id)
             _log.info("settled", transfer_id=record.transfer_id, state=str(record.state))
             return True
         return False
-
-    async def _exclusively(
-        self,
-        record: PaymentRecord,
-        resolve: Callable[[PaymentRecord], Awaitable[PaymentRecord | None]],
-    ) -> PaymentRecord | None:
-        """Run `resolve` as the transfer's one run: a request for the same payment
-        joins it instead of racing it (the caller checked nobody owns it)."""
-        transfer_id = record.transfer_id
-        future: asyncio.Future[PaymentRecord] = asyncio.get_running_loop().create_future()
-        self.in_flight[transfer_id] = (record, future)
-        try:
-            resolved = await resolve(record)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()
-            raise
-        else:
-            future.set_result(resolved or record)
-            return resolved
-        finally:
-            del self.in_flight[transfer_id]
 
     # ---------------------------------------------------------------- misc
 
@@ -604,30 +695,86 @@ class PaymentCoordinator:
         task.add_done_callback(self._background.discard)
 
     async def close(self) -> None:
-        """Let deliveries finish (each is bounded by the decision timeout); the
+        """Let runs and deliveries finish (each is bounded by its timeouts); the
         settler resends whatever they could not deliver after the next start."""
-        for _ in range(3):  # a delivery spawns its settle write: a second pass
-            tasks = [*self._delivering.values(), *self._background]
+        for _ in range(3):  # a run spawns its delivery, a delivery its settle write
+            tasks: list[asyncio.Future[Any]] = [
+                *(run.task for run in self._runs.values()),
+                *self._delivering.values(),
+                *self._background,
+            ]
             if not tasks:
                 return
             for task in tasks:
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(Exception, asyncio.CancelledError):
                     await task
 
 
-def _ballot_from_error(exc: grpc.aio.AioRpcError) -> Ballot:
-    return _ballot(exc.code(), from_rpc_error(exc).reason)
+async def _call(work: Callable[[], Awaitable[PaymentRecord]]) -> PaymentRecord:
+    return await work()
+
+
+def _pick(legs: list[LegSpec], indexes: Sequence[int]) -> list[LegSpec]:
+    return [legs[i] for i in indexes]
 
 
 def _ballot(code: grpc.StatusCode, reason: str) -> Ballot:
     if reason == Reason.REQUEST_IN_PROGRESS:
-        return Ballot(Vote.IN_PROGRESS)
+        return Ballot(Vote.IN_PROGRESS, reason)
+    if reason == Reason.TRANSFER_ID_REUSED:
+        return Ballot(Vote.REUSED, reason)
+    if reason in RECORDED_REFUSALS:
+        return Ballot(Vote.NO, reason)
     if code in _TRANSIENT_CODES:
         timed_out = code is grpc.StatusCode.DEADLINE_EXCEEDED
         return Ballot(
             Vote.TRANSIENT, Reason.PREPARE_TIMEOUT if timed_out else Reason.BANK_UNAVAILABLE
         )
-    return Ballot(Vote.NO, reason or Reason.INTERNAL)
+    return Ballot(Vote.REFUSED, reason or Reason.INTERNAL)
+
+
+_STATES = {
+    bank_pb2.TRANSFER_STATE_PREPARED: PaymentState.PENDING,
+    bank_pb2.TRANSFER_STATE_COMMITTED: PaymentState.COMMITTED,
+    bank_pb2.TRANSFER_STATE_ABORTED: PaymentState.ABORTED,
+}
+
+
+def _record_from_bank(reply: Any, key: str, bank: str) -> PaymentRecord | None:
+    """A payment as the payer's bank recorded it: its debit leg (the arbiter)
+    says the outcome; the credit side comes from the leg's counterparty."""
+    state = _STATES.get(reply.state)
+    if state is None:
+        return None
+    debit = next((p for p in reply.postings if p.leg == bank_pb2.LEG_DEBIT), None)
+    to_bank, to_account = bank, ""
+    if debit is not None and reply.one_phase:
+        credit = next((p for p in reply.postings if p.leg == bank_pb2.LEG_CREDIT), None)
+        to_account = credit.account_id if credit is not None else ""
+    elif debit is not None:
+        to_bank, _, to_account = debit.counterparty.partition("/")
+    reason = ""
+    if state == PaymentState.ABORTED:
+        reason = reply.abort_reason
+        if reason not in RECORDED_REFUSALS:
+            reason = Reason.TRANSFER_ABORTED
+    return PaymentRecord(
+        customer_id="",
+        idempotency_key=key,
+        transfer_id=reply.transfer_id,
+        fingerprint=b"",
+        state=state,
+        from_bank=bank,
+        from_account=debit.account_id if debit is not None else "",
+        to_bank=to_bank,
+        to_account=to_account,
+        amount_minor=debit.amount.amount_minor if debit is not None else 0,
+        currency=debit.amount.currency if debit is not None else "",
+        description="",
+        abort_reason=reason,
+        abort_transient=is_transient(reason),
+        settled=state != PaymentState.PENDING,
+    )
 
 
 def _failed(exc: grpc.aio.AioRpcError) -> Delivery:
@@ -639,14 +786,3 @@ def _delivery(outcome: Any) -> Delivery:
     if outcome.error_reason:
         return Delivery(False, status_code(outcome.error_code), outcome.error_reason)
     return Delivery(True, state=outcome.state)
-
-
-def _transient(ballot: Ballot) -> bool:
-    return ballot.vote is Vote.TRANSIENT or ballot.reason in TRANSIENT_REASONS
-
-
-def _abort_reason(ballots: list[Ballot]) -> tuple[str, bool]:
-    """A business refusal (NO) explains an abort better than a timeout does."""
-    refusals = [b for b in ballots if b.vote is Vote.NO]
-    chosen = refusals[0] if refusals else next(b for b in ballots if b.vote is Vote.TRANSIENT)
-    return chosen.reason, _transient(chosen)

@@ -52,9 +52,11 @@ _STATUS = {
 }
 
 
-def transfer_id_for(customer_id: str, key: str) -> str:
-    """The same on every replica, so banks see one transfer however often it is retried."""
-    return str(uuid.uuid5(_TRANSFER_NAMESPACE, f"{customer_id}\n{key}"))
+def transfer_id_for(bank: str, customer_id: str, key: str) -> str:
+    """The same on every replica, so banks see one transfer however often it is
+    retried. A customer is known by its bank and its id there: two banks may give
+    the same customer id to different people, whose keys must never meet."""
+    return str(uuid.uuid5(_TRANSFER_NAMESPACE, f"{bank}\n{customer_id}\n{key}"))
 
 
 def fingerprint_of(request: Any) -> bytes:
@@ -145,7 +147,7 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
         record = PaymentRecord(
             customer_id=claims.customer_id,
             idempotency_key=key,
-            transfer_id=transfer_id_for(claims.customer_id, key),
+            transfer_id=transfer_id_for(claims.bank, claims.customer_id, key),
             fingerprint=fingerprint_of(request),
             state=PaymentState.PENDING,
             from_bank=request.from_account.bank,
@@ -186,9 +188,11 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
         if replayed:
             request_context.note(replay=True)
         if result.state == PaymentState.PENDING:
+            # Not ABORTED: that is a promise only a bank's answer can back (the
+            # payment may still commit through another replica).
             await abort(
-                context, grpc.StatusCode.UNAVAILABLE, Reason.BANK_UNAVAILABLE,
-                "the bank did not answer; the outcome is being resolved, retry with the same key",
+                context, grpc.StatusCode.ABORTED, Reason.REQUEST_IN_PROGRESS,
+                "the outcome is not settled yet; ask again with the same key",
                 retry_delay_s=0.5,
             )  # fmt: skip
         request_context.note(status=str(result.state), abort_reason=result.abort_reason or None)
@@ -220,15 +224,25 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, exc.reason, str(exc))
         if len(request.description) > MAX_DESCRIPTION_CHARS:
             await _invalid(context, "description too long", field="description")
+        for ref in (request.from_account, request.to_account):
+            if not await self.banks.exists(ref.bank):
+                await abort(
+                    context, grpc.StatusCode.NOT_FOUND, Reason.BANK_NOT_FOUND,
+                    f"no bank named {ref.bank!r}", {"bank": ref.bank},
+                )  # fmt: skip
 
     async def GetPayment(self, request: Any, context: Any) -> Any:
         claims = current_claims()
-        tid = transfer_id_for(claims.customer_id, request.idempotency_key)
-        record = self.coordinator.running(tid) or self.store.by_transfer(tid)
+        key = request.idempotency_key
+        tid = transfer_id_for(claims.bank, claims.customer_id, key)
+        try:
+            record = await self.coordinator.lookup(tid, key, claims.bank)
+        except grpc.aio.AioRpcError as exc:
+            await _relay(context, exc)
         if record is None:
             await abort(
                 context, grpc.StatusCode.NOT_FOUND, Reason.PAYMENT_NOT_FOUND,
-                "no payment with this idempotency key at this gateway",
+                "no payment with this idempotency key",
             )  # fmt: skip
         return gateway_pb2.GetPaymentResponse(payment=payment_pb(record))
 

@@ -111,28 +111,35 @@ class WriterFailedError(Exception):
 
 
 class Writes:
-    """Rows one batch will write, grouped per statement for `executemany`.
+    """Rows one batch will write, in the order they were added.
 
-    Statements run in the order they were first added, rows in the order
-    added, so a later snapshot of the same row wins its upsert.
+    Consecutive rows of the same statement travel in one `executemany`; a
+    statement never runs ahead of one added before it. A payment's decision
+    (`UPDATE ... WHERE state = 'PENDING'`) added after its `INSERT` must find
+    the row, even when an earlier payment of the batch put the same UPDATE
+    first: grouping by statement kind across the batch would run it too early.
     """
 
     def __init__(self) -> None:
-        self._rows: dict[str, list[tuple[Any, ...]]] = {}
+        self._runs: list[tuple[str, list[tuple[Any, ...]]]] = []
 
     def add(self, sql: str, row: tuple[Any, ...]) -> None:
-        self._rows.setdefault(sql, []).append(row)
+        if self._runs and self._runs[-1][0] == sql:
+            self._runs[-1][1].append(row)
+        else:
+            self._runs.append((sql, [row]))
 
     def extend(self, other: Writes) -> None:
-        for sql, rows in other._rows.items():
-            self._rows.setdefault(sql, []).extend(rows)
+        for sql, rows in other._runs:
+            for row in rows:
+                self.add(sql, row)
 
     def execute_sync(self, conn: sqlite3.Connection) -> None:
-        for sql, rows in self._rows.items():
+        for sql, rows in self._runs:
             conn.executemany(sql, rows)
 
     def __len__(self) -> int:
-        return sum(len(rows) for rows in self._rows.values())
+        return sum(len(rows) for _, rows in self._runs)
 
 
 # Synchronous, so that every piece of work in a batch sees the effects of the

@@ -456,20 +456,28 @@ class AbortRequest(_message.Message):
     TRANSFER_ID_FIELD_NUMBER: _builtins.int
     COORDINATOR_FIELD_NUMBER: _builtins.int
     BANK_FIELD_NUMBER: _builtins.int
+    RELEASE_FIELD_NUMBER: _builtins.int
     transfer_id: _builtins.str
     coordinator: _builtins.str
     bank: _builtins.str
     """The bank this is for (see ValidateAccountRequest.bank)."""
+    release: _builtins.bool
+    """Withdraw the coordinator's undecided YES instead of aborting: a PREPARED
+    record of this coordinator is removed (its hold lifted) and no tombstone
+    is left, so the coordinator owning the transfer can still prepare it. An
+    unknown id stays unknown (answered ABORTED, not recorded).
+    """
     def __init__(
         self,
         *,
         transfer_id: _builtins.str = ...,
         coordinator: _builtins.str = ...,
         bank: _builtins.str = ...,
+        release: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bank", b"bank", "coordinator", b"coordinator", "transfer_id", b"transfer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bank", b"bank", "coordinator", b"coordinator", "release", b"release", "transfer_id", b"transfer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -658,3 +666,95 @@ class PrepareTransfersResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PrepareTransfersResponse: _TypeAlias = PrepareTransfersResponse  # noqa: Y015
+
+@_typing.final
+class GetTransferRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    BANK_FIELD_NUMBER: _builtins.int
+    transfer_id: _builtins.str
+    bank: _builtins.str
+    """The bank this is for (see ValidateAccountRequest.bank)."""
+    def __init__(
+        self,
+        *,
+        transfer_id: _builtins.str = ...,
+        bank: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bank", b"bank", "transfer_id", b"transfer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTransferRequest: _TypeAlias = GetTransferRequest  # noqa: Y015
+
+@_typing.final
+class TransferPosting(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEG_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    COUNTERPARTY_FIELD_NUMBER: _builtins.int
+    leg: Global___Leg.ValueType
+    account_id: _builtins.str
+    counterparty: _builtins.str
+    """The other side, "bank/account" (for a one-phase transfer: the account)."""
+    @_builtins.property
+    def amount(self) -> _money_pb2.Money: ...
+    def __init__(
+        self,
+        *,
+        leg: Global___Leg.ValueType = ...,
+        account_id: _builtins.str = ...,
+        amount: _money_pb2.Money | None = ...,
+        counterparty: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "counterparty", b"counterparty", "leg", b"leg"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferPosting: _TypeAlias = TransferPosting  # noqa: Y015
+
+@_typing.final
+class GetTransferResponse(_message.Message):
+    """NOT_FOUND TRANSFER_NOT_FOUND when the bank never recorded the id."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    COORDINATOR_FIELD_NUMBER: _builtins.int
+    ONE_PHASE_FIELD_NUMBER: _builtins.int
+    POSTINGS_FIELD_NUMBER: _builtins.int
+    ABORT_REASON_FIELD_NUMBER: _builtins.int
+    transfer_id: _builtins.str
+    state: Global___TransferState.ValueType
+    coordinator: _builtins.str
+    one_phase: _builtins.bool
+    abort_reason: _builtins.str
+    @_builtins.property
+    def postings(self) -> _containers.RepeatedCompositeFieldContainer[Global___TransferPosting]:
+        """Empty for the tombstone an abort of an unknown id leaves."""
+
+    def __init__(
+        self,
+        *,
+        transfer_id: _builtins.str = ...,
+        state: Global___TransferState.ValueType = ...,
+        coordinator: _builtins.str = ...,
+        one_phase: _builtins.bool = ...,
+        postings: _abc.Iterable[Global___TransferPosting] | None = ...,
+        abort_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort_reason", b"abort_reason", "coordinator", b"coordinator", "one_phase", b"one_phase", "postings", b"postings", "state", b"state", "transfer_id", b"transfer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTransferResponse: _TypeAlias = GetTransferResponse  # noqa: Y015

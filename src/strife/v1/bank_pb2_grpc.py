@@ -86,6 +86,11 @@ class BankServiceStub:
                 request_serializer=strife_dot_v1_dot_bank__pb2.PrepareTransfersRequest.SerializeToString,
                 response_deserializer=strife_dot_v1_dot_bank__pb2.PrepareTransfersResponse.FromString,
                 _registered_method=True)
+        self.GetTransfer = channel.unary_unary(
+                '/strife.v1.BankService/GetTransfer',
+                request_serializer=strife_dot_v1_dot_bank__pb2.GetTransferRequest.SerializeToString,
+                response_deserializer=strife_dot_v1_dot_bank__pb2.GetTransferResponse.FromString,
+                _registered_method=True)
 
 
 class BankServiceServicer:
@@ -157,6 +162,14 @@ class BankServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTransfer(self, request, context):
+        """What this bank recorded for a transfer id: how any gateway replica learns
+        the outcome of a payment another replica coordinated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BankServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -209,6 +222,11 @@ def add_BankServiceServicer_to_server(servicer, server):
                     servicer.PrepareTransfers,
                     request_deserializer=strife_dot_v1_dot_bank__pb2.PrepareTransfersRequest.FromString,
                     response_serializer=strife_dot_v1_dot_bank__pb2.PrepareTransfersResponse.SerializeToString,
+            ),
+            'GetTransfer': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTransfer,
+                    request_deserializer=strife_dot_v1_dot_bank__pb2.GetTransferRequest.FromString,
+                    response_serializer=strife_dot_v1_dot_bank__pb2.GetTransferResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -483,6 +501,33 @@ class BankService:
             '/strife.v1.BankService/PrepareTransfers',
             strife_dot_v1_dot_bank__pb2.PrepareTransfersRequest.SerializeToString,
             strife_dot_v1_dot_bank__pb2.PrepareTransfersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTransfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/strife.v1.BankService/GetTransfer',
+            strife_dot_v1_dot_bank__pb2.GetTransferRequest.SerializeToString,
+            strife_dot_v1_dot_bank__pb2.GetTransferResponse.FromString,
             options,
             channel_credentials,
             insecure,

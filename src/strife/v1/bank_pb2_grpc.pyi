@@ -50,6 +50,10 @@ class BankServiceStub:
     """
     PrepareTransfers: _grpc.UnaryUnaryMultiCallable[_bank_pb2.PrepareTransfersRequest, _bank_pb2.PrepareTransfersResponse]
     """Several prepares in one call, for the same reason; each voted on its own."""
+    GetTransfer: _grpc.UnaryUnaryMultiCallable[_bank_pb2.GetTransferRequest, _bank_pb2.GetTransferResponse]
+    """What this bank recorded for a transfer id: how any gateway replica learns
+    the outcome of a payment another replica coordinated.
+    """
 
 @_typing.type_check_only
 class BankServiceAsyncStub(BankServiceStub):
@@ -73,6 +77,10 @@ class BankServiceAsyncStub(BankServiceStub):
     """
     PrepareTransfers: _aio.UnaryUnaryMultiCallable[_bank_pb2.PrepareTransfersRequest, _bank_pb2.PrepareTransfersResponse]  # type: ignore[assignment]
     """Several prepares in one call, for the same reason; each voted on its own."""
+    GetTransfer: _aio.UnaryUnaryMultiCallable[_bank_pb2.GetTransferRequest, _bank_pb2.GetTransferResponse]  # type: ignore[assignment]
+    """What this bank recorded for a transfer id: how any gateway replica learns
+    the outcome of a payment another replica coordinated.
+    """
 
 class BankServiceServicer(metaclass=_abc_1.ABCMeta):
     """A bank: accounts, holds and an append-only ledger. Participant in the
@@ -153,5 +161,15 @@ class BankServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_bank_pb2.PrepareTransfersResponse, _abc.Awaitable[_bank_pb2.PrepareTransfersResponse]]:
         """Several prepares in one call, for the same reason; each voted on its own."""
+
+    @_abc_1.abstractmethod
+    def GetTransfer(
+        self,
+        request: _bank_pb2.GetTransferRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_bank_pb2.GetTransferResponse, _abc.Awaitable[_bank_pb2.GetTransferResponse]]:
+        """What this bank recorded for a transfer id: how any gateway replica learns
+        the outcome of a payment another replica coordinated.
+        """
 
 def add_BankServiceServicer_to_server(servicer: BankServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
