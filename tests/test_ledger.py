@@ -744,3 +744,51 @@ def test_check_invariants_catches_a_hold_that_drifted(ledger: Ledger) -> None:
     )
     with pytest.raises(AssertionError):
         ledger.check_invariants()
+
+
+# ------------------------------------------------------- withdrawn votes
+
+
+def test_release_withdraws_a_yes_without_leaving_a_tombstone(ledger: Ledger) -> None:
+    prepare(ledger)
+    assert ledger.accounts["alice"].held_minor == 300
+    released = ledger.release(transfer_id="t-1", coordinator=GW)
+    ledger.check_invariants()
+    assert released.changes.released == ["t-1"] and not released.replayed
+    assert "t-1" not in ledger.transfers
+    assert ledger.accounts["alice"].held_minor == 0
+    # Another coordinator (the transfer's owner) can now prepare the leg.
+    again = prepare(ledger, coordinator="gw-2")
+    assert again.transfer.state == TransferState.PREPARED and not again.replayed
+
+
+def test_release_of_an_unknown_id_records_nothing(ledger: Ledger) -> None:
+    outcome = ledger.release(transfer_id="t-9", coordinator=GW)
+    assert outcome.changes.empty and outcome.transfer.state == TransferState.ABORTED
+    assert "t-9" not in ledger.transfers
+    assert prepare(ledger, transfer_id="t-9").transfer.state == TransferState.PREPARED
+
+
+def test_release_leaves_decided_and_foreign_records_alone(ledger: Ledger) -> None:
+    prepare(ledger)
+    with refused(ledger, ErrorKind.FAILED_PRECONDITION, Reason.NOT_COORDINATOR):
+        ledger.release(transfer_id="t-1", coordinator="gw-2")
+    ledger.commit(transfer_id="t-1", coordinator=GW)
+    outcome = ledger.release(transfer_id="t-1", coordinator=GW)
+    assert outcome.replayed and outcome.transfer.state == TransferState.COMMITTED
+
+
+def test_a_presumed_abort_is_dropped_once_the_leg_was_voted_yes_again(ledger: Ledger) -> None:
+    """The resolver reads the vote count, asks the coordinator, which knows
+    nothing and says ABORT; meanwhile a new attempt of that coordinator got
+    this leg's YES again. Applying the stale ABORT would break that attempt."""
+    prepare(ledger)
+    asked_at = ledger.votes.get("t-1", 0)
+    prepare(ledger)  # the new attempt's replayed YES
+    stale = ledger.abort(transfer_id="t-1", coordinator=GW, unless_voted_since=asked_at)
+    assert stale.replayed and stale.transfer.state == TransferState.PREPARED
+    fresh = ledger.abort(
+        transfer_id="t-1", coordinator=GW, unless_voted_since=ledger.votes.get("t-1", 0)
+    )
+    ledger.check_invariants()
+    assert fresh.transfer.state == TransferState.ABORTED and "t-1" not in ledger.votes
