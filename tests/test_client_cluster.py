@@ -106,6 +106,21 @@ async def test_expired_token_is_refreshed_through_the_callback(
         assert client.session is not None and client.session.access_token != token
 
 
+async def test_the_documented_login_asks_the_callback_once(
+    pki: Pki, running: Cluster, tmp_path: Path
+) -> None:
+    # docs/client.md: a client with a credential callback, then `await client.login()`;
+    # the drainer needs a session at the same time and shares that login.
+    asked: list[str] = []
+    async with client_for(pki, running, tmp_path / "o.db", calls=asked) as client:
+        session = await client.login()
+        await client.drain()
+        result = await client.pay(CY, 6, "USD")
+        assert await client.login() is session  # still good: no second login
+    assert result.state == EntryState.COMMITTED
+    assert asked == ["ada"]
+
+
 async def test_without_credentials_payments_wait_for_a_login(
     pki: Pki, running: Cluster, tmp_path: Path
 ) -> None:

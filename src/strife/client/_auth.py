@@ -88,9 +88,13 @@ Login = Callable[[Credentials], Awaitable[Session]]
 class Authenticator:
     """Hands out a valid token, logging in again (once, for all callers) when needed.
 
-    A token is refreshed `refresh_margin_s` before it expires, so a call
-    rarely meets TOKEN_EXPIRED; when one does (clock skew, a key rotated),
-    `invalidate` drops that token and the next `token()` logs in again.
+    A login through the credential callback is shared: whoever needs a
+    session while one is under way (the drainer, `login()`, a read) waits
+    for it, so a prompting callback asks once and the gateway sees one
+    Login. A token is refreshed `refresh_margin_s` before it expires, so a
+    call rarely meets TOKEN_EXPIRED; when one does (clock skew, a key
+    rotated), `invalidate` drops that token and the next `token()` logs in
+    again.
     """
 
     def __init__(
@@ -109,7 +113,7 @@ class Authenticator:
         self._session = session
         self._margin_s = refresh_margin_s
         self._clock = clock
-        self._lock = asyncio.Lock()
+        self._running: asyncio.Future[Session] | None = None
         self._listeners: list[Callable[[Session], None]] = []
 
     @property
@@ -133,18 +137,26 @@ class Authenticator:
         )
 
     async def token(self) -> str:
+        return (await self.current()).access_token
+
+    async def current(self) -> Session:
+        """The session if its token is still good, else one (shared) login."""
         session = self._session
         if self._valid(session):
             assert session is not None
-            return session.access_token
-        async with self._lock:  # one login for all the callers that found it stale
-            session = self._session
-            if not self._valid(session):
-                session = await self.refresh()
-            assert session is not None
-            return session.access_token
+            return session
+        return await self.refresh()
 
     async def refresh(self) -> Session:
+        """Log in through the credential callback, or join the login under way."""
+        running = self._running
+        if running is None:
+            running = self._running = asyncio.ensure_future(self._log_in())
+            running.add_done_callback(self._finished)
+        # Shielded: one caller giving up does not cancel the others' login.
+        return await asyncio.shield(running)
+
+    async def _log_in(self) -> Session:
         if self._provider is None:
             raise LoginRequired(
                 "the access token is missing or expired and no credential callback was given;"
@@ -154,6 +166,12 @@ class Authenticator:
         session = await self._login(credentials)
         self.adopt(session)
         return session
+
+    def _finished(self, running: asyncio.Future[Session]) -> None:
+        if self._running is running:
+            self._running = None
+        if not running.cancelled():
+            running.exception()  # seen by every waiter; never "never retrieved"
 
     def invalidate(self, token: str) -> None:
         """The server refused `token`: stop using it (unless a newer one replaced it)."""

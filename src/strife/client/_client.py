@@ -362,9 +362,14 @@ class StrifeClient:
     async def login(
         self, username: str | None = None, password: str | None = None, bank: str | None = None
     ) -> Session:
-        """Log in with these credentials, or through the credential callback when none are given."""
+        """Log in with these credentials, or through the credential callback when none are given.
+
+        Without arguments it returns the current session while its token is
+        good, and otherwise joins any login already under way (the drainer's,
+        say): the callback is asked once, and one Login is sent.
+        """
         if username is None and password is None and bank is None:
-            return await self._auth.refresh()
+            return await self._auth.current()
         if not (username and password and bank):
             raise ValueError("username, password and bank are all required")
         session = await self._login_call(Credentials(username, password, bank))
