@@ -29,6 +29,7 @@ from strife.rpc.channels import ChannelPool
 from strife.rpc.cli import named_addresses, server_config, server_options
 from strife.rpc.discovery import BalancerClient, Heartbeat
 from strife.rpc.server import StrifeServer, run
+from strife.security.tls import TlsFiles, TlsMaterial
 from strife.v1 import coordinator_pb2_grpc, gateway_pb2_grpc
 
 OUTCOMES = Counter("strife_payment_outcomes", "Decided payments", ["state", "reason"])
@@ -51,6 +52,21 @@ async def _sweep_forever(store: GatewayStore, retention_s: float) -> None:
         removed = await store.sweep(now_ms() - int(retention_s * 1000))
         if removed:
             _log.info("idempotency_records_swept", removed=removed)
+
+
+def _require_own_name(certs: Path | TlsFiles | None, name: str) -> None:
+    """A coordinator's name is what banks record and check against its
+    certificate: a gateway running under another name would act as a
+    coordinator it is not (or two processes as one)."""
+    if certs is None:
+        return
+    found = TlsMaterial.load(certs).spiffe_id()
+    expected = f"/gateway/{name}"
+    if found is None or not found.endswith(expected) or found.count("/") != 4:
+        raise click.UsageError(
+            f"--name {name!r} does not match this gateway's certificate"
+            f" ({found or 'no SPIFFE id'}); use the certificate of gateway {name!r}"
+        )
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -93,6 +109,7 @@ async def _sweep_forever(store: GatewayStore, retention_s: float) -> None:
 def main(**options: Any) -> None:
     """Serve the customer API and coordinate payments with two-phase commit."""
     config = server_config(options["name"], options, identity=f"gateway-{options['name']}")
+    _require_own_name(config.certs, options["name"])
     db: Path = options["db"] or Path("data") / f"gateway-{options['name']}.db"
     db.parent.mkdir(parents=True, exist_ok=True)
     bank_addresses = named_addresses(options["banks"])

@@ -54,6 +54,12 @@ class TlsMaterial:
             key=(folder / KEY_FILE).read_bytes(),
         )
 
+    def spiffe_id(self) -> str | None:
+        """The SPIFFE id our own certificate carries (None without one)."""
+        from strife.security.certs import cert_from_pem, spiffe_id_of
+
+        return spiffe_id_of(cert_from_pem(self.cert))
+
     def server_credentials(self) -> grpc.ServerCredentials:
         """mTLS: a client without a certificate from our CA cannot connect."""
         return grpc.ssl_server_credentials(
