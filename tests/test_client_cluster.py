@@ -204,6 +204,17 @@ def test_cli_refuses_bad_amounts_before_connecting(
     assert not (tmp_path / "default" / "outbox.db").exists()  # nothing was queued
 
 
+def test_cli_names_the_largest_amount_in_the_currency(tmp_path: Path) -> None:
+    result = strife_cli(
+        ["pay", "--to-bank", "beta", "--to-account", "cy-usd", "--amount",
+         "100000000000000000", "--currency", "USD", "--gateway", "127.0.0.1:1"],
+        home=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2, result
+    assert "the largest amount is 92,233,720,368,547,758.07 USD" in result.stderr
+    assert "int64" not in result.stderr
+
+
 def test_cli_json_output_parses_for_every_command(
     pki: Pki, running: Cluster, tmp_path: Path
 ) -> None:

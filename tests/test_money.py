@@ -74,3 +74,25 @@ def test_money_refuses_floats_and_bools() -> None:
 )
 def test_format_parse_round_trip(minor: int, currency: str) -> None:
     assert parse_amount(format_amount(minor, currency), currency) == minor
+
+
+@pytest.mark.parametrize(
+    ("text", "currency", "largest"),
+    [
+        ("92233720368547758.08", "USD", "92,233,720,368,547,758.07 USD"),
+        ("9223372036854775808", "JPY", "9,223,372,036,854,775,807 JPY"),
+        ("9223372036854775.808", "KWD", "9,223,372,036,854,775.807 KWD"),
+    ],
+)
+def test_a_too_large_amount_is_refused_with_the_largest_in_its_currency(
+    text: str, currency: str, largest: str
+) -> None:
+    with pytest.raises(MoneyError) as refused:
+        parse_amount(text, currency)
+    assert str(refused.value) == f"amount is too large: the largest amount is {largest}"
+    assert "int64" not in str(refused.value)
+
+
+def test_without_a_currency_the_largest_amount_is_said_in_minor_units() -> None:
+    with pytest.raises(MoneyError, match=r"largest amount is 9,223,372,036,854,775,807 minor"):
+        check_amount(MAX_AMOUNT_MINOR + 1)

@@ -37,15 +37,33 @@ def check_currency(currency: str) -> str:
     return currency
 
 
-def check_amount(amount_minor: int) -> int:
-    """A payable amount: positive and within int64."""
+def check_amount(amount_minor: int, currency: str | None = None) -> int:
+    """A payable amount: positive and at most MAX_AMOUNT_MINOR minor units.
+
+    With the currency, a refusal names the largest amount in it.
+    """
     if isinstance(amount_minor, bool) or not isinstance(amount_minor, int):
         raise MoneyError("INVALID_AMOUNT", "amount must be an integer number of minor units")
     if amount_minor <= 0:
         raise MoneyError("INVALID_AMOUNT", "amount must be positive")
     if amount_minor > MAX_AMOUNT_MINOR:
-        raise MoneyError("INVALID_AMOUNT", "amount exceeds the int64 range")
+        raise MoneyError("INVALID_AMOUNT", f"amount is too large: {largest_amount_text(currency)}")
     return amount_minor
+
+
+def largest_amount_text(currency: str | None = None) -> str:
+    """The largest amount Strife moves, as a person reads it."""
+    if currency in CURRENCY_EXPONENTS:
+        assert currency is not None
+        exponent = CURRENCY_EXPONENTS[currency]
+        whole, frac = divmod(MAX_AMOUNT_MINOR, 10**exponent)
+        decimals = f".{frac:0{exponent}d}" if exponent else ""
+        return f"the largest amount is {whole:,}{decimals} {currency}"
+    whole, frac = divmod(MAX_AMOUNT_MINOR, 100)
+    return (
+        f"the largest amount is {MAX_AMOUNT_MINOR:,} minor units"
+        f" ({whole:,}.{frac:02d} in a currency with cents)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +110,7 @@ def parse_amount(text: str, currency: str) -> int:
         raise MoneyError(
             "INVALID_AMOUNT", f"{currency} has {exponent} decimal places; {text!r} has more"
         )
-    return check_amount(int(minor))
+    return check_amount(int(minor), currency)
 
 
 def format_amount(amount_minor: int, currency: str) -> str:

@@ -439,7 +439,7 @@ class StrifeClient:
         self._check_open()
         target = _account_ref(to, None)
         check_currency(currency)
-        check_amount(amount_minor)
+        check_amount(amount_minor, currency)
         if len(description) > MAX_DESCRIPTION_CHARS:
             raise ValueError(f"description is longer than {MAX_DESCRIPTION_CHARS} characters")
         key = check_idempotency_key(key) if key is not None else new_idempotency_key()
