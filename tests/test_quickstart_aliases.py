@@ -56,3 +56,27 @@ def test_quickstart_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
         )  # fmt: skip
         assert login.returncode == 0, login.stderr
         assert json.loads(login.stdout.splitlines()[-1])["customer_id"] == "c-john"
+
+
+@pytest.mark.parametrize("command", [[], ["login"], ["pay"], ["balance"], ["watch"]])
+def test_help_spells_the_gateway_one_way(command: list[str]) -> None:
+    from click.testing import CliRunner
+
+    from strife.client.cli import main
+
+    shown = CliRunner().invoke(main, [*command, "--help"]).output
+    assert "--gateway " in shown and "--gateway-addr" not in shown
+
+
+@pytest.mark.parametrize("spelling", ["--gateway", "--gateway-addr"])
+def test_both_spellings_reach_the_command(spelling: str) -> None:
+    from click.testing import CliRunner
+
+    from strife.client.cli import main
+
+    # Given a gateway, the command gets as far as looking for the client identity.
+    before = CliRunner().invoke(main, [spelling, "127.0.0.1:1", "balance", "--certs", "none"])
+    after = CliRunner().invoke(main, ["balance", spelling, "127.0.0.1:1", "--certs", "none"])
+    for result in (before, after):
+        assert result.exit_code == 2, result.output
+        assert "no client identity folder at none" in result.output

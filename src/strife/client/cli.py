@@ -73,12 +73,13 @@ def _common_options(func: F) -> F:
     options = [
         click.option(
             "--gateway",
-            "--gateway-addr",
             "gateways",
             multiple=True,
             envvar="STRIFE_GATEWAY",
             help="Gateway HOST:PORT (repeatable; tried in turn).",
         ),
+        # The original design's spelling, kept working but not advertised.
+        click.option("--gateway-addr", "gateway_aliases", multiple=True, hidden=True),
         click.option("--balancer", envvar="STRIFE_BALANCER", help="Balancer HOST:PORT."),
         click.option(
             "--certs",
@@ -117,7 +118,7 @@ def _settings(options: dict[str, Any]) -> _Settings:
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--profile") from exc
     saved = load_config(folder)
-    gateways: tuple[str, ...] = tuple(options["gateways"])
+    gateways: tuple[str, ...] = (*options["gateways"], *options["gateway_aliases"])
     balancer: str | None = options["balancer"]
     if not gateways and not balancer:  # nothing given: what the last login used
         gateways = tuple(saved.get("gateways") or ())
@@ -342,14 +343,15 @@ async def _drain_first(settings: _Settings, client: StrifeClient) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--username", help="Default user name for `login` (as the original quick start).")
-@click.option("--gateway-addr", help="Default gateway HOST:PORT for every command.")
-def main(username: str | None, gateway_addr: str | None) -> None:
+@click.option("--gateway", help="Default gateway HOST:PORT for every command.")
+@click.option("--gateway-addr", hidden=True, help="The original quick start's --gateway.")
+def main(username: str | None, gateway: str | None, gateway_addr: str | None) -> None:
     """Pay, check balances and history, and manage the offline outbox."""
     # Options given before the command become the commands' defaults.
     if username:
         os.environ["STRIFE_USERNAME"] = username
-    if gateway_addr:
-        os.environ["STRIFE_GATEWAY"] = gateway_addr
+    if gateway or gateway_addr:
+        os.environ["STRIFE_GATEWAY"] = gateway or gateway_addr or ""
 
 
 @main.command()
