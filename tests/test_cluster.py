@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -72,12 +73,13 @@ def test_cluster_up_serves_restarts_and_goes_down(tmp_path: Path) -> None:
     root = tmp_path / "cluster"
     topology = tmp_path / "topology.toml"
     topology.write_text(
-        f'data_dir = "cluster"\n[balancer]\nlisten = "127.0.0.1:{free_port()}"\n'
+        'data_dir = "cluster"\n'
         '[[banks]]\nname = "alpha"\ncustomers = 2\n[[banks]]\nname = "beta"\ncustomers = 1\n'
         "[gateways]\ncount = 1\n[timeouts]\nheartbeat_s = 0.2\nlease_ttl_s = 1.0\n"
     )
+    port = free_port()
     up = subprocess.Popen(
-        _cluster("up", "--config", str(topology)),
+        _cluster("up", "--config", str(topology), "--balancer-port", str(port)),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     pids: list[int] = []
@@ -86,6 +88,7 @@ def test_cluster_up_serves_restarts_and_goes_down(tmp_path: Path) -> None:
         children = {c["name"]: c for c in state["children"]}  # type: ignore[attr-defined]
         pids = [int(c["pid"]) for c in children.values()]
         assert set(children) == {"balancer", "bank-alpha", "bank-beta", "gateway-gw-1"}
+        assert state["balancer"] == children["balancer"]["address"] == f"127.0.0.1:{port}"
 
         committed = gateway_pb2.PAYMENT_STATUS_COMMITTED
         assert asyncio.run(_pay(root, str(state["balancer"]), 1500)) == committed
@@ -119,3 +122,19 @@ def test_cluster_up_serves_restarts_and_goes_down(tmp_path: Path) -> None:
         for pid in pids:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_taken_balancer_port_is_reported_with_the_reason(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        up = subprocess.run(
+            _cluster("up", "--data-dir", str(tmp_path / "c"), "--balancer-port", str(port)),
+            capture_output=True, text=True, timeout=UP_TIMEOUT_S,
+        )  # fmt: skip
+    assert up.returncode == 1
+    assert f"balancer did not start; see {tmp_path / 'c' / 'logs' / 'balancer.log'}" in up.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in up.stderr  # the log's reason
+    assert "--balancer-port" in up.stderr  # and what to do about it
+    assert not (tmp_path / "c" / "cluster.json").exists()

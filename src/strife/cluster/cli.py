@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from strife.cluster.supervisor import (
 )
 from strife.cluster.topology import Topology, TopologyError, default_topology, load_topology
 from strife.observability.logging import configure_logging
+from strife.rpc.addresses import free_port
 from strife.rpc.server import run
 
 
@@ -51,9 +53,17 @@ def cluster() -> None:
 @cluster.command()
 @_config
 @_data_dir
-def up(config: Path | None, data_dir: Path | None) -> None:
+@click.option(
+    "--balancer-port", type=click.IntRange(0, 65535),
+    help="The balancer's port on 127.0.0.1 (default: 7400, or the topology's "
+    "[balancer] listen; 0: any free port).",
+)  # fmt: skip
+def up(config: Path | None, data_dir: Path | None, balancer_port: int | None) -> None:
     """Start the cluster and keep it running until Ctrl-C."""
     topology = resolve_topology(config, data_dir)
+    if balancer_port is not None:
+        port = balancer_port or free_port()  # children are told the address up front
+        topology = replace(topology, balancer_listen=f"127.0.0.1:{port}")
     configure_logging("console", "warning")
 
     async def main() -> None:
@@ -61,7 +71,10 @@ def up(config: Path | None, data_dir: Path | None) -> None:
         try:
             await supervisor.up()
         except ClusterError as exc:
-            raise click.ClickException(str(exc)) from exc
+            hint = ""
+            if str(exc).startswith("balancer did not start") and "cannot listen" in str(exc):
+                hint = " (another port: --balancer-port PORT, 0 for any)"
+            raise click.ClickException(f"{exc}{hint}") from exc
         print_table(supervisor.table(), ("process", "address", "pid", "log"))
         click.echo(f"\nclient identity: {supervisor.certs_dir / 'client-default'}")
         click.echo("Ctrl-C (or `strife cluster down`) stops everything.")

@@ -299,11 +299,31 @@ async def _bound_address(child: Child, offset: int) -> str:
                     with contextlib.suppress(ValueError, KeyError):
                         return str(json.loads(line)["address"])
             if child.proc.returncode is not None:
-                raise ClusterError(f"exited with {child.proc.returncode}")
+                log.seek(offset)
+                why = _last_words(log.read())
+                raise ClusterError(
+                    f"exited with {child.proc.returncode}" + (f": {why}" * bool(why))
+                )
             if time.monotonic() > deadline:
                 raise ClusterError(f"no server_started line within {START_TIMEOUT_S:.0f} s")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(child.proc.wait()), 0.05)
+
+
+def _last_words(log: bytes, limit: int = 300) -> str:
+    """Why a child that exited at start said it stopped: its `Error:` line (a
+    refused option, a taken port), else its last error event, else its last line."""
+    lines = [line.strip() for line in log.decode(errors="replace").splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("Error: "):
+            return line.removeprefix("Error: ")[:limit]
+    for line in reversed(lines):
+        with contextlib.suppress(ValueError, AttributeError):
+            event = json.loads(line)
+            if event.get("level") in ("error", "critical"):
+                detail = event.get("detail") or event.get("error") or ""
+                return f"{event.get('event')}{': ' if detail else ''}{detail}"[:limit]
+    return lines[-1][:limit] if lines else ""
 
 
 def read_state(root: Path) -> dict[str, Any] | None:
