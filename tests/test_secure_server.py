@@ -12,6 +12,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from strife import program
 from strife.errors import PermissionDenied, Unauthenticated, from_rpc_error
 from strife.rpc.channels import ChannelPool, MissingDeadlineError
 from strife.rpc.server import AddressInUseError
@@ -176,7 +177,18 @@ async def test_health_and_reflection_answer_over_mtls(pki: Pki) -> None:
         assert {COORDINATOR, "strife.v1.PaymentGateway", "grpc.health.v1.Health"} <= names
 
 
-async def test_sigterm_stops_the_server_gracefully(pki: Pki) -> None:
+async def test_a_server_in_someone_elses_process_leaves_its_signals_alone(pki: Pki) -> None:
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    async with running_server(pki.identity("gateway", "gw-1")) as server:
+        requested = server.install_signal_handlers()
+        assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+        assert not requested.is_set()
+
+
+async def test_sigterm_stops_the_server_gracefully(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(program, "_claimed", True)  # as a console script's process
     async with (
         running_server(pki.identity("gateway", "gw-1")) as server,
         ChannelPool(pki.identity("bank", "alpha")) as pool,
