@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from strife.balancer.registry import (
+    INCARNATION,
     MAX_METADATA_ENTRIES,
+    InstanceLive,
     InvalidRegistration,
     LeaseConfig,
     Load,
@@ -264,3 +266,24 @@ def test_bad_load_reports_are_refused(registry: Registry, load: Load, field: str
 def test_a_lease_must_survive_one_lost_heartbeat(interval_s: float, ttl_s: float) -> None:
     with pytest.raises(ValueError):
         LeaseConfig(heartbeat_interval_s=interval_s, lease_ttl_s=ttl_s)
+
+
+def test_a_second_process_under_a_live_name_is_refused(
+    registry: Registry, clock: FakeClock
+) -> None:
+    """Two processes registering one gateway name (a cloned deployment) would
+    both coordinate as it; the second is refused while the first's lease lives."""
+    first = {INCARNATION: "a1"}
+    registry.register("gateway", "gw-1", "127.0.0.1:7001", first)
+    with pytest.raises(InstanceLive):
+        registry.register("gateway", "gw-1", "127.0.0.1:7002", {INCARNATION: "b2"})
+    with pytest.raises(InstanceLive):
+        registry.renew("gateway", "gw-1", "127.0.0.1:7002", {INCARNATION: "b2"}, Load())
+    found = registry.find("gateway", "gw-1")
+    assert found is not None and found.address == "127.0.0.1:7001"
+    # The same process renews; a restart at the same address is the same slot.
+    registry.renew("gateway", "gw-1", "127.0.0.1:7001", first, Load())
+    registry.register("gateway", "gw-1", "127.0.0.1:7001", {INCARNATION: "a2"})
+    # Once the first lease has run out, a new process may take the name.
+    clock.advance(TTL_S + 0.1)
+    registry.register("gateway", "gw-1", "127.0.0.1:7002", {INCARNATION: "b2"})

@@ -40,6 +40,30 @@ class InvalidRegistration(ValueError):
         self.field = field_name
 
 
+INCARNATION = "incarnation"
+"""Metadata key: a random id a process picks at start. Two live processes
+registering one instance name under different incarnations (and addresses)
+are a cloned deployment; the second is refused."""
+
+
+class InstanceLive(Exception):
+    """Another process holds a live lease on this instance name."""
+
+    def __init__(self, lease: Lease) -> None:
+        super().__init__(
+            f"{lease.service}/{lease.instance} is live at {lease.address} (another process)"
+        )
+        self.lease = lease
+
+
+def _check_same_process(lease: Lease, address: str, metadata: Mapping[str, str]) -> None:
+    """A restart at the same address is the same slot coming back; a different
+    incarnation at another address while the lease lives is a second process."""
+    theirs, ours = lease.metadata.get(INCARNATION), metadata.get(INCARNATION)
+    if theirs and ours and theirs != ours and lease.address != address:
+        raise InstanceLive(lease)
+
+
 class RegistryFull(Exception):
     """A bound was hit (services, or instances of one service); nothing was stored."""
 
@@ -194,6 +218,7 @@ class Registry:
         if lease is None:
             lease = self._insert(service, instance, address, metadata, now_ms)
         else:
+            _check_same_process(lease, address, metadata)
             lease.address, lease.metadata = address, dict(metadata)
             lease.registered_at_unix_ms = lease.last_heartbeat_unix_ms = now_ms
             lease.load = Load()
@@ -222,6 +247,7 @@ class Registry:
         if lease is None:
             lease = self._insert(service, instance, address, metadata, now_ms)
         else:
+            _check_same_process(lease, address, metadata)
             lease.address, lease.metadata = address, dict(metadata)
         lease.load = load
         lease.sent_since_report = 0

@@ -20,6 +20,7 @@ import grpc
 from strife.balancer.policies import POLICY_NAMES, Chooser, PolicyName
 from strife.balancer.registry import (
     NAME_RE,
+    InstanceLive,
     InvalidRegistration,
     Lease,
     LeaseConfig,
@@ -85,6 +86,17 @@ def to_proto(lease: Lease) -> balancer_pb2.ServerInstance:
         registered_at_unix_ms=lease.registered_at_unix_ms,
         last_heartbeat_unix_ms=lease.last_heartbeat_unix_ms,
     )
+
+
+async def _live(context: Any, exc: InstanceLive) -> NoReturn:
+    _log.warning(
+        "instance_live", service=exc.lease.service, instance=exc.lease.instance,
+        address=exc.lease.address,
+    )  # fmt: skip
+    await abort(
+        context, grpc.StatusCode.ALREADY_EXISTS, Reason.INSTANCE_LIVE, str(exc),
+        {"address": exc.lease.address},
+    )  # fmt: skip
 
 
 async def _invalid(context: Any, exc: InvalidRegistration) -> NoReturn:
@@ -155,6 +167,8 @@ class LoadBalancerService(balancer_pb2_grpc.LoadBalancerServicer):
             )
         except RegistryFull as exc:
             await _full(context, exc)
+        except InstanceLive as exc:
+            await _live(context, exc)
         _log.info(
             "instance_registered",
             service=lease.service,
@@ -186,6 +200,8 @@ class LoadBalancerService(balancer_pb2_grpc.LoadBalancerServicer):
             )
         except RegistryFull as exc:
             await _full(context, exc)
+        except InstanceLive as exc:
+            await _live(context, exc)
         if renewal.reregistered:
             # After a balancer restart, this is how the registry refills.
             _log.info(

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
 import click
 from prometheus_client import Counter, Histogram
 
+from strife.balancer.registry import INCARNATION
 from strife.gateway.auth import GATEWAY_SERVICE, TokenCheck
 from strife.gateway.banks import BankDirectory, Banks, RegistryDirectory, StaticDirectory
 from strife.gateway.coordinator import CoordinatorConfig, PaymentCoordinator
@@ -52,6 +54,11 @@ async def _sweep_forever(store: GatewayStore, retention_s: float) -> None:
         removed = await store.sweep(now_ms() - int(retention_s * 1000))
         if removed:
             _log.info("idempotency_records_swept", removed=removed)
+
+
+async def _ready_when_registered(heartbeat: Heartbeat, servicer: GatewayServicer) -> None:
+    if await heartbeat.first_answer():
+        servicer.ready.set()
 
 
 def _require_own_name(certs: Path | TlsFiles | None, name: str) -> None:
@@ -162,18 +169,33 @@ def main(**options: Any) -> None:
         requested = server.install_signal_handlers()
         await server.start()
         heartbeat = None
+        conflict: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if options["balancer"]:
             heartbeat = Heartbeat(
                 pool, options["balancer"], service="gateway", instance=options["name"],
-                address=server.address,
+                address=server.address, metadata={INCARNATION: uuid.uuid4().hex},
             )  # fmt: skip
             await heartbeat.start()
+            conflict = asyncio.ensure_future(heartbeat.conflict.wait())
+            # Payments wait until the registry confirms no other process runs
+            # under this name: two coordinators named alike would decide each
+            # other's transfers.
+            servicer.ready.clear()
+            ready = asyncio.ensure_future(_ready_when_registered(heartbeat, servicer))
+            background_ready = [ready]
+        else:
+            background_ready = []
         background = [
             asyncio.create_task(coordinator.settle_forever(), name="settler"),
             asyncio.create_task(_sweep_forever(store, options["retention_s"]), name="sweeper"),
+            *background_ready,
         ]
         stop_wait = asyncio.create_task(requested.wait())
-        await asyncio.wait({stop_wait, store.writer_task}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            {stop_wait, store.writer_task, conflict}, return_when=asyncio.FIRST_COMPLETED
+        )
+        cloned = conflict.done()
+        conflict.cancel()
         failed = store.writer_task.done()
         if heartbeat is not None:
             await heartbeat.stop()
@@ -186,6 +208,13 @@ def main(**options: Any) -> None:
         await pool.close()
         if failed:
             _log.error("storage_failed", detail="stopping; recovery runs on restart")
+            sys.exit(1)
+        if cloned:
+            _log.error(
+                "name_in_use", name=options["name"],
+                detail="another live gateway process runs under this name; stopping",
+            )  # fmt: skip
+            await store.close()
             sys.exit(1)
         await store.close()
 

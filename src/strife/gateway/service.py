@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import uuid
@@ -98,6 +99,10 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
         self.banks = banks
         self.tokens = tokens
         self.throttle = throttle
+        # Clear while this process may not coordinate yet (the registry has not
+        # confirmed that no other process runs under its name).
+        self.ready = asyncio.Event()
+        self.ready.set()
 
     # ------------------------------------------------------------------ login
 
@@ -139,6 +144,11 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
     # --------------------------------------------------------------- payments
 
     async def ProcessPayment(self, request: Any, context: Any) -> Any:
+        if not self.ready.is_set():
+            await abort(
+                context, grpc.StatusCode.UNAVAILABLE, Reason.NOT_READY,
+                "this gateway is starting; try another or again shortly", retry_delay_s=0.5,
+            )  # fmt: skip
         claims = current_claims()
         await self._validate_payment(context, request)
         if not claims.owns(request.from_account.bank, request.from_account.account_id):

@@ -157,6 +157,9 @@ class Heartbeat:
         self._rng = rng or random.Random()
         self._sleep = sleep
         self._registered = asyncio.Event()
+        # Set when the balancer says another process holds this instance name:
+        # the host must stop (see `strife.balancer.registry.InstanceLive`).
+        self.conflict = asyncio.Event()
         self._sent_register = False
         self._task: asyncio.Task[None] | None = None
         self._last_sample = LoadSample(in_flight=0)
@@ -185,6 +188,18 @@ class Heartbeat:
         except TimeoutError:
             return False
         return True
+
+    async def first_answer(self) -> bool:
+        """Wait until the balancer accepted this instance (True) or said another
+        process holds its name (False)."""
+        accepted = asyncio.ensure_future(self._registered.wait())
+        refused = asyncio.ensure_future(self.conflict.wait())
+        try:
+            await asyncio.wait({accepted, refused}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            accepted.cancel()
+            refused.cancel()
+        return not self.conflict.is_set()
 
     async def stop(self, timeout_s: float = 1.0) -> None:
         """Stop heartbeating and deregister, so callers stop being sent here now.
@@ -317,6 +332,12 @@ class Heartbeat:
     async def _after_failure(self, exc: grpc.aio.AioRpcError, failures: int) -> float:
         self._registered.clear()
         code = exc.code()
+        if from_rpc_error(exc).reason == Reason.INSTANCE_LIVE:
+            _log.error(
+                "instance_live", balancer=self._balancer, service=self.service,
+                instance=self.instance, detail=exc.details(),
+            )  # fmt: skip
+            self.conflict.set()
         unreachable = code in _UNREACHABLE
         if failures == 1 or not unreachable:
             _log.warning(
