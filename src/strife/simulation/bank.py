@@ -1,0 +1,212 @@
+"""Banks: the real `BankHost`, `BankServicer`, `Ledger` and `Resolver`, over a simulated store.
+
+`SimBankStore` stands in for `strife.bank.store.BankStore`: the same
+operations, each applied to the bank's real `Ledger` by a simulated
+group-commit writer (`Disk`), so a prepare is durable exactly when its
+caller hears YES. What the ledger holds is the bank's disk: it survives a
+crash, and a restart rebuilds the `Ledger` from it (volatile state such as a
+resolver's memory, or anything else the ledger keeps only in memory, is
+lost, as it would be).
+
+`BankServer` is one bank process (it may host several banks): the real
+`BankHost` routing each call by its `bank` field, each bank's real resolver
+asking the coordinator named in an in-doubt transfer over the simulated
+network.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable
+from typing import Any, cast
+
+import grpc
+
+from strife.bank.host import BankHost
+from strife.bank.ledger import Account, Ledger, Outcome, Transfer, TransferState
+from strife.bank.resolver import Resolver
+from strife.bank.service import BankServicer
+from strife.observability import context as request_context
+from strife.observability.context import RequestInfo
+from strife.simulation.disk import Disk
+from strife.simulation.network import Inbound, Network
+from strife.simulation.nodes import Node, require_alive
+from strife.simulation.rpc import RpcAbort, SimContext
+from strife.simulation.trace import Trace
+from strife.v1 import coordinator_pb2
+
+# (bank, operation, outcome) after each applied change; (bank, error) for a broken assertion.
+Applied = Callable[[str, str, Outcome], None]
+Broken = Callable[[str, BaseException], None]
+_SERVICE = "/strife.v1.BankService/"
+
+
+class SimBankStore:
+    """`BankStore`'s interface over a `Ledger` whose every change is durable on apply."""
+
+    def __init__(
+        self, name: str, accounts: list[Account], rng: random.Random, applied: Applied,
+        broken: Broken,
+    ) -> None:  # fmt: skip
+        self.name = name
+        self.ledger = Ledger(accounts)
+        self.disk = Disk(name, rng)
+        self._applied = applied
+        self._broken = broken
+
+    def restart(self, node: Node) -> None:
+        """A new process: the ledger as it is on disk (volatile state dropped)."""
+        self.ledger = Ledger(self.ledger.accounts.values(), self.ledger.transfers.values())
+        self.disk.start(node)
+
+    def crash(self) -> None:
+        self.disk.crash()
+
+    async def _apply(self, operation: str, request: dict[str, Any]) -> Outcome:
+        def work() -> Outcome:
+            try:
+                outcome: Outcome = getattr(self.ledger, operation)(**request)
+            except AssertionError as exc:
+                self._broken(self.name, exc)
+                raise
+            self._applied(self.name, operation, outcome)
+            return outcome
+
+        result: Outcome = await self.disk.submit(work)
+        return result
+
+    # The writes the servicer and the resolver make; each forwards its keywords
+    # unchanged to the ledger operation of the same name.
+    async def prepare(self, **request: Any) -> Outcome:
+        return await self._apply("prepare", request)
+
+    async def commit(self, **request: Any) -> Outcome:
+        return await self._apply("commit", request)
+
+    async def abort(self, **request: Any) -> Outcome:
+        return await self._apply("abort", request)
+
+    async def release(self, **request: Any) -> Outcome:
+        return await self._apply("release", request)
+
+    async def process(self, **request: Any) -> Outcome:
+        return await self._apply("process", request)
+
+    # Reads of what is on disk.
+    def transfer(self, transfer_id: str) -> Transfer | None:
+        return self.ledger.transfers.get(transfer_id)
+
+    def prepared(self) -> list[Transfer]:
+        return [t for t in self.ledger.transfers.values() if t.state == TransferState.PREPARED]
+
+    def votes(self, transfer_id: str) -> int:
+        votes: dict[str, int] = getattr(self.ledger, "votes", {})
+        return votes.get(transfer_id, 0)
+
+    def account(self, account_id: str) -> Account | None:
+        return self.ledger.accounts.get(account_id)
+
+
+class SimResolver(Resolver):
+    """The bank's real resolver; only its question to the coordinator travels
+    over the simulated network instead of a channel."""
+
+    def __init__(
+        self, store: SimBankStore, network: Network, *, in_doubt_s: float,
+        clock: Callable[[], float],
+    ) -> None:  # fmt: skip
+        super().__init__(
+            cast(Any, store), cast(Any, None), _unused_lookup, in_doubt_s=in_doubt_s, clock=clock
+        )
+        self._network = network
+
+    async def _ask(self, transfer: Transfer) -> int | None:
+        request = coordinator_pb2.GetDecisionRequest(transfer_id=transfer.transfer_id)
+        try:
+            reply = await self._network.call(
+                transfer.coordinator, "GetDecision", request, deadline_s=self._rpc_timeout_s
+            )
+        except grpc.aio.AioRpcError:
+            return None
+        return int(reply.decision)
+
+
+async def _unused_lookup(name: str) -> str | None:
+    return name
+
+
+class BankServer:
+    """One bank process: its banks' stores (on disk), handlers and resolvers."""
+
+    def __init__(
+        self,
+        address: str,
+        stores: dict[str, SimBankStore],
+        network: Network,
+        trace: Trace,
+        *,
+        in_doubt_s: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self.address = address
+        self.stores = stores
+        self._network = network
+        self._trace = trace
+        self._in_doubt_s = in_doubt_s
+        self._clock = clock
+        self.host = BankHost(
+            {name: BankServicer(name, cast(Any, store)) for name, store in stores.items()}
+        )
+        self.node: Node | None = None
+        self._incarnations = itertools.count(1)
+        self._requests = itertools.count(1)
+
+    @property
+    def name(self) -> str:
+        return self.address
+
+    @property
+    def up(self) -> bool:
+        return self.node is not None and self.node.alive
+
+    def serving(self) -> Node | None:
+        node = self.node
+        return node if node is not None and node.alive else None
+
+    def start(self) -> None:
+        node = self.node = Node(self.address, next(self._incarnations))
+        self._trace(self.address, f"start #{node.incarnation}")
+        for store in self.stores.values():
+            store.restart(node)
+            resolver = SimResolver(
+                store, self._network, in_doubt_s=self._in_doubt_s, clock=self._clock
+            )
+            node.spawn(resolver.run())
+
+    def crash(self) -> None:
+        if self.node is None or not self.node.alive:
+            return
+        self._trace(self.address, "crash")
+        self.node.crash()
+        for store in self.stores.values():
+            store.crash()
+
+    async def dispatch(self, call: Inbound) -> Any:
+        require_alive()
+        handler = getattr(self.host, call.method, None)
+        if handler is None:
+            raise RpcAbort(grpc.StatusCode.UNIMPLEMENTED, f"no method {call.method}", ())
+        # What the server's interceptors establish: the caller's verified name.
+        request_context.begin(
+            RequestInfo(
+                request_id=str(next(self._requests)),
+                method=_SERVICE + call.method,
+                role="gateway",
+                peer_name=call.peer,
+            )
+        )
+        try:
+            return await handler(call.request, SimContext(call.peer))
+        except NotImplementedError:  # the generated base class: a method this server lacks
+            raise RpcAbort(grpc.StatusCode.UNIMPLEMENTED, f"no method {call.method}", ()) from None
