@@ -7,6 +7,8 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+import pytest
+
 from strife.client import EntryState
 from strife.errors import StrifeError
 from strife.rpc.channels import ChannelPool
@@ -21,6 +23,7 @@ HEARTBEAT_S = 0.2
 PAYMENTS = 30
 
 
+@pytest.mark.slow
 async def test_payments_continue_through_a_balancer_restart(pki: Pki, tmp_path: Path) -> None:
     address = f"127.0.0.1:{free_port()}"
     args = ["--listen", address, "--certs", str(pki.identity("balancer", "balancer")),

@@ -532,6 +532,7 @@ def start_balancer_process(
     )
 
 
+@pytest.mark.slow
 async def test_a_stopped_instance_is_evicted_and_returns_after_sigcont(
     balancer: BalancerServer,
     peers: Peers,
@@ -587,6 +588,7 @@ async def test_a_stopped_instance_is_evicted_and_returns_after_sigcont(
     assert (deregistered["instance"], deregistered["removed"]) == ("alpha", True)
 
 
+@pytest.mark.slow
 async def test_a_killed_balancer_is_whole_again_one_interval_after_restart(
     pki: Pki, peers: Peers, processes: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import pytest
 
 from strife.bank.ledger import Account, Ledger
 from strife.bank.store import BankStore
@@ -101,6 +102,7 @@ async def _reload(db: Path) -> None:
         await write.close()
 
 
+@pytest.mark.slow
 async def test_sigkill_loses_nothing_acknowledged(pki: Pki, tmp_path: Path) -> None:
     rng = random.Random(20261126)
     db = tmp_path / "alpha.db"

@@ -14,6 +14,8 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+import pytest
+
 from strife.client import EntryState, PaymentResult, StrifeClient
 
 from .cluster_fixtures import PASSWORDS, Cluster, cluster
@@ -74,6 +76,7 @@ async def test_all_gateways_down_pay_queues_then_delivers_exactly_once(
             assert sorted(await debits(client, {r.transfer_id for r in settled})) == [-321, -1]
 
 
+@pytest.mark.slow
 async def test_transient_abort_is_resubmitted_under_a_new_key(pki: Pki, tmp_path: Path) -> None:
     """beta stalls: the payment aborts PREPARE_TIMEOUT (transient), and is sent again under
     a new key once beta is back; a business abort is never resubmitted (see the cluster tests)."""
@@ -110,6 +113,7 @@ async def test_transient_abort_is_resubmitted_under_a_new_key(pki: Pki, tmp_path
             assert await debits(client, {result.transfer_id, old.transfer_id}) == [-77]
 
 
+@pytest.mark.slow
 async def test_replica_killed_mid_run_payments_move_and_land_exactly_once(
     pki: Pki, tmp_path: Path
 ) -> None:

@@ -49,6 +49,7 @@ async def login(pool: ChannelPool, c: Cluster) -> Customer:
     return ada
 
 
+@pytest.mark.slow
 async def test_stalled_bank_aborts_within_the_prepare_timeout(pki: Pki, tmp_path: Path) -> None:
     with cluster(pki, tmp_path, gateway_extra=["--prepare-timeout", "0.5"]) as c:
         async with ChannelPool(pki.identity("client", "default")) as pool:

@@ -238,6 +238,7 @@ async def _ledger(
     return total, lines
 
 
+@pytest.mark.slow
 async def test_a_hundred_customers_pay_and_every_payment_lands_exactly_once(
     tmp_path: Path,
 ) -> None:
