@@ -12,6 +12,21 @@ import random
 from dataclasses import asdict, dataclass, fields, replace
 
 
+# Each kind of fault: (chance it is on in a seed, weakest, strongest).
+SWARM: dict[str, tuple[float, float, float]] = {
+    "drop": (0.6, 0.005, 0.15),
+    "duplicate": (0.4, 0.005, 0.1),
+    "delay": (0.5, 0.005, 0.1),
+    "reorder": (0.5, 0.05, 0.5),
+    "gateway_crash": (0.6, 0.02, 0.4),
+    "bank_crash": (0.4, 0.02, 0.3),
+    "partition": (0.4, 0.02, 0.4),
+    "slow_disk": (0.3, 0.02, 0.3),
+    "client_cancel": (0.5, 0.02, 0.3),
+    "hedge": (0.3, 0.02, 0.3),
+}
+
+
 @dataclass(frozen=True)
 class FaultMix:
     drop: float = 0.0
@@ -41,21 +56,12 @@ class FaultMix:
 
     @classmethod
     def draw(cls, rng: random.Random) -> FaultMix:
-        def maybe(chance: float, low: float, high: float) -> float:
-            return round(rng.uniform(low, high), 4) if rng.random() < chance else 0.0
-
+        knobs: dict[str, float] = {}
+        for kind, (chance, low, high) in SWARM.items():
+            knobs[kind] = round(rng.uniform(low, high), 4) if rng.random() < chance else 0.0
         return cls(
-            drop=maybe(0.6, 0.005, 0.15),
-            duplicate=maybe(0.4, 0.005, 0.1),
-            delay=maybe(0.5, 0.005, 0.1),
+            **knobs,
             delay_max_s=round(rng.uniform(0.5, 4.0), 2),
-            reorder=maybe(0.5, 0.05, 0.5),
-            gateway_crash=maybe(0.6, 0.02, 0.4),
-            bank_crash=maybe(0.4, 0.02, 0.3),
-            partition=maybe(0.4, 0.02, 0.4),
-            slow_disk=maybe(0.3, 0.02, 0.3),
-            client_cancel=maybe(0.5, 0.02, 0.3),
-            hedge=maybe(0.3, 0.02, 0.3),
             deadline_min_s=round(rng.uniform(0.01, 0.5), 3),
             deadline_max_s=round(rng.uniform(0.5, 6.0), 2),
         )
@@ -73,7 +79,14 @@ class FaultMix:
 
     def enabled(self) -> list[str]:
         """The kinds of fault switched on in this mix."""
-        kinds = ("drop", "duplicate", "delay", "reorder", "gateway_crash", "bank_crash",
-                 "partition", "slow_disk", "client_cancel", "hedge")  # fmt: skip
         values = asdict(self)
-        return [kind for kind in kinds if values[kind] > 0]
+        return [kind for kind in SWARM if values[kind] > 0]
+
+
+def describe_swarm() -> str:
+    """How seeds draw their mix, one line per kind of fault."""
+    units = {"gateway_crash": "/s", "bank_crash": "/s", "partition": "/s", "slow_disk": "/s"}
+    return "\n".join(
+        f"  {kind:<14} on in {chance:.0%} of seeds, {low:g}..{high:g}{units.get(kind, '')}"
+        for kind, (chance, low, high) in SWARM.items()
+    )
