@@ -11,7 +11,6 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass, fields, replace
 
-
 # Each kind of fault: (chance it is on in a seed, weakest, strongest).
 SWARM: dict[str, tuple[float, float, float]] = {
     "drop": (0.6, 0.005, 0.15),
