@@ -229,7 +229,7 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
             )  # fmt: skip
         try:
             check_currency(request.amount.currency)
-            check_amount(request.amount.amount_minor)
+            check_amount(request.amount.amount_minor, request.amount.currency)
         except MoneyError as exc:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, exc.reason, str(exc))
         if len(request.description) > MAX_DESCRIPTION_CHARS:
