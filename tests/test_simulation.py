@@ -36,7 +36,7 @@ def test_seeds_pass() -> None:
     # The swarm turned every kind of fault on in some of them.
     assert set(summary.faults) == {
         "drop", "duplicate", "delay", "reorder", "gateway_crash", "bank_crash", "partition",
-        "slow_disk", "client_cancel", "hedge",
+        "slow_disk", "client_cancel", "hedge", "lookup",
     }  # fmt: skip
 
 

@@ -39,6 +39,8 @@ from strife.simulation.trace import Trace
 from strife.v1 import gateway_pb2, money_pb2
 
 MAX_ATTEMPTS = 60
+# Errors after which the same key is sent again (or asked about again).
+_ASK_AGAIN = {Reason.REQUEST_IN_PROGRESS, Reason.PAYMENT_NOT_FOUND}
 _RETRY_SAME_KEY = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -108,13 +110,14 @@ class Client:
         backoff = 0.01
         for _ in range(MAX_ATTEMPTS):
             answers = await self._attempt(intent, key, transfer_id)
-            statuses = {a.status for a in answers}
-            if statuses & {"COMMITTED", "REFUSED"} or any(
-                a.status == "ABORTED" and not a.transient for a in answers
-            ):
+            then = _next_step(answers)
+            if then == "retry" and self._rng.random() < self._mix().lookup:
+                # No answer: ask what became of the key first, as the outbox does.
+                then = _next_step([await self._lookup(intent, key, transfer_id)])
+            if then == "done":
                 self._checker.resolved(intent)
                 return
-            if "ABORTED" in statuses:  # transient: it did not happen; pay again, new key
+            if then == "new-key":  # transient abort: it did not happen; pay again
                 key, transfer_id = self._new_key(intent)
                 backoff = 0.01
                 continue
@@ -128,18 +131,19 @@ class Client:
         if mix.hedge and self._rng.random() < mix.hedge:
             others = [g for g in self._gateways if g != targets[0]]
             targets.append(self._rng.choice(others))
-        calls = [self._call(intent, key, transfer_id, gateway, mix) for gateway in targets]
+        calls = [self._pay(intent, key, transfer_id, gateway, mix) for gateway in targets]
         return list(await asyncio.gather(*calls))
 
-    async def _call(
-        self, intent: Intent, key: str, transfer_id: str, gateway: str, mix: FaultMix
-    ) -> Answer:
+    def _deadline(self, mix: FaultMix) -> tuple[float, grpc.StatusCode]:
         rng = self._rng
         deadline = rng.uniform(mix.deadline_min_s, mix.deadline_max_s)
-        expiry = grpc.StatusCode.DEADLINE_EXCEEDED
         if mix.client_cancel and rng.random() < mix.client_cancel:
-            deadline = rng.uniform(0.0, deadline)  # the caller gives up first
-            expiry = grpc.StatusCode.CANCELLED
+            return rng.uniform(0.0, deadline), grpc.StatusCode.CANCELLED  # gives up first
+        return deadline, grpc.StatusCode.DEADLINE_EXCEEDED
+
+    async def _pay(
+        self, intent: Intent, key: str, transfer_id: str, gateway: str, mix: FaultMix
+    ) -> Answer:
         payer, payee = intent.payer, intent.payee
         request = gateway_pb2.ProcessPaymentRequest(
             idempotency_key=key,
@@ -148,6 +152,22 @@ class Client:
             amount=money_pb2.Money(amount_minor=intent.amount_minor, currency=CURRENCY),
             description=f"intent {intent.intent_id}",
         )
+        return await self._ask(intent, key, transfer_id, gateway, "ProcessPayment", request, mix)
+
+    async def _lookup(self, intent: Intent, key: str, transfer_id: str) -> Answer:
+        gateway = self._rng.choice(self._gateways)
+        request = gateway_pb2.GetPaymentRequest(idempotency_key=key)
+        return await self._ask(
+            intent, key, transfer_id, gateway, "GetPayment", request, self._mix()
+        )
+
+    async def _ask(
+        self, intent: Intent, key: str, transfer_id: str, gateway: str, method: str,
+        request: Any, mix: FaultMix,
+    ) -> Answer:  # fmt: skip
+        """One call about `key`; its answer, reported to the checker when final."""
+        deadline, expiry = self._deadline(mix)
+        payer = intent.payer
         # What the customer's access token says (see strife.gateway.auth.TokenCheck).
         claims = Claims(
             customer_id=payer.customer_id,
@@ -157,27 +177,40 @@ class Client:
         )
         try:
             reply = await self._network.call(
-                gateway, "ProcessPayment", request, deadline_s=deadline, principal=claims,
-                expiry=expiry,
-            )  # fmt: skip
+                gateway, method, request, deadline_s=deadline, principal=claims, expiry=expiry
+            )
         except grpc.aio.AioRpcError as exc:
             error = from_rpc_error(exc)
-            retry = exc.code() in _RETRY_SAME_KEY or error.reason == Reason.REQUEST_IN_PROGRESS
-            if retry:
+            if exc.code() in _RETRY_SAME_KEY or error.reason in _ASK_AGAIN:
                 return Answer(gateway, "")
-            self._checker.refused(intent, key, gateway, f"{exc.code().name} {error.reason}")
+            self._checker.refused(
+                intent, key, gateway, f"{method}: {exc.code().name} {error.reason}"
+            )
             return Answer(gateway, "REFUSED")
         payment = reply.payment
         status = gateway_pb2.PaymentStatus.Name(payment.status).removeprefix("PAYMENT_STATUS_")
-        self._trace(
-            self.name,
-            f"{key} at {gateway}: {status} {payment.abort_reason}"
-            f"{' transient' if payment.abort_transient else ''}",
-        )
+        transient = " transient" if payment.abort_transient else ""
+        self._trace(self.name, f"{method} {key} at {gateway}: {status} {payment.abort_reason}"
+                    f"{transient}")  # fmt: skip
+        if status == "PENDING":
+            return Answer(gateway, "")
         if payment.transfer_id != transfer_id:
             self._checker.refused(intent, key, gateway, f"transfer id {payment.transfer_id}")
         self._checker.answered(
-            intent, key, transfer_id, gateway, status, payment.abort_reason,
+            intent, key, transfer_id, f"{gateway}/{method}", status, payment.abort_reason,
             payment.abort_transient,
         )  # fmt: skip
         return Answer(gateway, status, payment.abort_transient)
+
+
+def _next_step(answers: list[Answer]) -> str:
+    """done (committed, refused for good, or an error no retry mends), new-key
+    (a transient abort), or retry (the same key: nothing final was heard)."""
+    statuses = {a.status for a in answers}
+    if statuses & {"COMMITTED", "REFUSED"}:
+        return "done"
+    if any(a.status == "ABORTED" and not a.transient for a in answers):
+        return "done"
+    if "ABORTED" in statuses:
+        return "new-key"
+    return "retry"

@@ -23,6 +23,7 @@ SWARM: dict[str, tuple[float, float, float]] = {
     "slow_disk": (0.3, 0.02, 0.3),
     "client_cancel": (0.5, 0.02, 0.3),
     "hedge": (0.3, 0.02, 0.3),
+    "lookup": (0.5, 0.2, 1.0),
 }
 
 
@@ -49,6 +50,9 @@ class FaultMix:
     """Probability that a client gives up on a call before its deadline."""
     hedge: float = 0.0
     """Probability that a client sends one attempt to two replicas at once."""
+    lookup: float = 0.0
+    """Probability that a client, having heard nothing final, asks GetPayment
+    (at any replica) before sending the key again; it acts on that answer."""
     deadline_min_s: float = 0.05
     deadline_max_s: float = 5.0
     """A client's deadline for one call, uniform in [min, max]."""
