@@ -19,7 +19,7 @@ from strife.simulation.invariants import Checker
 from strife.simulation.scenario import AccountSpec, Intent
 from strife.simulation.trace import Trace
 
-SEEDS = 300
+SEEDS = 1000
 FIRST_SEED = 1
 
 
@@ -29,6 +29,7 @@ def logs_into_the_trace() -> Iterator[None]:
         yield
 
 
+@pytest.mark.timeout(300)
 def test_seeds_pass() -> None:
     summary = run_range(FIRST_SEED, SEEDS)
     assert summary.seeds == SEEDS
@@ -38,6 +39,13 @@ def test_seeds_pass() -> None:
         "drop", "duplicate", "delay", "reorder", "gateway_crash", "bank_crash", "partition",
         "slow_disk", "client_cancel", "hedge", "lookup",
     }  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_many_more_seeds_pass() -> None:
+    summary = run_range(FIRST_SEED + SEEDS, 4 * SEEDS)
+    assert not summary.failed, "\n\n".join(r.report() for r in summary.failed[:3])
 
 
 def test_a_seed_replays_exactly() -> None:

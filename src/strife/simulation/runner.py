@@ -63,6 +63,9 @@ class Result:
             f"  run:    {self.events} events, {self.virtual_s:.3f} virtual s,"
             f" {self.ticks} loop turns, {self.wall_s:.2f} s, trace {self.digest}",
         ]
+        if self.loop_errors:
+            lines.append(f"  unretrieved task errors: {len(self.loop_errors)}, first:")
+            lines += [f"    {e}" for e in self.loop_errors[:3]]
         if not self.ok:
             lines.append("  violations:")
             lines += [f"    {v}" for v in self.violations[:10]]
