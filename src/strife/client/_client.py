@@ -24,6 +24,7 @@ from typing import Any
 
 import grpc
 import tenacity
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import Counter, Gauge
 
 from strife.client._auth import Authenticator, CredentialProvider, Credentials, Session
@@ -87,6 +88,12 @@ class ClientConfig:
     - `retry`: the backoff (full jitter, 0.1 s doubling, 5 s cap).
     - `pay_wait_s` (10): how long `pay` waits for an outcome before returning
       it queued; it never waits when the gateways are known to be down.
+    - `pay_probe_after_s` (0.5) and `pay_probe_timeout_s` (1): with no
+      outcome after `pay_probe_after_s`, `pay` asks the gateway for a sign of
+      life (a health check with this deadline, at most `call_timeout_s`) and
+      returns queued when none comes, so a frozen gateway costs the first `pay` about 1.5 s, not the
+      5 s call deadline. A gateway that answers is working: `pay` keeps
+      waiting up to `pay_wait_s` (a slow two-phase commit is not cut short).
     - `drain_timeout_s` (10): bound of one explicit `drain()`.
     - `idle_poll_s` (1): an idle drainer looks at the outbox this often, to
       pick up payments another process queued in the same profile.
@@ -110,6 +117,8 @@ class ClientConfig:
     max_resubmits: int = 5
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     pay_wait_s: float = 10.0
+    pay_probe_after_s: float = 0.5
+    pay_probe_timeout_s: float = 1.0
     drain_timeout_s: float = 10.0
     idle_poll_s: float = 1.0
     login_poll_s: float = 30.0
@@ -132,6 +141,10 @@ class ClientConfig:
             raise ValueError("notification_buffer must be within 1..1,000,000")
         if self.pay_wait_s < 0 or self.drain_timeout_s <= 0:
             raise ValueError("pay_wait_s must be >= 0 and drain_timeout_s > 0")
+        if self.pay_probe_after_s < 0:
+            raise ValueError("pay_probe_after_s must be >= 0")
+        if not 0 < self.pay_probe_timeout_s <= 300:
+            raise ValueError("pay_probe_timeout_s must be within (0, 300]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +271,8 @@ class StrifeClient:
         self._rng = rng
         self._notifier = _Notifier()
         self._waiters: dict[int, asyncio.Future[None]] = {}
+        self._passes = 0  # delivery passes ended so far
+        self._silent_pass: int | None = None  # the pass during which a probe went unanswered
         self._stubs: dict[str, Any] = {}
         self._task: asyncio.Task[None] | None = None
         self._opened = False
@@ -427,10 +442,15 @@ class StrifeClient:
 
         The intent is on disk under its idempotency key (fresh, or `key`)
         before the first send. The result is settled (COMMITTED, ABORTED,
-        FAILED) or still queued (PENDING): then the drainer keeps delivering
-        it and `outcomes()` / `on_outcome` report it when it settles. With the
-        gateways known to be down it returns at once, queued. Paying again
-        with the same `key` and the same payment returns the same entry.
+        FAILED) or still queued (PENDING, or IN_FLIGHT while a send is open):
+        then the drainer keeps delivering it and `outcomes()` / `on_outcome`
+        report it when it settles. With the gateways known to be down it
+        returns at once, queued. When the gateway it went to stops answering
+        before that is known (a frozen process), it returns queued after at
+        most `pay_probe_after_s + pay_probe_timeout_s` (1.5 s by default); a
+        gateway that answers a health check is waited for up to `wait_s`.
+        Paying again with the same `key` and the same payment returns the
+        same entry.
 
         Raises `OutboxFull` at the outbox bound, `MoneyError` for a bad
         amount or currency, `ValueError` for a bad account or key, and
@@ -456,20 +476,88 @@ class StrifeClient:
         if entry.settled:
             return PaymentResult.of(entry)
         if self._background:
-            if self._drainer.offline:
+            if self._known_down():
                 # Known to be unreachable: return at once; the drainer's backoff
                 # (cut short when a channel comes back) delivers it.
                 return PaymentResult.of(entry)
             self._drainer.kick()
             if wait_s <= 0:
                 return PaymentResult.of(entry)
-            waiter = self._waiters.setdefault(entry.id, asyncio.get_running_loop().create_future())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(waiter), wait_s)
-            self._waiters.pop(entry.id, None)
+            await self._await_outcome(entry.id, wait_s)
         elif wait_s > 0:
             await self._drainer.drain(timeout_s=wait_s)
         return PaymentResult.of(await self._entry(entry.id))
+
+    def _known_down(self) -> bool:
+        """The last pass reached no gateway, or a probe during the current pass went unanswered."""
+        return self._drainer.offline or self._silent_pass == self._passes
+
+    async def _await_outcome(self, entry_id: int, wait_s: float) -> None:
+        """Wait up to `wait_s` for the drainer to settle the entry, less if its gateway is silent.
+
+        The entry is on disk before the first send, so returning early only
+        leaves its delivery to the drainer, whose send keeps its full deadline
+        (a late answer is harmless: same idempotency key).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        waiter = self._waiters.setdefault(entry_id, loop.create_future())
+        try:
+            await asyncio.wait([waiter], timeout=min(wait_s, self.config.pay_probe_after_s))
+            if waiter.done() or loop.time() >= deadline:
+                return
+            probe = asyncio.ensure_future(self._gateway_answers(entry_id))
+            try:
+                either: list[asyncio.Future[Any]] = [waiter, probe]
+                await asyncio.wait(
+                    either, timeout=deadline - loop.time(), return_when=asyncio.FIRST_COMPLETED
+                )
+                if waiter.done() or not probe.done() or not probe.result():
+                    return
+            finally:
+                probe.cancel()
+                await asyncio.gather(probe, return_exceptions=True)
+            await asyncio.wait([waiter], timeout=max(0.0, deadline - loop.time()))
+        finally:
+            if self._waiters.get(entry_id) is waiter:
+                del self._waiters[entry_id]
+
+    async def _gateway_answers(self, entry_id: int) -> bool:
+        """Whether the gateway delivering this entry answers a health check in time.
+
+        A frozen gateway (a stopped process, a dropped network) keeps accepting
+        TCP connections and keeps open ones open, so a call to it fails only
+        at its deadline; the check bounds how long `pay` takes to notice. An
+        unanswered check marks the gateways known down until the current pass
+        ends (the pass then says), and answers every waiting `pay` "queued".
+        """
+        passes = self._passes
+        timeout_s = min(self.config.pay_probe_timeout_s, self.config.call_timeout_s)
+        address = ""
+        try:
+            async with asyncio.timeout(timeout_s):
+                entry = await self._outbox.get(entry_id)
+                if entry is not None and entry.state == EntryState.IN_FLIGHT and entry.gateway:
+                    address = entry.gateway
+                else:
+                    address = await self._router.target()
+                await health_pb2_grpc.HealthStub(self._pool.get(address)).Check(
+                    health_pb2.HealthCheckRequest(), timeout=timeout_s
+                )
+        except grpc.aio.AioRpcError as exc:
+            if not is_connectivity(from_rpc_error(exc)):
+                return True  # an answer, even a refusal, is a sign of life
+        except (TimeoutError, StrifeError):
+            pass
+        else:
+            return True
+        _log.info("gateway_silent", gateway=address, probe_timeout_s=timeout_s)
+        if passes == self._passes:
+            self._silent_pass = passes
+        for waiter in self._waiters.values():
+            if not waiter.done():
+                waiter.set_result(None)
+        return False
 
     async def wait_for(self, key_or_id: str | int, timeout_s: float) -> PaymentResult:
         """Wait until the entry settles (or `timeout_s` passes) and return its result."""
@@ -537,6 +625,7 @@ class StrifeClient:
                 waiter.set_result(None)
 
     def _pass_ended(self, report: DrainReport) -> None:
+        self._passes += 1  # the drainer's `offline` now speaks for this pass
         if report.error is None and not report.skipped_other_process:
             return  # a waiter not reached yet is reached by the next pass
         for waiter in self._waiters.values():  # nothing more will happen soon: answer "queued"
@@ -735,6 +824,7 @@ class StrifeClient:
                     continue
                 raise error from exc
             self._router.succeeded(address)
+            self._silent_pass = None
             return reply
         raise AssertionError("unreachable")  # pragma: no cover
 
