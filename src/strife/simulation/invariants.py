@@ -12,7 +12,9 @@ As it goes (after every change a bank applies and every answer a client gets):
 - commit-is-a-promise: once a replica answered COMMITTED, no leg is aborted;
 - one-outcome-per-key: every replica that answers a key gives the same outcome;
 - no-handler-crash: no handler and no ledger assertion fails (the ledger
-  asserts no negative available balance, consistent holds, ... on every change).
+  asserts no negative available balance, consistent holds, ... on every change);
+- no-error-logged: the real code logs nothing at error level (it does so only
+  for what its rules say cannot happen: a refused decision, a failed settler).
 
 At quiescence (faults off, everything restarted and settled), also:
 
@@ -101,6 +103,9 @@ class Checker:
 
     def unexpected(self, where: str, error: BaseException) -> None:
         self.violation("no-handler-crash", f"{where} raised {error!r}")
+
+    def logged_error(self, line: str) -> None:
+        self.violation("no-error-logged", line, line)
 
     def broken(self, bank: str, error: BaseException) -> None:
         self.violation("no-handler-crash", f"ledger assertion at {bank}: {error!r}")

@@ -103,16 +103,17 @@ def run_seed(seed: int, *, keep: int = 200, full_trace: bool = False) -> Result:
     random.seed(seed)
     SINK.trace = trace
     world = World(seed, scenario, mix, trace)
+    SINK.on_error = world.checker.logged_error
     try:
         try:
             loop.run_until_complete(world.main())
         except (BoundExceeded, Stuck) as exc:
             world.checker.violation("bounded-run", f"{type(exc).__name__}: {exc}")
         virtual_s, ticks = loop.time(), loop.ticks
-        SINK.trace = None
+        SINK.trace = SINK.on_error = None
         _teardown(loop, world)
     finally:
-        SINK.trace = None
+        SINK.trace = SINK.on_error = None
         random.setstate(saved_random)
         loop.close()
     return Result(

@@ -42,6 +42,8 @@ class LogSink:
 
     def __init__(self) -> None:
         self.trace: Trace | None = None
+        # Told of every error-level line: in Strife an error log means a broken rule.
+        self.on_error: Callable[[str], None] | None = None
 
     def write(self, text: str) -> int:
         trace = self.trace
@@ -58,6 +60,8 @@ class LogSink:
         component = str(fields.pop("component", "")).rsplit(".", 1)[-1]
         rest = " ".join(f"{k}={v}" for k, v in fields.items())
         trace(component or "log", f"log {level} {event} {rest}".rstrip())
+        if level == "error" and self.on_error is not None:
+            self.on_error(f"{component}: {event} {rest}".rstrip())
         return len(text)
 
     def flush(self) -> None:
