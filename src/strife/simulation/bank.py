@@ -1,13 +1,5 @@
 """Banks: the real `BankHost`, `BankServicer`, `Ledger` and `Resolver`, over a simulated store.
 
-`SimBankStore` stands in for `strife.bank.store.BankStore`: the same
-operations, each applied to the bank's real `Ledger` by a simulated
-group-commit writer (`Disk`), so a prepare is durable exactly when its
-caller hears YES. What the ledger holds is the bank's disk: it survives a
-crash, and a restart rebuilds the `Ledger` from it (volatile state such as a
-resolver's memory, or anything else the ledger keeps only in memory, is
-lost, as it would be).
-
 `BankServer` is one bank process (it may host several banks): the real
 `BankHost` routing each call by its `bank` field, each bank's real resolver
 asking the coordinator named in an in-doubt transfer over the simulated
@@ -17,95 +9,25 @@ network.
 from __future__ import annotations
 
 import itertools
-import random
 from collections.abc import Callable
 from typing import Any, cast
 
 import grpc
 
 from strife.bank.host import BankHost
-from strife.bank.ledger import Account, Ledger, Outcome, Transfer, TransferState
+from strife.bank.ledger import Transfer
 from strife.bank.resolver import Resolver
 from strife.bank.service import BankServicer
 from strife.observability import context as request_context
 from strife.observability.context import RequestInfo
-from strife.simulation.disk import Disk
+from strife.simulation.bank_store import SimBankStore
 from strife.simulation.network import Inbound, Network
 from strife.simulation.nodes import Node, require_alive
 from strife.simulation.rpc import RpcAbort, SimContext
 from strife.simulation.trace import Trace
 from strife.v1 import coordinator_pb2
 
-# (bank, operation, outcome) after each applied change; (bank, error) for a broken assertion.
-Applied = Callable[[str, str, Outcome], None]
-Broken = Callable[[str, BaseException], None]
 _SERVICE = "/strife.v1.BankService/"
-
-
-class SimBankStore:
-    """`BankStore`'s interface over a `Ledger` whose every change is durable on apply."""
-
-    def __init__(
-        self, name: str, accounts: list[Account], rng: random.Random, applied: Applied,
-        broken: Broken,
-    ) -> None:  # fmt: skip
-        self.name = name
-        self.ledger = Ledger(accounts)
-        self.disk = Disk(name, rng)
-        self._applied = applied
-        self._broken = broken
-
-    def restart(self, node: Node) -> None:
-        """A new process: the ledger as it is on disk (volatile state dropped)."""
-        self.ledger = Ledger(self.ledger.accounts.values(), self.ledger.transfers.values())
-        self.disk.start(node)
-
-    def crash(self) -> None:
-        self.disk.crash()
-
-    async def _apply(self, operation: str, request: dict[str, Any]) -> Outcome:
-        def work() -> Outcome:
-            try:
-                outcome: Outcome = getattr(self.ledger, operation)(**request)
-            except AssertionError as exc:
-                self._broken(self.name, exc)
-                raise
-            self._applied(self.name, operation, outcome)
-            return outcome
-
-        result: Outcome = await self.disk.submit(work)
-        return result
-
-    # The writes the servicer and the resolver make; each forwards its keywords
-    # unchanged to the ledger operation of the same name.
-    async def prepare(self, **request: Any) -> Outcome:
-        return await self._apply("prepare", request)
-
-    async def commit(self, **request: Any) -> Outcome:
-        return await self._apply("commit", request)
-
-    async def abort(self, **request: Any) -> Outcome:
-        return await self._apply("abort", request)
-
-    async def release(self, **request: Any) -> Outcome:
-        return await self._apply("release", request)
-
-    async def process(self, **request: Any) -> Outcome:
-        return await self._apply("process", request)
-
-    # Reads of what is on disk.
-    def transfer(self, transfer_id: str) -> Transfer | None:
-        return self.ledger.transfers.get(transfer_id)
-
-    def prepared(self) -> list[Transfer]:
-        return [t for t in self.ledger.transfers.values() if t.state == TransferState.PREPARED]
-
-    def votes(self, transfer_id: str) -> int:
-        votes: dict[str, int] = getattr(self.ledger, "votes", {})
-        return votes.get(transfer_id, 0)
-
-    def account(self, account_id: str) -> Account | None:
-        return self.ledger.accounts.get(account_id)
 
 
 class SimResolver(Resolver):

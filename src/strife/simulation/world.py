@@ -20,7 +20,8 @@ from collections.abc import Callable
 
 from strife.bank.ledger import Account, Ledger
 from strife.gateway.store import PaymentState
-from strife.simulation.bank import BankServer, SimBankStore
+from strife.simulation.bank import BankServer
+from strife.simulation.bank_store import SimBankStore
 from strife.simulation.clients import Client
 from strife.simulation.faults import FaultMix
 from strife.simulation.gateway import Replica
