@@ -86,6 +86,32 @@ def is_transient(reason: str) -> bool:
 def after_votes(ballots: Sequence[Ballot], *, can_retry: bool) -> Plan:
     """Decide from one attempt's prepare answers (debit first)."""
     assert ballots, "a transfer has at least one leg"
+    plan = _after_votes(ballots, can_retry=can_retry)
+    _check_plan(ballots, plan)
+    return plan
+
+
+def _check_plan(ballots: Sequence[Ballot], plan: Plan) -> None:
+    """The rules' invariants, checked on every plan (our bugs, not bad input)."""
+    votes = [b.vote for b in ballots]
+    if plan.verdict is Verdict.COMMIT:
+        # Every leg voted YES to us, or the transfer is committed somewhere.
+        assert all(v is Vote.YES for v in votes) or Vote.COMMITTED in votes, (votes, plan)
+        assert all(votes[i] is Vote.YES for i in plan.deliver), (votes, plan)
+    if plan.verdict is Verdict.ABORT:
+        # A promise: a leg refused at its bank (a), or a YES of ours (b).
+        assert Vote.NO in votes or Vote.YES in votes, (votes, plan)
+        assert Vote.COMMITTED not in votes, (votes, plan)
+        # Never tombstone a leg that refused (already ABORTED) or that another
+        # attempt holds (theirs to release).
+        assert all(votes[i] in (Vote.YES, Vote.TRANSIENT) for i in plan.deliver), (votes, plan)
+    # We withdraw only what may be ours and undecided.
+    assert all(votes[i] in (Vote.YES, Vote.TRANSIENT) for i in plan.release), (votes, plan)
+    if plan.verdict is Verdict.RETRY:
+        assert votes[0] is Vote.YES and plan.retry, (votes, plan)
+
+
+def _after_votes(ballots: Sequence[Ballot], *, can_retry: bool) -> Plan:
     votes = [b.vote for b in ballots]
     yes = _legs(ballots, Vote.YES)
     # Withdrawing is safe for any leg we may hold undecided: it removes only a
