@@ -74,6 +74,7 @@ class Checker:
         self._committed: dict[str, str] = {}  # transfer id -> replica that answered COMMITTED
         self._seen: set[tuple[str, str]] = set()
         self.violations: list[Violation] = []
+        self.leading: list[str] = []  # the trace's last events up to the first violation
 
     # ---------------------------------------------------------------- reports
 
@@ -86,6 +87,8 @@ class Checker:
         found = Violation(invariant, detail, self._clock())
         self.violations.append(found)
         self._trace("CHECK", f"VIOLATION {found}")
+        if len(self.violations) == 1:
+            self.leading = list(self._trace.last)
 
     def new_key(self, intent: Intent, key: str, transfer_id: str) -> None:
         log = self._intents.setdefault(intent.intent_id, _IntentLog(intent))

@@ -42,6 +42,8 @@ class Result:
     ticks: int
     wall_s: float
     last_events: list[str]
+    leading_events: list[str]
+    """The events up to (and including) the first violation."""
     full_trace: list[str] | None = None
     loop_errors: list[str] = field(default_factory=list)
 
@@ -71,8 +73,9 @@ class Result:
             lines += [f"    {v}" for v in self.violations[:10]]
             if len(self.violations) > 10:
                 lines.append(f"    ... {len(self.violations) - 10} more")
-            lines.append(f"  last {min(last, len(self.last_events))} events:")
-            lines += [f"    {e}" for e in self.last_events[-last:]]
+            leading = self.leading_events[-last:] if last else []
+            lines.append(f"  the {len(leading)} events up to the first violation:")
+            lines += [f"    {e}" for e in leading]
             lines.append(f"  replay: python -m strife.simulation --seed {self.seed}")
         return "\n".join(lines)
 
@@ -111,6 +114,7 @@ def run_seed(seed: int, *, keep: int = 200, full_trace: bool = False) -> Result:
             world.checker.violation("bounded-run", f"{type(exc).__name__}: {exc}")
         virtual_s, ticks = loop.time(), loop.ticks
         SINK.trace = SINK.on_error = None
+        trace.stopped = True
         _teardown(loop, world)
     finally:
         SINK.trace = SINK.on_error = None
@@ -127,6 +131,7 @@ def run_seed(seed: int, *, keep: int = 200, full_trace: bool = False) -> Result:
         ticks=ticks,
         wall_s=time.perf_counter() - started,
         last_events=list(trace.last),
+        leading_events=world.checker.leading,
         full_trace=trace.full,
         loop_errors=loop_errors,
     )

@@ -21,8 +21,11 @@ class Trace:
         self.events = 0
         self.last: deque[str] = deque(maxlen=keep)
         self.full: list[str] | None = None  # every event, when asked for (verbose runs)
+        self.stopped = False
 
     def __call__(self, who: str, what: str) -> None:
+        if self.stopped:
+            return
         line = f"{self._clock():11.6f} {who:<10} {what}"
         self._digest.update(line.encode())
         self._digest.update(b"\n")
