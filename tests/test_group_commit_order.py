@@ -94,3 +94,26 @@ async def test_the_writer_applies_one_batch_in_the_order_it_was_queued(tmp_path:
     finally:
         await writer.close()
         await conn.close()
+
+
+def test_joinable_rows_share_their_statements_first_run_and_keep_their_order() -> None:
+    """An audit line may run with the batch's first audit lines; the payment
+    statements around it keep their issue order."""
+    conn = memory()
+    conn.execute("CREATE TABLE audit (seq INTEGER PRIMARY KEY, what TEXT NOT NULL)")
+    audit = "INSERT INTO audit (what) VALUES (?)"
+    writes = Writes(frozenset({audit}))
+    writes.add(INSERT, ("a",))
+    writes.add(audit, ("a inserted",))
+    writes.add(DECIDE, ("COMMITTED", "earlier"))
+    writes.add(INSERT, ("b",))
+    writes.add(audit, ("b inserted",))
+    writes.add(DECIDE, ("COMMITTED", "b"))
+    writes.add(audit, ("b decided",))
+    assert [sql for sql, _ in writes._runs] == [INSERT, audit, DECIDE, INSERT, DECIDE]
+    conn.execute("BEGIN")
+    writes.execute_sync(conn)
+    conn.execute("COMMIT")
+    assert table(conn) == {"a": "PENDING", "b": "COMMITTED", "earlier": "COMMITTED"}
+    lines = [w for (w,) in conn.execute("SELECT what FROM audit ORDER BY seq")]
+    assert lines == ["a inserted", "b inserted", "b decided"]

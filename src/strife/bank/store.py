@@ -84,6 +84,10 @@ _INSERT_AUDIT = (
 )
 # A withdrawn vote (Ledger.release): the PREPARED row goes, as if never prepared.
 _DELETE_PREPARED = "DELETE FROM transfers WHERE transfer_id = ? AND state = 'PREPARED'"
+# The same upsert, as a statement of its own: a new account references its
+# customer, inserted earlier in the batch, so it must not join the batch's
+# first run of account snapshots (`joinable` below), which may come before.
+_SEED_ACCOUNT = _UPSERT_ACCOUNT + " -- opening an account"
 _INSERT_CUSTOMER = (
     "INSERT INTO customers (customer_id, username, display_name, password_hash)"
     " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
@@ -154,10 +158,12 @@ def _transfer_from_row(row: Any) -> Transfer:
     )
 
 
-def _record(writes: Writes, changes: Changes, at_ms: int) -> None:
+def _record(
+    writes: Writes, changes: Changes, at_ms: int, account_sql: str = _UPSERT_ACCOUNT
+) -> None:
     for account in changes.accounts:
         writes.add(
-            _UPSERT_ACCOUNT,
+            account_sql,
             (
                 account.account_id,
                 account.customer_id,
@@ -225,6 +231,9 @@ class BankStore:
             preload=self._preload,
             on_commit=self._after_commit,
             lane=lane,
+            # Account snapshots (last wins; no statement reads accounts) and
+            # audit lines (append-only) may share one executemany per batch.
+            joinable=frozenset({_UPSERT_ACCOUNT, _INSERT_AUDIT}),
         )
         self.writer_task = self._writer.start()
 
@@ -352,7 +361,7 @@ class BankStore:
                     currency=row.currency,
                     balance_minor=row.opening_balance_minor,
                 )
-                _record(writes, changes, at_ms)
+                _record(writes, changes, at_ms, _SEED_ACCOUNT)
                 if row.opening_balance_minor:
                     opening = Entry(
                         OPENING_PREFIX + row.account_id,

@@ -193,7 +193,9 @@ class GatewayStore:
         self._write_conn = write_conn
         self._read = read_conn
         self._lookup = lookup
-        self._writer = GroupCommitWriter(write_conn, max_batch=max_batch, on_commit=on_batch)
+        self._writer = GroupCommitWriter(
+            write_conn, max_batch=max_batch, on_commit=on_batch, joinable=frozenset({_AUDIT})
+        )
         self.writer_task = self._writer.start()
 
     @classmethod
