@@ -23,7 +23,7 @@ from strife.rpc.channels import ChannelPool
 from strife.rpc.cli import named_addresses, server_config, server_options
 from strife.rpc.discovery import BalancerClient, Heartbeat
 from strife.rpc.server import StrifeServer, run
-from strife.security.passwords import hash_password
+from strife.security.passwords import PASSWORD_CHECKS, hash_password
 from strife.security.tls import TlsFiles
 from strife.storage.sqlite import CommitLane
 from strife.v1 import bank_pb2_grpc
@@ -84,6 +84,11 @@ _log = get_logger("strife.bank")
     "(older ones are read back from disk when asked for).",
 )  # fmt: skip
 @click.option("--in-doubt-timeout", "in_doubt_s", default=5.0, show_default=True)
+@click.option(
+    "--max-password-checks", default=PASSWORD_CHECKS.max_pending, show_default=True,
+    type=click.IntRange(min=1),
+    help="Password checks running or queued at once; more are refused (RESOURCE_EXHAUSTED).",
+)  # fmt: skip
 @server_options
 def main(**options: Any) -> None:
     """Serve one bank, or several (--bank) behind one port: accounts, holds,
@@ -100,6 +105,7 @@ def main(**options: Any) -> None:
             "each bank's is DATA_DIR/bank-BANK.db (set --data-dir)"
         )
     config = server_config(name, options, identity=f"bank-{name}")
+    PASSWORD_CHECKS.max_pending = options["max_password_checks"]
     dbs = {bank: options["db"] or options["data_dir"] / f"bank-{bank}.db" for bank in banks}
     for db in dbs.values():
         db.parent.mkdir(parents=True, exist_ok=True)

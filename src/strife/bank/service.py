@@ -19,7 +19,8 @@ from strife.errors import Reason, abort
 from strife.faults import failpoint, failpoint_async
 from strife.observability import context as request_context
 from strife.rpc.authz import AuthzTable, service_methods
-from strife.security.passwords import verify_password_async
+from strife.security.passwords import HashingBusyError, verify_password_async
+from strife.security.throttle import FailureWindow
 from strife.storage.sqlite import QueueFullError, WriterFailedError
 from strife.v1 import bank_pb2, money_pb2
 
@@ -27,6 +28,10 @@ SERVICE = "strife.v1.BankService"
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
 MAX_CREDENTIAL_CHARS = 256
+# Failed password checks per username at this bank, from every gateway replica
+# and every caller together (docs/security.md).
+LOGIN_FAILURES_PER_USERNAME = 5
+LOGIN_WINDOW_S = 60.0
 
 _READS = ["AuthenticateCustomer", "ValidateAccount", "GetAccountBalance", "GetTransactionHistory"]
 _LEGS_PB = {Leg.DEBIT: bank_pb2.LEG_DEBIT, Leg.CREDIT: bank_pb2.LEG_CREDIT}
@@ -83,6 +88,7 @@ class BankServicer:
         self.name = name
         self.store = store
         self._check_coordinator = check_coordinator
+        self.logins = FailureWindow(LOGIN_FAILURES_PER_USERNAME, LOGIN_WINDOW_S)
 
     # ------------------------------------------------------------- customers
 
@@ -91,9 +97,27 @@ class BankServicer:
             await invalid(context, "username and password are required")
         if max(len(request.username), len(request.password)) > MAX_CREDENTIAL_CHARS:
             await invalid(context, "credentials too long")
-        customer = await self.store.customer(request.username)
-        stored = customer.password_hash if customer else None
-        ok = await verify_password_async(request.password, stored)
+        # Counted before the check, so concurrent guesses cannot all be checked.
+        slot = self.logins.reserve(request.username)
+        if isinstance(slot, float):
+            await abort(
+                context, grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.LOGIN_THROTTLED,
+                "too many failed logins; try again later", retry_delay_s=slot,
+            )  # fmt: skip
+        checked = False
+        try:
+            customer = await self.store.customer(request.username)
+            stored = customer.password_hash if customer else None
+            ok = await verify_password_async(request.password, stored, context.time_remaining())
+            checked = True
+        except HashingBusyError as exc:
+            await abort(
+                context, grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.PASSWORD_CHECKS_BUSY,
+                "too many logins at this bank; retry shortly", retry_delay_s=exc.retry_after_s,
+            )  # fmt: skip
+        finally:
+            if not checked:
+                self.logins.release(slot)
         if not ok or customer is None:
             # Unknown user and wrong password look the same, and cost the same.
             await abort(
@@ -102,6 +126,7 @@ class BankServicer:
                 Reason.INVALID_CREDENTIALS,
                 "wrong username or password",
             )
+        self.logins.succeed(request.username)
         _note_customer(customer.customer_id)
         return bank_pb2.AuthenticateCustomerResponse(
             customer_id=customer.customer_id,

@@ -109,14 +109,16 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
     async def Login(self, request: Any, context: Any) -> Any:
         if not request.username or not request.password or not request.bank:
             await _invalid(context, "username, password and bank are required")
-        peer = _peer_host(context.peer())
-        wait_s = self.throttle.retry_after_s(request.username, peer)
-        if wait_s > 0:
+        stub = await self._bank(context, request.bank)
+        # The attempt counts from now, so concurrent guesses cannot all reach
+        # the bank before the first ones fail.
+        attempt = self.throttle.begin(request.bank, request.username, _peer_host(context.peer()))
+        if isinstance(attempt, float):
             await abort(
                 context, grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.LOGIN_THROTTLED,
-                "too many failed logins; try again later", retry_delay_s=wait_s,
+                "too many failed logins; try again later", retry_delay_s=attempt,
             )  # fmt: skip
-        stub = await self._bank(context, request.bank)
+        checked = False
         try:
             reply = await stub.AuthenticateCustomer(
                 bank_pb2.AuthenticateCustomerRequest(
@@ -124,11 +126,16 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
                 ),
                 timeout=BANK_TIMEOUT_S,
             )
+            checked = True
         except grpc.aio.AioRpcError as exc:
             if exc.code() is grpc.StatusCode.UNAUTHENTICATED:
-                self.throttle.failed(request.username, peer)
+                checked = True
+                self.throttle.failed(attempt)
             await _relay(context, exc)
-        self.throttle.succeeded(request.username)
+        finally:
+            if not checked:
+                self.throttle.unchecked(attempt)
+        self.throttle.succeeded(attempt)
         accounts = [f"{a.ref.bank}/{a.ref.account_id}" for a in reply.accounts]
         token, expires_at = self.tokens.issue(reply.customer_id, request.bank, accounts)
         info = request_context.current()
@@ -338,7 +345,10 @@ async def _relay(context: Any, exc: grpc.aio.AioRpcError) -> NoReturn:
         await abort(
             context, grpc.StatusCode.UNAVAILABLE, Reason.BANK_UNAVAILABLE, "bank unreachable"
         )
-    await abort(context, error.code, error.reason or Reason.INTERNAL, error.message, error.metadata)
+    await abort(
+        context, error.code, error.reason or Reason.INTERNAL, error.message, error.metadata,
+        retry_delay_s=error.retry_after_s,
+    )  # fmt: skip
 
 
 async def _invalid(context: Any, message: str, field: str = "") -> NoReturn:

@@ -1,63 +1,34 @@
-"""Failed-login throttling per username and per peer, with bounded memory.
+"""The gateway's login throttle: per (bank, username) and per client host.
 
-A sliding window of recent failures per key; past the limit, logins for that
-key are refused until the oldest failure leaves the window. The tables are
-capped (least recently used keys dropped) so a flood of names cannot grow them.
+Each replica's throttle is a first line that answers cheaply, before any
+password reaches a bank. The limit that holds across replicas is the bank's
+own (`strife.bank.service`), which sees every replica's attempts and every
+caller's, the admin's included. See docs/security.md.
 """
 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict, deque
 from collections.abc import Callable
+from dataclasses import dataclass
+
+from strife.security.throttle import FailureWindow, Slot
 
 
-class FailureWindow:
-    def __init__(
-        self,
-        limit: int,
-        window_s: float,
-        *,
-        max_keys: int = 100_000,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.limit = limit
-        self.window_s = window_s
-        self._max_keys = max_keys
-        self._clock = clock
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+@dataclass(frozen=True, slots=True)
+class LoginAttempt:
+    """The slots one login holds while its password is checked."""
 
-    def retry_after_s(self, key: str) -> float:
-        """0 when `key` may try now, else seconds until it may."""
-        recent = self._recent(key)
-        if recent is None or len(recent) < self.limit:
-            return 0.0
-        return max(0.0, recent[0] + self.window_s - self._clock())
-
-    def failed(self, key: str) -> None:
-        recent = self._recent(key)
-        if recent is None:
-            recent = self._failures[key] = deque(maxlen=self.limit)
-            if len(self._failures) > self._max_keys:
-                self._failures.popitem(last=False)
-        recent.append(self._clock())
-
-    def succeeded(self, key: str) -> None:
-        self._failures.pop(key, None)
-
-    def _recent(self, key: str) -> deque[float] | None:
-        recent = self._failures.get(key)
-        if recent is None:
-            return None
-        self._failures.move_to_end(key)
-        horizon = self._clock() - self.window_s
-        while recent and recent[0] <= horizon:
-            recent.popleft()
-        return recent
+    user: Slot
+    peer: Slot
 
 
 class LoginThrottle:
-    """Username and peer limits together: the stricter one decides."""
+    """Username and peer limits together: the stricter one decides.
+
+    A username is known by its bank: alice at alpha and alice at beta are two
+    people, and guesses against one never count for, or reset, the other.
+    """
 
     def __init__(
         self,
@@ -69,12 +40,31 @@ class LoginThrottle:
         self.by_username = FailureWindow(per_username, window_s, clock=clock)
         self.by_peer = FailureWindow(per_peer, window_s, clock=clock)
 
-    def retry_after_s(self, username: str, peer: str) -> float:
-        return max(self.by_username.retry_after_s(username), self.by_peer.retry_after_s(peer))
+    def retry_after_s(self, bank: str, username: str, peer: str) -> float:
+        return max(
+            self.by_username.retry_after_s((bank, username)), self.by_peer.retry_after_s(peer)
+        )
 
-    def failed(self, username: str, peer: str) -> None:
-        self.by_username.failed(username)
-        self.by_peer.failed(peer)
+    def begin(self, bank: str, username: str, peer: str) -> LoginAttempt | float:
+        """Count the attempt now, before the bank checks it; or the seconds to wait."""
+        user = self.by_username.reserve((bank, username))
+        if isinstance(user, float):
+            return user
+        peer_slot = self.by_peer.reserve(peer)
+        if isinstance(peer_slot, float):
+            self.by_username.release(user)
+            return peer_slot
+        return LoginAttempt(user, peer_slot)
 
-    def succeeded(self, username: str) -> None:
-        self.by_username.succeeded(username)
+    def failed(self, attempt: LoginAttempt) -> None:
+        """Wrong password: both slots stay until they leave the window."""
+
+    def unchecked(self, attempt: LoginAttempt) -> None:
+        """No password was checked (bank busy, unreachable, throttling): give both back."""
+        self.by_username.release(attempt.user)
+        self.by_peer.release(attempt.peer)
+
+    def succeeded(self, attempt: LoginAttempt) -> None:
+        """A good login clears its username and costs its host nothing."""
+        self.by_username.succeed(attempt.user.key)
+        self.by_peer.release(attempt.peer)

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import hmac
 import secrets
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -75,11 +76,74 @@ _DUMMY_SALT = secrets.token_bytes(SALT_BYTES)
 # Each scrypt call allocates 16 MiB, and glibc keeps a thread's arena after
 # it: a small pool bounds that memory (the default executor has up to 6
 # threads here) and bounds how much CPU a login flood can take.
-HASHING_EXECUTOR = ThreadPoolExecutor(max_workers=2, thread_name_prefix="scrypt")
+HASHING_WORKERS = 2
+HASHING_EXECUTOR = ThreadPoolExecutor(max_workers=HASHING_WORKERS, thread_name_prefix="scrypt")
 
 
-async def verify_password_async(password: str, stored: str | None) -> bool:
-    """`verify_password` off the event loop, on the bounded hashing pool."""
-    return await asyncio.get_running_loop().run_in_executor(
-        HASHING_EXECUTOR, verify_password, password, stored
-    )
+class HashingBusyError(Exception):
+    """Too many password checks are waiting; shed this one rather than queue it."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(f"password checks busy; retry in {retry_after_s:.2f}s")
+        self.retry_after_s = retry_after_s
+
+
+class PasswordChecks:
+    """A bounded queue in front of the hashing pool.
+
+    At most `max_pending` checks run or wait at once; one more is refused at
+    once (`HashingBusyError`, with how long the queue takes to drain) instead
+    of waiting behind the others until its caller's deadline passes. A login
+    flood then costs its senders refusals, and everyone else's login a short
+    wait, not a timeout.
+    """
+
+    def __init__(self, max_pending: int = 16, workers: int = 2) -> None:
+        self.max_pending = max_pending
+        self._workers = workers
+        self._pending = 0
+        self._check_s = 0.05  # a moving average of one check's time
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def wait_s(self) -> float:
+        """About how long a check asked for now would wait and run."""
+        return (self._pending // self._workers + 1) * self._check_s
+
+    async def verify(
+        self, password: str, stored: str | None, within_s: float | None = None
+    ) -> bool:
+        """The check, or HashingBusyError when the queue is full or the check
+        would not finish within `within_s` (the caller's remaining deadline)."""
+        wait_s = self.wait_s()
+        if self._pending >= self.max_pending or (within_s is not None and wait_s > within_s):
+            raise HashingBusyError(max(0.05, wait_s))
+        self._pending += 1
+        try:
+            ok, took_s = await asyncio.get_running_loop().run_in_executor(
+                HASHING_EXECUTOR, _timed_verify, password, stored
+            )
+        finally:
+            self._pending -= 1
+        self._check_s = 0.8 * self._check_s + 0.2 * took_s
+        return ok
+
+
+def _timed_verify(password: str, stored: str | None) -> tuple[bool, float]:
+    started = time.perf_counter()
+    ok = verify_password(password, stored)
+    return ok, time.perf_counter() - started
+
+
+PASSWORD_CHECKS = PasswordChecks(workers=HASHING_WORKERS)
+
+
+async def verify_password_async(
+    password: str, stored: str | None, within_s: float | None = None
+) -> bool:
+    """`verify_password` off the event loop, on the bounded hashing pool; raises
+    `HashingBusyError` when too many checks are already waiting, or when it
+    would not be done within `within_s`."""
+    return await PASSWORD_CHECKS.verify(password, stored, within_s)
