@@ -29,6 +29,7 @@ from strife.rpc.addresses import join_host_port, split_host_port
 from strife.rpc.authz import AuthzTable
 from strife.rpc.channels import MAX_MESSAGE_BYTES
 from strife.rpc.interceptors import CallCheck, ServerGuard
+from strife.rpc.limits import connection_cap, raise_open_files_limit
 from strife.security.tls import TlsFiles, TlsMaterial
 
 _log = get_logger("strife.server")
@@ -51,6 +52,12 @@ class ServerConfig:
     max_message_bytes: int = MAX_MESSAGE_BYTES
     max_concurrent_rpcs: int | None = None
     metrics_listen: str | None = None
+    # A connection must finish TLS and HTTP/2 set-up within this, or is closed.
+    handshake_timeout_s: float = 5.0
+    # Incoming connections at once; None: below the open-file limit (rpc.limits).
+    max_connections: int | None = None
+    # A connection with no call for this long is closed (its client reconnects).
+    max_connection_idle_s: float = 900.0
 
 
 class StrifeServer:
@@ -69,6 +76,10 @@ class StrifeServer:
         if config.certs is None and not config.insecure:
             raise ValueError("--certs is required (or --insecure for debugging)")
         self.config = config
+        self.open_files = raise_open_files_limit()
+        self.max_connections = max_connections = config.max_connections or connection_cap(
+            self.open_files
+        )
         self.server = grpc.aio.server(
             interceptors=[
                 ServerGuard(authz, config.trust_domain, insecure=config.insecure, checks=checks)
@@ -79,6 +90,19 @@ class StrifeServer:
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                # A client pinging more often than that is sent away.
+                ("grpc.http2.max_ping_strikes", 2),
+                # Connections that never finish their handshake, go quiet, or
+                # stop answering pings give their descriptor back.
+                ("grpc.server_handshake_timeout_ms", int(config.handshake_timeout_s * 1000)),
+                ("grpc.max_connection_idle_ms", int(config.max_connection_idle_s * 1000)),
+                ("grpc.keepalive_time_ms", 60_000),
+                ("grpc.keepalive_timeout_ms", 20_000),
+                *(
+                    [("grpc.max_allowed_incoming_connections", max_connections)]
+                    if max_connections
+                    else []
+                ),
             ],
             maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         )
@@ -121,7 +145,13 @@ class StrifeServer:
             metrics_port = serve_metrics(self.config.metrics_listen)
             _log.info("metrics_listening", port=metrics_port)
         _settle_gc()
-        _log.info("server_started", name=self.config.name, address=join_host_port(host, self.port))
+        _log.info(
+            "server_started",
+            name=self.config.name,
+            address=join_host_port(host, self.port),
+            open_files=self.open_files,
+            max_connections=self.max_connections,
+        )
         return self.port
 
     @property
