@@ -48,7 +48,7 @@ from strife.client._outbox import Intent, Outbox, Transition
 from strife.client._profile import DEFAULT_PROFILE, outbox_path, profile_dir
 from strife.client._retry import RetryPolicy
 from strife.client._router import GatewayRouter
-from strife.errors import NotFound, StrifeError, Unauthenticated, from_rpc_error
+from strife.errors import NotFound, StrifeError, Unauthenticated, Unavailable, from_rpc_error
 from strife.money import check_amount, check_currency
 from strife.observability.logging import get_logger
 from strife.rpc.channels import ChannelPool
@@ -801,10 +801,19 @@ class StrifeClient:
         return stub
 
     async def _call(self, method: str, request: Any, address: str, *, auth: bool = True) -> Any:
-        """One RPC at `address`, with a deadline; a refused token is refreshed once."""
+        """One RPC at `address`, with a deadline; a refused token is refreshed once.
+        While the address's circuit is open it fails fast (UNAVAILABLE, no reason:
+        no gateway answered) with the time until its half-open probe."""
+        circuits = self._router.circuits
         for attempt in (1, 2):
             token = await self._auth.token() if auth else ""
             metadata = (("authorization", f"Bearer {token}"),) if auth else ()
+            permit = circuits.admit(address)
+            if permit is None:
+                raise Unavailable(
+                    grpc.StatusCode.UNAVAILABLE, "", f"circuit open towards gateway {address}",
+                    {"circuit": "open", "gateway": address}, circuits.retry_after_s(address),
+                )  # fmt: skip
             try:
                 reply = await getattr(self._stub(address), method)(
                     request, timeout=self.config.call_timeout_s, metadata=metadata
@@ -812,7 +821,10 @@ class StrifeClient:
             except grpc.aio.AioRpcError as exc:
                 error = from_rpc_error(exc)
                 if is_connectivity(error):
+                    circuits.failed(address, permit)
                     self._router.failed(address)
+                else:  # an answer, a refusal included: the gateway is there
+                    circuits.succeeded(address, permit)
                 if (
                     auth
                     and attempt == 1
@@ -823,6 +835,10 @@ class StrifeClient:
                     self._auth.invalidate(token)
                     continue
                 raise error from exc
+            except BaseException:
+                circuits.abandoned(address, permit)
+                raise
+            circuits.succeeded(address, permit)
             self._router.succeeded(address)
             self._silent_pass = None
             return reply

@@ -4,6 +4,11 @@ The client sticks to one replica while it answers (its `GetPayment` knows the
 payments it coordinated) and moves on when it stops answering. A replica
 that failed is avoided for `failed_ttl_s`, then may be chosen again: it may
 have been restarted, and a fixed list has nowhere else to go.
+
+That avoidance is a preference among replicas. Beside it each address has a
+circuit breaker (`circuits`, see `strife.rpc.breaker`): after `failures`
+consecutive calls without an answer its circuit opens and calls to it fail
+fast, without a network call, until a half-open probe finds it answering.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from collections.abc import Callable, Sequence
 
 from strife.errors import StrifeError
 from strife.observability.logging import get_logger
+from strife.rpc.breaker import BreakerConfig
+from strife.rpc.circuits import Circuits
 from strife.rpc.discovery import BalancerClient
 
 _log = get_logger("strife.client.router")
@@ -31,6 +38,7 @@ class GatewayRouter:
         balancer: BalancerClient | None = None,
         failed_ttl_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        breaker: BreakerConfig | None = None,
     ) -> None:
         if not gateways and balancer is None:
             raise ValueError("give gateway addresses or a balancer")
@@ -46,6 +54,8 @@ class GatewayRouter:
         self._next_index = 0
         self._failed_until: dict[str, float] = {}
         self._instances: dict[str, str] = {}  # address -> instance, learnt from the balancer
+        # Per gateway address: the client's calls fail fast while its circuit is open.
+        self.circuits = Circuits("gateway", breaker or BreakerConfig(failures=3), clock=clock)
 
     @property
     def current(self) -> str | None:
@@ -70,6 +80,8 @@ class GatewayRouter:
         self._failed_until.pop(address, None)
 
     def _failing(self, address: str) -> bool:
+        if self.circuits.blocked(address) is not None:
+            return True
         until = self._failed_until.get(address)
         if until is None:
             return False

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import grpc
@@ -45,6 +45,8 @@ from strife.gateway.twophase import (
     is_transient,
 )
 from strife.observability.logging import get_logger
+from strife.rpc.breaker import BreakerConfig
+from strife.rpc.circuits import Circuits, GuardedStub
 from strife.v1 import bank_pb2, coordinator_pb2, money_pb2
 
 __all__ = [
@@ -96,6 +98,8 @@ class CoordinatorConfig:
     # "decision": answer once the decision is durable and deliver it in the
     # background (the design's rule 6); "settled": answer after every bank acked.
     reply_after: Literal["decision", "settled"] = "decision"
+    # Per bank server address: calls fail fast while its circuit is open.
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
 
 
 class InProgressError(Exception):
@@ -154,6 +158,8 @@ class PaymentCoordinator:
         # The settler's patience, per payment: one bank that refuses to answer
         # must not hold back the settlement of every other payment.
         self._backoff: dict[str, _Backoff] = {}
+        # Every call to a bank server goes through its address's breaker.
+        self.circuits = Circuits("bank", config.breaker)
 
     # ------------------------------------------------------------ entry points
 
@@ -211,7 +217,7 @@ class PaymentCoordinator:
         record = self.running(transfer_id) or self.store.by_transfer(transfer_id)
         if record is not None:
             return record
-        stub = await self.banks.stub(bank)
+        stub = await self.stub(bank)
         if stub is None:
             return None
         try:
@@ -378,7 +384,7 @@ class PaymentCoordinator:
         return record  # unknown: PENDING, asked again later
 
     async def _call_abort(self, record: PaymentRecord, bank: str, *, release: bool) -> Delivery:
-        stub = await self.banks.stub(bank)
+        stub = await self.stub(bank)
         if stub is None:
             return Delivery(False, grpc.StatusCode.UNAVAILABLE, Reason.BANK_UNAVAILABLE)
         try:
@@ -397,7 +403,7 @@ class PaymentCoordinator:
 
     async def _process(self, record: PaymentRecord) -> Ballot:
         """Both legs at one bank: one call, decided there (one-phase commit)."""
-        stub = await self.banks.stub(record.from_bank)
+        stub = await self.stub(record.from_bank)
         if stub is None:
             return Ballot(Vote.TRANSIENT, Reason.BANK_UNAVAILABLE)
         try:
@@ -434,7 +440,8 @@ class PaymentCoordinator:
             # The deadline covers the wait behind an earlier batch as well.
             async with asyncio.timeout_at(deadline):
                 address = await self.banks.address(leg.bank)
-                if address is None:
+                if address is None or self.circuits.refused(address) is not None:
+                    # No address, or its circuit is open: fail fast, unqueued.
                     return Ballot(Vote.TRANSIENT, Reason.BANK_UNAVAILABLE)
                 vote = await self._prepares.send(address, request)
         except TimeoutError:
@@ -446,7 +453,7 @@ class PaymentCoordinator:
 
     async def _prepare_batch(self, address: str, requests: list[Any]) -> list[Delivery]:
         """One line's prepares, for any of the banks at `address` (each names its own)."""
-        stub = self.banks.at(address)
+        stub = self._at(address)
         return await self._batch_or_singly(
             address,
             len(requests),
@@ -466,7 +473,7 @@ class PaymentCoordinator:
 
     async def _decide_batch(self, address: str, items: list[Decision]) -> list[Delivery]:
         """One line's decisions; a transfer id may come twice, for two banks."""
-        stub = self.banks.at(address)
+        stub = self._at(address)
         request = bank_pb2.DecideTransfersRequest(
             coordinator=self.config.name,
             decisions=[
@@ -562,14 +569,14 @@ class PaymentCoordinator:
 
     async def _send_batched(self, record: PaymentRecord, bank: str, commit: bool) -> bool:
         address = await self.banks.address(bank)
-        if address is None:
-            delivery = _NO_ADDRESS
+        if address is None or self.circuits.refused(address) is not None:
+            delivery = _NO_ADDRESS  # the settler resends it
         else:
             delivery = await self._decisions.send(address, (bank, record.transfer_id, commit))
         return self._acked(record.transfer_id, bank, commit, delivery)
 
     async def _send_one(self, bank: str, transfer_id: str, commit: bool) -> Delivery:
-        stub = await self.banks.stub(bank)
+        stub = await self.stub(bank)
         if stub is None:
             return _NO_ADDRESS
         return await self._decide_one(stub, bank, transfer_id, commit)
@@ -681,6 +688,17 @@ class PaymentCoordinator:
         return False
 
     # ---------------------------------------------------------------- misc
+
+    def _at(self, address: str) -> Any:
+        """The stub for the bank server at `address`, behind its breaker."""
+        return GuardedStub(self.banks.at(address), self.circuits, address, Reason.BANK_UNAVAILABLE)
+
+    async def stub(self, bank: str) -> Any | None:
+        """The stub for `bank`'s server behind its breaker (None: no address). A
+        call refused by an open circuit raises UNAVAILABLE BANK_UNAVAILABLE with
+        RetryInfo, like a bank that did not answer; it never makes up an answer."""
+        address = await self.banks.address(bank)
+        return None if address is None else self._at(address)
 
     def on_outcome(self, callback: Callable[[PaymentRecord], None]) -> None:
         self._on_outcome = callback

@@ -310,7 +310,7 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
     async def _bank(self, context: Any, bank: str) -> Any:
         """The stub for `bank`'s server; its server may host others, so every
         request sent on it names `bank`."""
-        stub = await self.banks.stub(bank)
+        stub = await self.coordinator.stub(bank)  # behind the server's circuit breaker
         if stub is None:
             await abort(
                 context, grpc.StatusCode.NOT_FOUND, Reason.BANK_NOT_FOUND,
@@ -342,9 +342,11 @@ async def _relay(context: Any, exc: grpc.aio.AioRpcError) -> NoReturn:
     """Pass a bank's refusal through with its reason; a dead bank is UNAVAILABLE."""
     error = from_rpc_error(exc)
     if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        # An open circuit (no call made) says when its probe goes: RetryInfo.
         await abort(
-            context, grpc.StatusCode.UNAVAILABLE, Reason.BANK_UNAVAILABLE, "bank unreachable"
-        )
+            context, grpc.StatusCode.UNAVAILABLE, Reason.BANK_UNAVAILABLE, "bank unreachable",
+            retry_delay_s=error.retry_after_s,
+        )  # fmt: skip
     await abort(
         context, error.code, error.reason or Reason.INTERNAL, error.message, error.metadata,
         retry_delay_s=error.retry_after_s,
