@@ -79,6 +79,7 @@ class ErrorKind(StrEnum):
     FAILED_PRECONDITION = "FAILED_PRECONDITION"
     ALREADY_EXISTS = "ALREADY_EXISTS"
     ABORTED = "ABORTED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
 
 
 class Reason(StrEnum):
@@ -96,6 +97,7 @@ class Reason(StrEnum):
     SAME_ACCOUNT = "SAME_ACCOUNT"
     ACCOUNT_EXISTS = "ACCOUNT_EXISTS"
     ACCOUNT_NOT_FOUND = "ACCOUNT_NOT_FOUND"
+    NOT_ACCOUNT_OWNER = "NOT_ACCOUNT_OWNER"
     CURRENCY_MISMATCH = "CURRENCY_MISMATCH"
     INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"
     AMOUNT_OVERFLOW = "AMOUNT_OVERFLOW"
@@ -111,6 +113,7 @@ class Reason(StrEnum):
 # A refusal recorded on a transfer answers with its own reason, under this code.
 _REFUSAL_KIND: dict[str, ErrorKind] = {
     Reason.ACCOUNT_NOT_FOUND: ErrorKind.NOT_FOUND,
+    Reason.NOT_ACCOUNT_OWNER: ErrorKind.PERMISSION_DENIED,
     Reason.CURRENCY_MISMATCH: ErrorKind.FAILED_PRECONDITION,
     Reason.INSUFFICIENT_FUNDS: ErrorKind.FAILED_PRECONDITION,
     Reason.AMOUNT_OVERFLOW: ErrorKind.FAILED_PRECONDITION,
@@ -292,9 +295,14 @@ class Ledger:
         currency: str,
         fingerprint: bytes,
         counterparty: str,
+        customer_id: str = "",
     ) -> Outcome:
         """Vote on one leg. YES (PREPARED) means the funds are held and we may no
-        longer decide alone; NO is recorded ABORTED so it stays NO forever."""
+        longer decide alone; NO is recorded ABORTED so it stays NO forever.
+
+        `customer_id` is the payer the coordinator names: a DEBIT of an account
+        that is not theirs is a recorded NO (NOT_ACCOUNT_OWNER). Empty: not
+        checked (a coordinator that does not send it)."""
         _require_transfer_request(transfer_id, coordinator, fingerprint)
         _require_leg(leg)
         _require_id(account_id, "account_id")
@@ -307,7 +315,7 @@ class Ledger:
         if recorded is not None:
             return self._replay(recorded, coordinator, fingerprint, postings, one_phase=False)
 
-        refusal = self._refusal(postings)
+        refusal = self._refusal(postings, customer_id)
         if refusal is not None:
             return self._refuse(transfer_id, coordinator, fingerprint, postings, False, refusal)
 
@@ -474,8 +482,10 @@ class Ledger:
         amount_minor: int,
         currency: str,
         fingerprint: bytes,
+        customer_id: str = "",
     ) -> Outcome:
-        """Both legs at this bank: no vote to wait for, so decide and post at once."""
+        """Both legs at this bank: no vote to wait for, so decide and post at once.
+        `customer_id`, when given, must own `from_account` (as in `prepare`)."""
         _require_transfer_request(transfer_id, coordinator, fingerprint)
         _require_id(from_account, "from_account")
         _require_id(to_account, "to_account")
@@ -496,7 +506,7 @@ class Ledger:
         if recorded is not None:
             return self._replay(recorded, coordinator, fingerprint, postings, one_phase=True)
 
-        refusal = self._refusal(postings)
+        refusal = self._refusal(postings, customer_id)
         if refusal is not None:
             return self._refuse(transfer_id, coordinator, fingerprint, postings, True, refusal)
 
@@ -575,12 +585,17 @@ class Ledger:
             self.votes[recorded.transfer_id] = self.votes.get(recorded.transfer_id, 0) + 1
         return _replayed(recorded)
 
-    def _refusal(self, postings: Sequence[Posting]) -> Reason | None:
+    def _refusal(self, postings: Sequence[Posting], payer: str) -> Reason | None:
         """Why this bank cannot take these postings now, if it cannot. Checks run in
-        stages (existence, currency, funds/overflow) so the reason is stable."""
+        stages (existence, the payer's ownership, currency, funds/overflow) so the
+        reason is stable."""
         for posting in postings:
             if posting.account_id not in self.accounts:
                 return Reason.ACCOUNT_NOT_FOUND
+        for posting in postings:
+            debit = posting.leg == Leg.DEBIT
+            if debit and payer and self.accounts[posting.account_id].customer_id != payer:
+                return Reason.NOT_ACCOUNT_OWNER
         for posting in postings:
             if self.accounts[posting.account_id].currency != posting.currency:
                 return Reason.CURRENCY_MISMATCH

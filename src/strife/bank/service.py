@@ -56,6 +56,7 @@ _CODES = {
     ErrorKind.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
     ErrorKind.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
     ErrorKind.ABORTED: grpc.StatusCode.ABORTED,
+    ErrorKind.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
 }
 _STATES = {
     TransferState.PREPARED: bank_pb2.TRANSFER_STATE_PREPARED,
@@ -263,6 +264,7 @@ class BankServicer:
                 amount_minor=request.amount.amount_minor,
                 currency=request.amount.currency,
                 fingerprint=request.fingerprint,
+                customer_id=request.customer_id,
             ),
         )
         return _reply(bank_pb2.ProcessTransactionResponse, outcome)
@@ -281,6 +283,7 @@ class BankServicer:
             currency=request.amount.currency,
             fingerprint=request.fingerprint,
             counterparty=request.counterparty,
+            customer_id=request.customer_id,
         )
 
     def decide(self, transfer_id: str, commit: bool, coordinator: str) -> Awaitable[Outcome]:

@@ -418,6 +418,7 @@ class PaymentCoordinator:
                         amount_minor=record.amount_minor, currency=record.currency
                     ),
                     fingerprint=record.fingerprint,
+                    customer_id=record.customer_id,
                 ),
                 timeout=self.config.prepare_timeout_s,
             )
@@ -435,6 +436,9 @@ class PaymentCoordinator:
             amount=money_pb2.Money(amount_minor=record.amount_minor, currency=record.currency),
             fingerprint=record.fingerprint,
             counterparty=leg.counterparty,
+            # The payer's bank checks the account is this customer's; the
+            # payee's bank has no business knowing who pays.
+            customer_id=record.customer_id if leg.leg == bank_pb2.LEG_DEBIT else "",
         )
         try:
             # The deadline covers the wait behind an earlier batch as well.

@@ -24,6 +24,7 @@ from strife.gateway.throttle import LoginThrottle
 from strife.gateway.tokens import TokenAuthority
 from strife.money import MoneyError, check_amount, check_currency
 from strife.observability import context as request_context
+from strife.observability.logging import get_logger
 from strife.rpc.authz import AuthzTable, service_methods
 from strife.storage.sqlite import QueueFullError, WriterFailedError
 from strife.v1 import bank_pb2, coordinator_pb2, gateway_pb2, gateway_pb2_grpc, money_pb2
@@ -51,6 +52,9 @@ _STATUS = {
     PaymentState.COMMITTED: gateway_pb2.PAYMENT_STATUS_COMMITTED,
     PaymentState.ABORTED: gateway_pb2.PAYMENT_STATUS_ABORTED,
 }
+
+
+_log = get_logger("strife.gateway.service")
 
 
 def transfer_id_for(bank: str, customer_id: str, key: str) -> str:
@@ -136,7 +140,8 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
             if not checked:
                 self.throttle.unchecked(attempt)
         self.throttle.succeeded(attempt)
-        accounts = [f"{a.ref.bank}/{a.ref.account_id}" for a in reply.accounts]
+        own = _own_accounts(request.bank, reply.accounts)
+        accounts = [f"{a.ref.bank}/{a.ref.account_id}" for a in own]
         token, expires_at = self.tokens.issue(reply.customer_id, request.bank, accounts)
         info = request_context.current()
         if info is not None:
@@ -145,7 +150,7 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
             access_token=token,
             expires_at_unix_ms=int(expires_at * 1000),
             customer_id=reply.customer_id,
-            accounts=reply.accounts,
+            accounts=own,
         )
 
     # --------------------------------------------------------------- payments
@@ -358,6 +363,15 @@ async def _invalid(context: Any, message: str, field: str = "") -> NoReturn:
         context, grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_REQUEST, message,
         {"field": field} if field else None,
     )  # fmt: skip
+
+
+def _own_accounts(bank: str, accounts: Any) -> list[Any]:
+    """A bank speaks only for its own accounts: any other it lists is dropped."""
+    own = [a for a in accounts if a.ref.bank == bank]
+    if len(own) != len(accounts):
+        foreign = sorted(f"{a.ref.bank}/{a.ref.account_id}" for a in accounts if a.ref.bank != bank)
+        _log.warning("foreign_accounts_dropped", bank=bank, accounts=foreign)
+    return own
 
 
 async def _not_owner(context: Any, ref: Any) -> NoReturn:

@@ -42,7 +42,8 @@ class Claims:
     expires_at: float
 
     def owns(self, bank: str, account_id: str) -> bool:
-        return f"{bank}/{account_id}" in self.accounts
+        """Only accounts at the customer's own bank: a bank speaks for no other's."""
+        return bank == self.bank and f"{bank}/{account_id}" in self.accounts
 
 
 def load_or_create_key(path: Path) -> Ed25519PrivateKey:

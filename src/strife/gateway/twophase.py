@@ -39,7 +39,7 @@ TRANSIENT_REASONS = frozenset(
 # Refusals a bank records on the transfer id (the leg is ABORTED there for good).
 RECORDED_REFUSALS = frozenset(
     {Reason.INSUFFICIENT_FUNDS, Reason.ACCOUNT_NOT_FOUND, Reason.CURRENCY_MISMATCH,
-     Reason.AMOUNT_OVERFLOW, Reason.TRANSFER_ABORTED}
+     Reason.AMOUNT_OVERFLOW, Reason.TRANSFER_ABORTED, Reason.NOT_ACCOUNT_OWNER}
 )  # fmt: skip
 
 

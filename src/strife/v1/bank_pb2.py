@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from strife.v1 import money_pb2 as strife_dot_v1_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14strife/v1/bank.proto\x12\tstrife.v1\x1a\x15strife/v1/money.proto\"O\n\x1b\x41uthenticateCustomerRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x0c\n\x04\x62\x61nk\x18\x03 \x01(\t\"o\n\x1c\x41uthenticateCustomerResponse\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12$\n\x08\x61\x63\x63ounts\x18\x03 \x03(\x0b\x32\x12.strife.v1.Account\"L\n\x16ValidateAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12\x0c\n\x04\x62\x61nk\x18\x03 \x01(\t\">\n\x17ValidateAccountResponse\x12#\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x12.strife.v1.Account\"<\n\x18GetAccountBalanceRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0c\n\x04\x62\x61nk\x18\x02 \x01(\t\"@\n\x19GetAccountBalanceResponse\x12#\n\x07\x62\x61lance\x18\x01 \x01(\x0b\x32\x12.strife.v1.Balance\"]\n\x12\x42\x61nkHistoryRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0c\n\x04\x62\x61nk\x18\x04 \x01(\t\"W\n\x13\x42\x61nkHistoryResponse\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.strife.v1.LedgerEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xba\x01\n\x19ProcessTransactionRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63oordinator\x18\x02 \x01(\t\x12\x17\n\x0f\x66rom_account_id\x18\x03 \x01(\t\x12\x15\n\rto_account_id\x18\x04 \x01(\t\x12 \n\x06\x61mount\x18\x05 \x01(\x0b\x32\x10.strife.v1.Money\x12\x13\n\x0b\x66ingerprint\x18\x06 \x01(\x0c\x12\x0c\n\x04\x62\x61nk\x18\x07 \x01(\t\"l\n\x1aProcessTransactionResponse\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.strife.v1.TransferState\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"\xc6\x01\n\x0ePrepareRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63oordinator\x18\x02 \x01(\t\x12\x1b\n\x03leg\x18\x03 \x01(\x0e\x32\x0e.strife.v1.Leg\x12\x12\n\naccount_id\x18\x04 \x01(\t\x12 \n\x06\x61mount\x18\x05 \x01(\x0b\x32\x10.strife.v1.Money\x12\x13\n\x0b\x66ingerprint\x18\x06 \x01(\x0c\x12\x14\n\x0c\x63ounterparty\x18\x07 \x01(\t\x12\x0c\n\x04\x62\x61nk\x18\x08 \x01(\t\"a\n\x0fPrepareResponse\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.strife.v1.TransferState\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"G\n\rCommitRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63oordinator\x18\x02 \x01(\t\x12\x0c\n\x04\x62\x61nk\x18\x03 \x01(\t\"`\n\x0e\x43ommitResponse\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.strife.v1.TransferState\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"W\n\x0c\x41\x62ortRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63oordinator\x18\x02 \x01(\t\x12\x0c\n\x04\x62\x61nk\x18\x03 \x01(\t\x12\x0f\n\x07release\x18\x04 \x01(\x08\"_\n\rAbortResponse\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.strife.v1.TransferState\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"E\n\x10TransferDecision\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63ommit\x18\x02 \x01(\x08\x12\x0c\n\x04\x62\x61nk\x18\x03 \x01(\t\"]\n\x16\x44\x65\x63ideTransfersRequest\x12\x13\n\x0b\x63oordinator\x18\x01 \x01(\t\x12.\n\tdecisions\x18\x02 \x03(\x0b\x32\x1b.strife.v1.TransferDecision\"\xa2\x01\n\x0fTransferOutcome\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.strife.v1.TransferState\x12\x10\n\x08replayed\x18\x03 \x01(\x08\x12\x14\n\x0c\x65rror_reason\x18\x04 \x01(\t\x12\x12\n\nerror_code\x18\x05 \x01(\x05\x12\x15\n\rerror_message\x18\x06 \x01(\t\"G\n\x17\x44\x65\x63ideTransfersResponse\x12,\n\x08outcomes\x18\x01 \x03(\x0b\x32\x1a.strife.v1.TransferOutcome\"F\n\x17PrepareTransfersRequest\x12+\n\x08prepares\x18\x01 \x03(\x0b\x32\x19.strife.v1.PrepareRequest\"H\n\x18PrepareTransfersResponse\x12,\n\x08outcomes\x18\x01 \x03(\x0b\x32\x1a.strife.v1.TransferOutcome\"7\n\x12GetTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x0c\n\x04\x62\x61nk\x18\x02 \x01(\t\"z\n\x0fTransferPosting\x12\x1b\n\x03leg\x18\x01 \x01(\x0e\x32\x0e.strife.v1.Leg\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12 \n\x06\x61mount\x18\x03 \x01(\x0b\x32\x10.strife.v1.Money\x12\x14\n\x0c\x63ounterparty\x18\x04 \x01(\t\"\xbf\x01\n\x13GetTransferResponse\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.strife.v1.TransferState\x12\x13\n\x0b\x63oordinator\x18\x03 \x01(\t\x12\x11\n\tone_phase\x18\x04 \x01(\x08\x12,\n\x08postings\x18\x05 \x03(\x0b\x32\x1a.strife.v1.TransferPosting\x12\x14\n\x0c\x61\x62ort_reason\x18\x06 \x01(\t*9\n\x03Leg\x12\x13\n\x0fLEG_UNSPECIFIED\x10\x00\x12\r\n\tLEG_DEBIT\x10\x01\x12\x0e\n\nLEG_CREDIT\x10\x02*\x86\x01\n\rTransferState\x12\x1e\n\x1aTRANSFER_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17TRANSFER_STATE_PREPARED\x10\x01\x12\x1c\n\x18TRANSFER_STATE_COMMITTED\x10\x02\x12\x1a\n\x16TRANSFER_STATE_ABORTED\x10\x03\x32\xad\x07\n\x0b\x42\x61nkService\x12g\n\x14\x41uthenticateCustomer\x12&.strife.v1.AuthenticateCustomerRequest\x1a\'.strife.v1.AuthenticateCustomerResponse\x12X\n\x0fValidateAccount\x12!.strife.v1.ValidateAccountRequest\x1a\".strife.v1.ValidateAccountResponse\x12^\n\x11GetAccountBalance\x12#.strife.v1.GetAccountBalanceRequest\x1a$.strife.v1.GetAccountBalanceResponse\x12V\n\x15GetTransactionHistory\x12\x1d.strife.v1.BankHistoryRequest\x1a\x1e.strife.v1.BankHistoryResponse\x12\x61\n\x12ProcessTransaction\x12$.strife.v1.ProcessTransactionRequest\x1a%.strife.v1.ProcessTransactionResponse\x12@\n\x07Prepare\x12\x19.strife.v1.PrepareRequest\x1a\x1a.strife.v1.PrepareResponse\x12=\n\x06\x43ommit\x12\x18.strife.v1.CommitRequest\x1a\x19.strife.v1.CommitResponse\x12:\n\x05\x41\x62ort\x12\x17.strife.v1.AbortRequest\x1a\x18.strife.v1.AbortResponse\x12X\n\x0f\x44\x65\x63ideTransfers\x12!.strife.v1.DecideTransfersRequest\x1a\".strife.v1.DecideTransfersResponse\x12[\n\x10PrepareTransfers\x12\".strife.v1.PrepareTransfersRequest\x1a#.strife.v1.PrepareTransfersResponse\x12L\n\x0bGetTransfer\x12\x1d.strife.v1.GetTransferRequest\x1a\x1e.strife.v1.GetTransferResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14strife/v1/bank.proto\x12\tstrife.v1\x1a\x15strife/v1/money.proto\"O\n\x1b\x41uthenticateCustomerRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x0c\n\x04\x62\x61nk\x18\x03 \x01(\t\"o\n\x1c\x41uthenticateCustomerResponse\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12$\n\x08\x61\x63\x63ounts\x18\x03 \x03(\x0b\x32\x12.strife.v1.Account\"L\n\x16ValidateAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12\x0c\n\x04\x62\x61nk\x18\x03 \x01(\t\">\n\x17ValidateAccountResponse\x12#\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x12.strife.v1.Account\"<\n\x18GetAccountBalanceRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0c\n\x04\x62\x61nk\x18\x02 \x01(\t\"@\n\x19GetAccountBalanceResponse\x12#\n\x07\x62\x61lance\x18\x01 \x01(\x0b\x32\x12.strife.v1.Balance\"]\n\x12\x42\x61nkHistoryRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0c\n\x04\x62\x61nk\x18\x04 \x01(\t\"W\n\x13\x42\x61nkHistoryResponse\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.strife.v1.LedgerEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xcf\x01\n\x19ProcessTransactionRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63oordinator\x18\x02 \x01(\t\x12\x17\n\x0f\x66rom_account_id\x18\x03 \x01(\t\x12\x15\n\rto_account_id\x18\x04 \x01(\t\x12 \n\x06\x61mount\x18\x05 \x01(\x0b\x32\x10.strife.v1.Money\x12\x13\n\x0b\x66ingerprint\x18\x06 \x01(\x0c\x12\x0c\n\x04\x62\x61nk\x18\x07 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x08 \x01(\t\"l\n\x1aProcessTransactionResponse\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.strife.v1.TransferState\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"\xdb\x01\n\x0ePrepareRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63oordinator\x18\x02 \x01(\t\x12\x1b\n\x03leg\x18\x03 \x01(\x0e\x32\x0e.strife.v1.Leg\x12\x12\n\naccount_id\x18\x04 \x01(\t\x12 \n\x06\x61mount\x18\x05 \x01(\x0b\x32\x10.strife.v1.Money\x12\x13\n\x0b\x66ingerprint\x18\x06 \x01(\x0c\x12\x14\n\x0c\x63ounterparty\x18\x07 \x01(\t\x12\x0c\n\x04\x62\x61nk\x18\x08 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\t \x01(\t\"a\n\x0fPrepareResponse\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.strife.v1.TransferState\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"G\n\rCommitRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63oordinator\x18\x02 \x01(\t\x12\x0c\n\x04\x62\x61nk\x18\x03 \x01(\t\"`\n\x0e\x43ommitResponse\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.strife.v1.TransferState\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"W\n\x0c\x41\x62ortRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63oordinator\x18\x02 \x01(\t\x12\x0c\n\x04\x62\x61nk\x18\x03 \x01(\t\x12\x0f\n\x07release\x18\x04 \x01(\x08\"_\n\rAbortResponse\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.strife.v1.TransferState\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"E\n\x10TransferDecision\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63ommit\x18\x02 \x01(\x08\x12\x0c\n\x04\x62\x61nk\x18\x03 \x01(\t\"]\n\x16\x44\x65\x63ideTransfersRequest\x12\x13\n\x0b\x63oordinator\x18\x01 \x01(\t\x12.\n\tdecisions\x18\x02 \x03(\x0b\x32\x1b.strife.v1.TransferDecision\"\xa2\x01\n\x0fTransferOutcome\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.strife.v1.TransferState\x12\x10\n\x08replayed\x18\x03 \x01(\x08\x12\x14\n\x0c\x65rror_reason\x18\x04 \x01(\t\x12\x12\n\nerror_code\x18\x05 \x01(\x05\x12\x15\n\rerror_message\x18\x06 \x01(\t\"G\n\x17\x44\x65\x63ideTransfersResponse\x12,\n\x08outcomes\x18\x01 \x03(\x0b\x32\x1a.strife.v1.TransferOutcome\"F\n\x17PrepareTransfersRequest\x12+\n\x08prepares\x18\x01 \x03(\x0b\x32\x19.strife.v1.PrepareRequest\"H\n\x18PrepareTransfersResponse\x12,\n\x08outcomes\x18\x01 \x03(\x0b\x32\x1a.strife.v1.TransferOutcome\"7\n\x12GetTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x0c\n\x04\x62\x61nk\x18\x02 \x01(\t\"z\n\x0fTransferPosting\x12\x1b\n\x03leg\x18\x01 \x01(\x0e\x32\x0e.strife.v1.Leg\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12 \n\x06\x61mount\x18\x03 \x01(\x0b\x32\x10.strife.v1.Money\x12\x14\n\x0c\x63ounterparty\x18\x04 \x01(\t\"\xbf\x01\n\x13GetTransferResponse\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.strife.v1.TransferState\x12\x13\n\x0b\x63oordinator\x18\x03 \x01(\t\x12\x11\n\tone_phase\x18\x04 \x01(\x08\x12,\n\x08postings\x18\x05 \x03(\x0b\x32\x1a.strife.v1.TransferPosting\x12\x14\n\x0c\x61\x62ort_reason\x18\x06 \x01(\t*9\n\x03Leg\x12\x13\n\x0fLEG_UNSPECIFIED\x10\x00\x12\r\n\tLEG_DEBIT\x10\x01\x12\x0e\n\nLEG_CREDIT\x10\x02*\x86\x01\n\rTransferState\x12\x1e\n\x1aTRANSFER_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17TRANSFER_STATE_PREPARED\x10\x01\x12\x1c\n\x18TRANSFER_STATE_COMMITTED\x10\x02\x12\x1a\n\x16TRANSFER_STATE_ABORTED\x10\x03\x32\xad\x07\n\x0b\x42\x61nkService\x12g\n\x14\x41uthenticateCustomer\x12&.strife.v1.AuthenticateCustomerRequest\x1a\'.strife.v1.AuthenticateCustomerResponse\x12X\n\x0fValidateAccount\x12!.strife.v1.ValidateAccountRequest\x1a\".strife.v1.ValidateAccountResponse\x12^\n\x11GetAccountBalance\x12#.strife.v1.GetAccountBalanceRequest\x1a$.strife.v1.GetAccountBalanceResponse\x12V\n\x15GetTransactionHistory\x12\x1d.strife.v1.BankHistoryRequest\x1a\x1e.strife.v1.BankHistoryResponse\x12\x61\n\x12ProcessTransaction\x12$.strife.v1.ProcessTransactionRequest\x1a%.strife.v1.ProcessTransactionResponse\x12@\n\x07Prepare\x12\x19.strife.v1.PrepareRequest\x1a\x1a.strife.v1.PrepareResponse\x12=\n\x06\x43ommit\x12\x18.strife.v1.CommitRequest\x1a\x19.strife.v1.CommitResponse\x12:\n\x05\x41\x62ort\x12\x17.strife.v1.AbortRequest\x1a\x18.strife.v1.AbortResponse\x12X\n\x0f\x44\x65\x63ideTransfers\x12!.strife.v1.DecideTransfersRequest\x1a\".strife.v1.DecideTransfersResponse\x12[\n\x10PrepareTransfers\x12\".strife.v1.PrepareTransfersRequest\x1a#.strife.v1.PrepareTransfersResponse\x12L\n\x0bGetTransfer\x12\x1d.strife.v1.GetTransferRequest\x1a\x1e.strife.v1.GetTransferResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'strife.v1.bank_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LEG']._serialized_start=2587
-  _globals['_LEG']._serialized_end=2644
-  _globals['_TRANSFERSTATE']._serialized_start=2647
-  _globals['_TRANSFERSTATE']._serialized_end=2781
+  _globals['_LEG']._serialized_start=2629
+  _globals['_LEG']._serialized_end=2686
+  _globals['_TRANSFERSTATE']._serialized_start=2689
+  _globals['_TRANSFERSTATE']._serialized_end=2823
   _globals['_AUTHENTICATECUSTOMERREQUEST']._serialized_start=58
   _globals['_AUTHENTICATECUSTOMERREQUEST']._serialized_end=137
   _globals['_AUTHENTICATECUSTOMERRESPONSE']._serialized_start=139
@@ -53,39 +53,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BANKHISTORYRESPONSE']._serialized_start=617
   _globals['_BANKHISTORYRESPONSE']._serialized_end=704
   _globals['_PROCESSTRANSACTIONREQUEST']._serialized_start=707
-  _globals['_PROCESSTRANSACTIONREQUEST']._serialized_end=893
-  _globals['_PROCESSTRANSACTIONRESPONSE']._serialized_start=895
-  _globals['_PROCESSTRANSACTIONRESPONSE']._serialized_end=1003
-  _globals['_PREPAREREQUEST']._serialized_start=1006
-  _globals['_PREPAREREQUEST']._serialized_end=1204
-  _globals['_PREPARERESPONSE']._serialized_start=1206
-  _globals['_PREPARERESPONSE']._serialized_end=1303
-  _globals['_COMMITREQUEST']._serialized_start=1305
-  _globals['_COMMITREQUEST']._serialized_end=1376
-  _globals['_COMMITRESPONSE']._serialized_start=1378
-  _globals['_COMMITRESPONSE']._serialized_end=1474
-  _globals['_ABORTREQUEST']._serialized_start=1476
-  _globals['_ABORTREQUEST']._serialized_end=1563
-  _globals['_ABORTRESPONSE']._serialized_start=1565
-  _globals['_ABORTRESPONSE']._serialized_end=1660
-  _globals['_TRANSFERDECISION']._serialized_start=1662
-  _globals['_TRANSFERDECISION']._serialized_end=1731
-  _globals['_DECIDETRANSFERSREQUEST']._serialized_start=1733
-  _globals['_DECIDETRANSFERSREQUEST']._serialized_end=1826
-  _globals['_TRANSFEROUTCOME']._serialized_start=1829
-  _globals['_TRANSFEROUTCOME']._serialized_end=1991
-  _globals['_DECIDETRANSFERSRESPONSE']._serialized_start=1993
-  _globals['_DECIDETRANSFERSRESPONSE']._serialized_end=2064
-  _globals['_PREPARETRANSFERSREQUEST']._serialized_start=2066
-  _globals['_PREPARETRANSFERSREQUEST']._serialized_end=2136
-  _globals['_PREPARETRANSFERSRESPONSE']._serialized_start=2138
-  _globals['_PREPARETRANSFERSRESPONSE']._serialized_end=2210
-  _globals['_GETTRANSFERREQUEST']._serialized_start=2212
-  _globals['_GETTRANSFERREQUEST']._serialized_end=2267
-  _globals['_TRANSFERPOSTING']._serialized_start=2269
-  _globals['_TRANSFERPOSTING']._serialized_end=2391
-  _globals['_GETTRANSFERRESPONSE']._serialized_start=2394
-  _globals['_GETTRANSFERRESPONSE']._serialized_end=2585
-  _globals['_BANKSERVICE']._serialized_start=2784
-  _globals['_BANKSERVICE']._serialized_end=3725
+  _globals['_PROCESSTRANSACTIONREQUEST']._serialized_end=914
+  _globals['_PROCESSTRANSACTIONRESPONSE']._serialized_start=916
+  _globals['_PROCESSTRANSACTIONRESPONSE']._serialized_end=1024
+  _globals['_PREPAREREQUEST']._serialized_start=1027
+  _globals['_PREPAREREQUEST']._serialized_end=1246
+  _globals['_PREPARERESPONSE']._serialized_start=1248
+  _globals['_PREPARERESPONSE']._serialized_end=1345
+  _globals['_COMMITREQUEST']._serialized_start=1347
+  _globals['_COMMITREQUEST']._serialized_end=1418
+  _globals['_COMMITRESPONSE']._serialized_start=1420
+  _globals['_COMMITRESPONSE']._serialized_end=1516
+  _globals['_ABORTREQUEST']._serialized_start=1518
+  _globals['_ABORTREQUEST']._serialized_end=1605
+  _globals['_ABORTRESPONSE']._serialized_start=1607
+  _globals['_ABORTRESPONSE']._serialized_end=1702
+  _globals['_TRANSFERDECISION']._serialized_start=1704
+  _globals['_TRANSFERDECISION']._serialized_end=1773
+  _globals['_DECIDETRANSFERSREQUEST']._serialized_start=1775
+  _globals['_DECIDETRANSFERSREQUEST']._serialized_end=1868
+  _globals['_TRANSFEROUTCOME']._serialized_start=1871
+  _globals['_TRANSFEROUTCOME']._serialized_end=2033
+  _globals['_DECIDETRANSFERSRESPONSE']._serialized_start=2035
+  _globals['_DECIDETRANSFERSRESPONSE']._serialized_end=2106
+  _globals['_PREPARETRANSFERSREQUEST']._serialized_start=2108
+  _globals['_PREPARETRANSFERSREQUEST']._serialized_end=2178
+  _globals['_PREPARETRANSFERSRESPONSE']._serialized_start=2180
+  _globals['_PREPARETRANSFERSRESPONSE']._serialized_end=2252
+  _globals['_GETTRANSFERREQUEST']._serialized_start=2254
+  _globals['_GETTRANSFERREQUEST']._serialized_end=2309
+  _globals['_TRANSFERPOSTING']._serialized_start=2311
+  _globals['_TRANSFERPOSTING']._serialized_end=2433
+  _globals['_GETTRANSFERRESPONSE']._serialized_start=2436
+  _globals['_GETTRANSFERRESPONSE']._serialized_end=2627
+  _globals['_BANKSERVICE']._serialized_start=2826
+  _globals['_BANKSERVICE']._serialized_end=3767
 # @@protoc_insertion_point(module_scope)

@@ -266,6 +266,7 @@ class ProcessTransactionRequest(_message.Message):
     AMOUNT_FIELD_NUMBER: _builtins.int
     FINGERPRINT_FIELD_NUMBER: _builtins.int
     BANK_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
     transfer_id: _builtins.str
     coordinator: _builtins.str
     from_account_id: _builtins.str
@@ -276,6 +277,10 @@ class ProcessTransactionRequest(_message.Message):
     """
     bank: _builtins.str
     """The bank this is for (see ValidateAccountRequest.bank)."""
+    customer_id: _builtins.str
+    """The customer the gateway pays for. When set, the bank refuses (recorded,
+    PERMISSION_DENIED / NOT_ACCOUNT_OWNER) unless from_account_id is theirs.
+    """
     @_builtins.property
     def amount(self) -> _money_pb2.Money: ...
     def __init__(
@@ -288,10 +293,11 @@ class ProcessTransactionRequest(_message.Message):
         amount: _money_pb2.Money | None = ...,
         fingerprint: _builtins.bytes = ...,
         bank: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "bank", b"bank", "coordinator", b"coordinator", "fingerprint", b"fingerprint", "from_account_id", b"from_account_id", "to_account_id", b"to_account_id", "transfer_id", b"transfer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "bank", b"bank", "coordinator", b"coordinator", "customer_id", b"customer_id", "fingerprint", b"fingerprint", "from_account_id", b"from_account_id", "to_account_id", b"to_account_id", "transfer_id", b"transfer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -335,6 +341,7 @@ class PrepareRequest(_message.Message):
     FINGERPRINT_FIELD_NUMBER: _builtins.int
     COUNTERPARTY_FIELD_NUMBER: _builtins.int
     BANK_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
     transfer_id: _builtins.str
     coordinator: _builtins.str
     """Instance name of the gateway coordinating the transfer; the only one that
@@ -347,6 +354,11 @@ class PrepareRequest(_message.Message):
     """The other side of the transfer, "bank/account", for the ledger line."""
     bank: _builtins.str
     """The bank this is for (see ValidateAccountRequest.bank)."""
+    customer_id: _builtins.str
+    """The customer the gateway pays for; sent on the DEBIT leg only. When set,
+    the bank refuses (recorded, PERMISSION_DENIED / NOT_ACCOUNT_OWNER) unless
+    account_id is that customer's.
+    """
     @_builtins.property
     def amount(self) -> _money_pb2.Money: ...
     def __init__(
@@ -360,10 +372,11 @@ class PrepareRequest(_message.Message):
         fingerprint: _builtins.bytes = ...,
         counterparty: _builtins.str = ...,
         bank: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "bank", b"bank", "coordinator", b"coordinator", "counterparty", b"counterparty", "fingerprint", b"fingerprint", "leg", b"leg", "transfer_id", b"transfer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "bank", b"bank", "coordinator", b"coordinator", "counterparty", b"counterparty", "customer_id", b"customer_id", "fingerprint", b"fingerprint", "leg", b"leg", "transfer_id", b"transfer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
