@@ -50,19 +50,21 @@ def bank_host_process(
         pki.identity("bank", bank)
     hosted = [arg for bank in banks for arg in ("--bank", bank)]
     with _bank_server(
-        pki, tmp, name, [*hosted, "--data-dir", str(tmp / "data"), *extra]
+        pki, tmp, name, [*hosted, "--data-dir", str(tmp / "data"), *extra], serves=banks
     ) as process:
         yield process
 
 
 @contextmanager
-def _bank_server(pki: Pki, tmp: Path, name: str, args: Sequence[str]) -> Iterator[ServiceProcess]:
+def _bank_server(
+    pki: Pki, tmp: Path, name: str, args: Sequence[str], serves: Sequence[str] = ()
+) -> Iterator[ServiceProcess]:
     seed = write_seed(tmp / "seed.json")
     process = ServiceProcess(
         "strife-bank",
         [
             "--name", name, "--listen", "127.0.0.1:0", "--seed", str(seed),
-            "--certs", str(pki.identity("bank", name)), "--grace", "1", *args,
+            "--certs", str(pki.identity("bank", name, serves)), "--grace", "1", *args,
         ],
         tmp / f"{name}.log",
     )  # fmt: skip

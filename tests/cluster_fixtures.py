@@ -76,12 +76,13 @@ def cluster(
         if hosted:
             for bank in ("alpha", "beta"):
                 pki.identity("bank", bank)  # each bank's own, for its resolver's calls
+            east = pki.identity("bank", "east", serves=("alpha", "beta"))  # answers for both
             process = ServiceProcess(
                 "strife-bank",
                 [
                     "--name", "east", "--bank", "alpha", "--bank", "beta",
                     "--listen", f"127.0.0.1:{free_port()}", "--data-dir", str(root),
-                    "--seed", str(seed), "--certs", str(pki.identity("bank", "east")),
+                    "--seed", str(seed), "--certs", str(east),
                     "--grace", "1", *coordinators, *bank_extra,
                 ],
                 root / "east.log",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,10 +60,12 @@ class Pki:
     root: Path
     ca: certs.Authority
 
-    def identity(self, role: str, name: str) -> Path:
-        folder = self.root / f"{role}-{name}"
+    def identity(self, role: str, name: str, serves: Sequence[str] = ()) -> Path:
+        """`serves`: the banks a bank host serves (its certificate names them)."""
+        folder = self.root / "+".join((f"{role}-{name}", *serves))
         if not folder.exists():
-            certs.write_identity(folder, self.ca.cert, certs.issue(self.ca, role=role, name=name))
+            issued = certs.issue(self.ca, role=role, name=name, serves=serves)
+            certs.write_identity(folder, self.ca.cert, issued)
         return folder
 
 

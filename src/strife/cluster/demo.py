@@ -30,7 +30,7 @@ from strife.cluster.supervisor import Supervisor
 from strife.cluster.topology import Topology, default_topology
 from strife.money import format_amount
 from strife.rpc.addresses import free_port
-from strife.rpc.channels import ChannelPool
+from strife.rpc.channels import ChannelPool, Peer
 from strife.v1 import bank_pb2, bank_pb2_grpc
 
 CALL_TIMEOUT_S = 5.0
@@ -65,7 +65,7 @@ class Books:
 
     async def balance(self, bank: str, account: str) -> int:
         address = self.supervisor.child(f"bank-{bank}").address
-        stub = bank_pb2_grpc.BankServiceStub(self.pool.get(address))
+        stub = bank_pb2_grpc.BankServiceStub(self.pool.get(address, Peer("bank", bank)))
         reply = await stub.GetAccountBalance(
             bank_pb2.GetAccountBalanceRequest(bank=bank, account_id=account),
             timeout=CALL_TIMEOUT_S,

@@ -26,7 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from strife.cluster.seeds import seed_file
 from strife.cluster.topology import Topology
-from strife.rpc.channels import ChannelPool
+from strife.rpc.channels import ChannelPool, Peer
 from strife.rpc.server import install_stop_signals
 from strife.security import certs
 
@@ -62,6 +62,12 @@ class ClusterError(RuntimeError):
     pass
 
 
+def _peer_of(child: Child) -> Peer:
+    """Whom a child's address must answer as: `bank-east` is bank/east, and so on."""
+    role, _, name = child.name.partition("-")
+    return Peer(role, name or None)
+
+
 def _bin(script: str) -> str:
     candidate = Path(sys.executable).parent / script
     return str(candidate) if candidate.exists() else script
@@ -84,12 +90,15 @@ class Supervisor:
         """Certificates (kept if present), seeds and folders."""
         for sub in ("data", "logs"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        processes = self.topology.bank_processes()
         certs.dev(
             self.certs_dir,
-            # One identity per bank, and one per host serving several.
-            banks=(*(b.name for b in self.topology.banks), *self.topology.bank_processes()),
+            # One identity per bank, and one per host serving several, which
+            # also names the banks it serves (gateways dial them by bank name).
+            banks=(*(b.name for b in self.topology.banks), *processes),
             gateways=self.topology.gateways,
             clients=("default",),
+            serves={p: banks for p, banks in processes.items() if banks != (p,)},
         )
 
     def _plan(self) -> list[Child]:
@@ -167,7 +176,7 @@ class Supervisor:
 
     async def _wait_healthy(self, child: Child) -> None:
         assert self._pool is not None
-        stub = health_pb2_grpc.HealthStub(self._pool.get(child.address))
+        stub = health_pb2_grpc.HealthStub(self._pool.get(child.address, _peer_of(child)))
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             with contextlib.suppress(Exception):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from strife.errors import Reason, StrifeError
-from strife.rpc.channels import ChannelPool
+from strife.rpc.channels import ChannelPool, Peer
 from strife.rpc.discovery import BalancerClient
 from strife.v1 import bank_pb2_grpc
 
@@ -83,16 +83,24 @@ class Banks:
         self._pool = pool
         # A stub builds eight multicallables; one per address, not one per call.
         self._stubs: dict[str, Any] = {}
+        # The bank each address was first resolved for: its channel must reach
+        # a certificate for that bank (its own, or its host's serving it).
+        self._named: dict[str, str] = {}
 
     async def address(self, bank: str) -> str | None:
         """The address of the server hosting `bank` (the directory caches it)."""
-        return await self._directory.address(bank)
+        address = await self._directory.address(bank)
+        if address is not None:
+            self._named.setdefault(address, bank)
+        return address
 
     def at(self, address: str) -> Any:
         """The stub for the bank server at `address`; every call names its bank."""
         stub = self._stubs.get(address)
         if stub is None:
-            stub = self._stubs[address] = bank_pb2_grpc.BankServiceStub(self._pool.get(address))
+            peer = Peer("bank", self._named.get(address))
+            stub = bank_pb2_grpc.BankServiceStub(self._pool.get(address, peer))
+            self._stubs[address] = stub
         return stub
 
     async def exists(self, bank: str) -> bool:

@@ -28,7 +28,7 @@ import grpc
 
 from strife.errors import from_rpc_error
 from strife.loadgen._model import Outcome, Payment
-from strife.rpc.channels import ChannelPool
+from strife.rpc.channels import ChannelPool, Peer
 from strife.rpc.discovery import BalancerClient
 from strife.v1 import bank_pb2, bank_pb2_grpc
 
@@ -158,7 +158,7 @@ class Auditor:
         refresh = False
         for attempt in range(READ_ATTEMPTS):
             address = await self._balancer.resolve("bank", bank, refresh=refresh)
-            stub = bank_pb2_grpc.BankServiceStub(self._pool.get(address))
+            stub = bank_pb2_grpc.BankServiceStub(self._pool.get(address, Peer("bank", bank)))
             try:
                 async with self._slots:
                     return await call(stub)

@@ -28,7 +28,7 @@ from strife.loadgen.engine import Engine
 from strife.loadgen.procstats import ProcessSampler
 from strife.loadgen.progress import live_progress
 from strife.loadgen.target import Target
-from strife.rpc.channels import ChannelPool
+from strife.rpc.channels import ANY_GATEWAY, ChannelPool
 from strife.rpc.discovery import BalancerClient
 
 
@@ -63,7 +63,8 @@ async def run_load(
         payee_pool(target.customers, payers, config.mix, config.payees), config.mix
     )
     timings: dict[str, float] = {}
-    async with ChannelPool(target.client_certs) as pool, ChannelPool(target.admin_certs) as admin:
+    clients = ChannelPool(target.client_certs, peer=ANY_GATEWAY)
+    async with clients as pool, ChannelPool(target.admin_certs) as admin:
         engine = Engine(config, payers, payees, pool, BalancerClient(pool, target.balancer))
         gateways = await engine.directory.refresh()
         auditor = Auditor(

@@ -4,10 +4,17 @@ A new channel per call costs a TLS handshake (about 6x the call itself), so
 channels are pooled per target for the life of the process. A call without a
 deadline can hang forever on a dead peer, so the channel refuses it before
 anything is sent.
+
+Each channel also names whom it must reach (a `Peer`: a role, and the
+instance's name when it is known). The TLS handshake then checks the server's
+certificate for that identity's host name (`certs.identity_host`), so a call
+never sends a byte, a password least of all, to a peer of another identity.
 """
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +22,7 @@ import grpc
 
 from strife.observability import context as request_context
 from strife.rpc.interceptors import REQUEST_ID_KEY
+from strife.security import certs as _certs
 from strife.security.tls import TlsFiles, TlsMaterial
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -33,6 +41,27 @@ CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     # Retries are Strife's business (idempotency keys, outbox), not the channel's.
     ("grpc.enable_retries", 0),
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Whom a channel must reach: `role`, and instance `name` when the caller knows it."""
+
+    role: str
+    name: str | None = None
+
+    def host(self, trust_domain: str) -> str:
+        """The host name the server's certificate must carry for the handshake to pass."""
+        if self.name:
+            return _certs.identity_host(trust_domain, self.role, self.name)
+        return _certs.role_host(trust_domain, self.role)
+
+    def __str__(self) -> str:
+        return f"{self.role}/{self.name or '*'}"
+
+
+ANY_GATEWAY = Peer("gateway")
+ANY_BALANCER = Peer("balancer")
 
 
 class MissingDeadlineError(ValueError):
@@ -95,34 +124,58 @@ class CheckedChannel:
 
 
 class ChannelPool:
-    """One channel per target, created inside the running loop, closed together.
+    """One channel per target and peer, created inside the running loop, closed together.
 
     `certs` is an identity folder (ca.crt, tls.crt, tls.key); `insecure`
-    dials plaintext and exists only for debugging.
+    dials plaintext and exists only for debugging. `peer` is whom a channel
+    must reach when `get` names nobody (a client's pool: any gateway). With
+    neither, a channel checks only the CA and the target's host name, which
+    every service certificate carries: for tests and tools, never for a call
+    that sends anything secret.
     """
 
-    def __init__(self, certs: str | Path | TlsFiles | None, *, insecure: bool = False) -> None:
+    def __init__(
+        self,
+        certs: str | Path | TlsFiles | None,
+        *,
+        insecure: bool = False,
+        peer: Peer | None = None,
+    ) -> None:
         if certs is None and not insecure:
             raise ValueError("an identity folder is required unless insecure=True")
-        self._credentials = None if insecure else TlsMaterial.load(certs).channel_credentials()  # type: ignore[arg-type]
-        self._channels: dict[str, Any] = {}
+        self._credentials = None
+        self._trust_domain = _certs.DEFAULT_TRUST_DOMAIN
+        if not insecure:
+            material = TlsMaterial.load(certs)  # type: ignore[arg-type]
+            self._credentials = material.channel_credentials()
+            own = material.spiffe_id()
+            with contextlib.suppress(ValueError):
+                self._trust_domain = _certs.parse_spiffe_id(own or "").trust_domain
+        self._peer = peer
+        self._channels: dict[tuple[str, Peer | None], Any] = {}
 
-    def get(self, target: str) -> Any:
-        """The target's channel (a `CheckedChannel`: calls without a timeout are refused)."""
-        channel = self._channels.get(target)
+    def get(self, target: str, peer: Peer | None = None) -> Any:
+        """The channel to `target` that reaches only `peer` (default: the pool's);
+        a `CheckedChannel`: calls without a timeout are refused."""
+        peer = peer or self._peer
+        channel = self._channels.get((target, peer))
         if channel is None:
             if self._credentials is None:
                 raw = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
             else:
-                raw = grpc.aio.secure_channel(target, self._credentials, options=CHANNEL_OPTIONS)
-            channel = self._channels[target] = CheckedChannel(raw)
+                options = CHANNEL_OPTIONS
+                if peer is not None:
+                    # The handshake fails unless the certificate carries this name.
+                    name = peer.host(self._trust_domain)
+                    options = (*options, ("grpc.ssl_target_name_override", name))
+                raw = grpc.aio.secure_channel(target, self._credentials, options=options)
+            channel = self._channels[(target, peer)] = CheckedChannel(raw)
         return channel
 
     async def discard(self, target: str) -> None:
-        """Close one target's channel, e.g. after the instance moved."""
-        channel = self._channels.pop(target, None)
-        if channel is not None:
-            await channel.close()
+        """Close the target's channels, e.g. after the instance moved."""
+        for key in [key for key in self._channels if key[0] == target]:
+            await self._channels.pop(key).close()
 
     async def close(self) -> None:
         channels, self._channels = list(self._channels.values()), {}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -10,7 +10,8 @@ import click
 
 from strife.observability.logging import configure_logging
 from strife.rpc.server import DEFAULT_TRUST_DOMAIN, ServerConfig
-from strife.security.tls import TlsFiles
+from strife.security.certs import cert_from_pem, missing_identity_hosts, spiffe_id_of
+from strife.security.tls import TlsFiles, TlsMaterial
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -78,6 +79,8 @@ def server_config(name: str, options: dict[str, Any], identity: str | None = Non
         )
     if options["insecure"]:
         click.echo("WARNING: --insecure: plaintext gRPC without authentication", err=True)
+    elif certs is not None:
+        require_identity_hosts(certs)
     listen = options["listen"]
     if options["port"] is not None:
         listen = f"127.0.0.1:{options['port']}"
@@ -89,6 +92,29 @@ def server_config(name: str, options: dict[str, Any], identity: str | None = Non
         trust_domain=options["trust_domain"],
         grace_s=options["grace_s"],
         metrics_listen=options["metrics_listen"],
+    )
+
+
+def require_identity_hosts(certs: Path | TlsFiles, serves: Sequence[str] = ()) -> None:
+    """Refuse to start with a service certificate that callers cannot verify:
+    one without its identity host names (made by an older strife-certs), or a
+    bank host's that does not name every bank it serves."""
+    try:
+        cert = cert_from_pem(TlsMaterial.load(certs).cert)
+    except (OSError, ValueError):
+        return  # reported, with its own message, where the server reads the files
+    missing = missing_identity_hosts(cert, serves)
+    if not missing:
+        return
+    where = certs / "tls.crt" if isinstance(certs, Path) else certs.cert
+    identity = spiffe_id_of(cert)
+    fix = "strife-certs issue --ca CA_DIR --role ROLE --name NAME --out DIR --force"
+    if serves:
+        fix += f" --serves {','.join(serves)}"
+    raise click.ClickException(
+        f"{where} ({identity}) lacks the host names callers verify it by "
+        f"({', '.join(missing)}): it was issued by an older strife-certs or for other "
+        f"banks. Re-issue it: `strife-certs dev --out DIR` renews such identities, or `{fix}`."
     )
 
 

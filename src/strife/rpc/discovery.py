@@ -24,7 +24,7 @@ import grpc
 from strife.errors import Reason, StrifeError, Unavailable, from_rpc_error
 from strife.observability.logging import get_logger
 from strife.observability.metrics import IN_FLIGHT, SERVED
-from strife.rpc.channels import ChannelPool
+from strife.rpc.channels import ANY_BALANCER, ChannelPool
 from strife.v1 import balancer_pb2, balancer_pb2_grpc
 
 _log = get_logger("strife.discovery")
@@ -213,7 +213,7 @@ class Heartbeat:
             # wait() rather than await: our own cancellation must still propagate.
             await asyncio.wait([task])
         self._registered.clear()
-        stub = balancer_pb2_grpc.LoadBalancerStub(self._pool.get(self._balancer))
+        stub = balancer_pb2_grpc.LoadBalancerStub(self._pool.get(self._balancer, ANY_BALANCER))
         try:
             reply = await stub.Deregister(
                 balancer_pb2.DeregisterRequest(service=self.service, instance=self.instance),
@@ -272,7 +272,7 @@ class Heartbeat:
         return min(self._timeout_s, self._lease_ttl_s or self._timeout_s)
 
     async def _beat(self) -> None:
-        stub = balancer_pb2_grpc.LoadBalancerStub(self._pool.get(self._balancer))
+        stub = balancer_pb2_grpc.LoadBalancerStub(self._pool.get(self._balancer, ANY_BALANCER))
         if not self._sent_register:
             registered = await stub.Register(
                 balancer_pb2.RegisterRequest(
@@ -436,7 +436,7 @@ class BalancerClient:
         self._turn = 0
 
     def _stub(self) -> balancer_pb2_grpc.LoadBalancerAsyncStub:
-        return balancer_pb2_grpc.LoadBalancerStub(self._pool.get(self._balancer))  # type: ignore[return-value]
+        return balancer_pb2_grpc.LoadBalancerStub(self._pool.get(self._balancer, ANY_BALANCER))  # type: ignore[return-value]
 
     async def best(
         self, service: str, policy: str | None = None, exclude: Collection[str] = ()

@@ -12,7 +12,7 @@ import ipaddress
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -29,6 +29,7 @@ __all__ = [
     "CA_KEY",
     "DEFAULT_SERVICE_HOSTS",
     "DEFAULT_TRUST_DOMAIN",
+    "IDENTITY_TLD",
     "ORGANIZATION",
     "ROLES",
     "SERVICE_ROLES",
@@ -41,12 +42,15 @@ __all__ = [
     "cert_to_pem",
     "create_ca",
     "dev",
+    "identity_host",
     "issue",
     "key_from_pem",
     "key_to_pem",
     "load_ca",
     "load_identity",
+    "missing_identity_hosts",
     "parse_spiffe_id",
+    "role_host",
     "spiffe_id",
     "spiffe_id_of",
     "trust_domain_of",
@@ -66,6 +70,11 @@ TLS_CERT = "tls.crt"
 TLS_KEY = "tls.key"
 
 CLOCK_SKEW = dt.timedelta(minutes=5)
+
+# Service certificates also carry DNS names derived from their identity, under
+# this label, so that a caller's ordinary TLS host-name check verifies whom it
+# reached (docs/security.md). No real host is ever named under it.
+IDENTITY_TLD = "strife"
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 # SPIFFE restricts trust domains to lowercase letters, digits, '.', '-' and '_'.
@@ -131,6 +140,54 @@ def parse_spiffe_id(uri: str) -> SpiffeId:
         raise ValueError(f"SPIFFE id must be spiffe://<trust-domain>/<role>/<name>: {uri!r}")
     spiffe_id(*parts)
     return SpiffeId(*parts)
+
+
+def identity_host(trust_domain: str, role: str, name: str) -> str:
+    """`<name>.<role>.<trust-domain>.strife`: the host name a caller checks to
+    reach exactly this identity (or, on a bank host, a bank it serves)."""
+    spiffe_id(trust_domain, role, name)
+    return f"{name}.{role}.{trust_domain}.{IDENTITY_TLD}"
+
+
+def role_host(trust_domain: str, role: str) -> str:
+    """`<role>.<trust-domain>.strife`: the host name a caller checks to reach any
+    instance of `role`, when it does not know which one (a client's gateway)."""
+    _check_trust_domain(trust_domain)
+    _check_role(role)
+    return f"{role}.{trust_domain}.{IDENTITY_TLD}"
+
+
+def _identity_hosts(trust_domain: str, role: str, name: str, serves: Iterable[str]) -> list[str]:
+    if role not in SERVICE_ROLES:
+        return []
+    named = [name, *(bank for bank in serves if bank != name)]
+    return [role_host(trust_domain, role), *(identity_host(trust_domain, role, n) for n in named)]
+
+
+def _is_reserved_host(host: str, trust_domain: str) -> bool:
+    """Host SANs may not reach into the identity names, wildcards included."""
+    suffix = f"{trust_domain}.{IDENTITY_TLD}"
+    folded = host.lower().rstrip(".")
+    return folded == suffix or folded.endswith("." + suffix)
+
+
+def missing_identity_hosts(cert: x509.Certificate, serves: Iterable[str] = ()) -> list[str]:
+    """The identity host names a service certificate should carry and does not
+    (all of them for one made by an older strife-certs); [] for client/admin."""
+    uri = spiffe_id_of(cert)
+    if uri is None:
+        return []
+    try:
+        ident = parse_spiffe_id(uri)
+    except ValueError:
+        return []
+    expected = _identity_hosts(ident.trust_domain, ident.role, ident.name, serves)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        present = {str(v).lower() for v in san.get_values_for_type(x509.DNSName)}
+    except x509.ExtensionNotFound:
+        present = set()
+    return [host for host in expected if host.lower() not in present]
 
 
 def spiffe_id_of(cert: x509.Certificate) -> str | None:
@@ -419,19 +476,34 @@ def issue(
     days: int = 365,
     not_before: dt.datetime | None = None,
     not_after: dt.datetime | None = None,
+    serves: Sequence[str] = (),
 ) -> Issued:
     """Sign a leaf for ``role``/``name``.
 
     ``hosts=None`` means localhost and 127.0.0.1 for service roles and no host SANs
     for client/admin, which never accept connections. ``not_before``/``not_after``
     override ``days`` so callers can mint already-expired certificates.
+
+    Service roles also get their identity host names (:func:`identity_host`,
+    :func:`role_host`); a bank host serving several banks names them in
+    ``serves``, so that a gateway dialing bank ``alpha`` accepts it.
     """
     identity = spiffe_id(trust_domain, role, name)
+    if serves and role != "bank":
+        raise ValueError("only a bank host serves banks (serves= with role bank)")
+    for bank in serves:
+        _check_name(bank)
     ca_domain = ca.trust_domain
     if ca_domain is not None and ca_domain != trust_domain:
         raise ValueError(f"CA belongs to trust domain {ca_domain!r}, not {trust_domain!r}")
     if hosts is None:
         hosts = DEFAULT_SERVICE_HOSTS if role in SERVICE_ROLES else ()
+    reserved = [h for h in hosts if _is_reserved_host(h.strip(), trust_domain)]
+    if reserved:
+        raise ValueError(
+            f"host {reserved[0]!r} is under .{trust_domain}.{IDENTITY_TLD}, "
+            "where Strife puts the names derived from identities"
+        )
     start, end = _validity(days, not_before, not_after)
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name(
@@ -441,7 +513,10 @@ def issue(
             x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role),
         ]
     )
-    san = [*_general_names(hosts), x509.UniformResourceIdentifier(identity)]
+    san = [
+        *_general_names([*hosts, *_identity_hosts(trust_domain, role, name, serves)]),
+        x509.UniformResourceIdentifier(identity),
+    ]
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -522,8 +597,11 @@ def _dev_authority(ca_dir: Path, trust_domain: str, force: bool) -> Authority:
     return ca
 
 
-def _identity_is_current(folder: Path, ca: Authority, expected_id: str) -> bool:
-    """An identity is reusable only if it still chains to this CA and names the same peer."""
+def _identity_is_current(
+    folder: Path, ca: Authority, expected_id: str, serves: Sequence[str] = ()
+) -> bool:
+    """An identity is reusable only if it still chains to this CA, names the same
+    peer and carries every identity host name (older ones are re-issued)."""
     try:
         ca_cert, issued = load_identity(folder)
         issued.cert.verify_directly_issued_by(ca.cert)
@@ -531,7 +609,12 @@ def _identity_is_current(folder: Path, ca: Authority, expected_id: str) -> bool:
         return False
     now = dt.datetime.now(dt.UTC)
     in_validity = issued.cert.not_valid_before_utc <= now < issued.cert.not_valid_after_utc
-    return ca_cert == ca.cert and in_validity and spiffe_id_of(issued.cert) == expected_id
+    return (
+        ca_cert == ca.cert
+        and in_validity
+        and spiffe_id_of(issued.cert) == expected_id
+        and not missing_identity_hosts(issued.cert, serves)
+    )
 
 
 def dev(
@@ -543,13 +626,16 @@ def dev(
     trust_domain: str = DEFAULT_TRUST_DOMAIN,
     hosts: Sequence[str] | None = None,
     force: bool = False,
+    serves: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Path]:
     """Everything a local cluster needs, idempotently: rerunning keeps what is still valid.
 
     Writes ``out/ca/`` plus one identity folder per process (``balancer``,
     ``bank-<name>``, ``gateway-<name>``, ``client-<name>``, ``admin``) and returns
-    them keyed by that label. ``hosts`` applies to service identities only.
+    them keyed by that label. ``hosts`` applies to service identities only;
+    ``serves`` maps a bank host's name (one of ``banks``) to the banks it serves.
     """
+    serves = serves or {}
     out = Path(out_dir)
     plan = _dev_plan(banks, gateways, clients)
     ids = {p.label: spiffe_id(trust_domain, p.role, p.name) for p in plan}
@@ -557,9 +643,13 @@ def dev(
     folders: dict[str, Path] = {}
     for p in plan:
         folder = out / p.label
-        if force or not _identity_is_current(folder, ca, ids[p.label]):
+        served = tuple(serves.get(p.name, ())) if p.role == "bank" else ()
+        if force or not _identity_is_current(folder, ca, ids[p.label], served):
             role_hosts = hosts if p.role in SERVICE_ROLES else None
-            leaf = issue(ca, role=p.role, name=p.name, trust_domain=trust_domain, hosts=role_hosts)
+            leaf = issue(
+                ca, role=p.role, name=p.name, trust_domain=trust_domain, hosts=role_hosts,
+                serves=served,
+            )  # fmt: skip
             write_identity(folder, ca.cert, leaf)
         folders[p.label] = folder
     return folders

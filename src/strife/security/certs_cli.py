@@ -104,6 +104,12 @@ def init(out: Path, trust_domain: str, common_name: str, days: int, force: bool)
 @click.option("--days", type=click.IntRange(min=1), default=365, show_default=True)
 @click.option("--trust-domain", default=None, help="Default: the CA's trust domain.")
 @click.option("--force", is_flag=True, help="Overwrite an existing identity in --out.")
+@click.option(
+    "--serves",
+    multiple=True,
+    help="Role bank, a host of several banks: the banks it serves (repeatable or "
+    "comma-separated), so gateways dialing them accept its certificate.",
+)
 def issue_cmd(
     ca_dir: Path,
     role: str,
@@ -113,6 +119,7 @@ def issue_cmd(
     days: int,
     trust_domain: str | None,
     force: bool,
+    serves: tuple[str, ...],
 ) -> None:
     """Issue one identity (ca.crt, tls.crt, tls.key) signed by the CA."""
     _check_name(name)
@@ -123,8 +130,9 @@ def issue_cmd(
     domain = trust_domain or ca.trust_domain or certs.DEFAULT_TRUST_DOMAIN
     with _as_click_errors():
         leaf = certs.issue(
-            ca, role=role, name=name, trust_domain=domain, hosts=_split_hosts(hosts), days=days
-        )
+            ca, role=role, name=name, trust_domain=domain, hosts=_split_hosts(hosts), days=days,
+            serves=_split_hosts(serves) or (),
+        )  # fmt: skip
         certs.write_identity(out, ca.cert, leaf)
     _describe(f"{role}-{name}", out, leaf.cert, "issued")
     sans = leaf.cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -149,6 +157,12 @@ def issue_cmd(
 )
 @click.option("--trust-domain", default=certs.DEFAULT_TRUST_DOMAIN, show_default=True)
 @click.option("--force", is_flag=True, help="New CA and fresh identities for everything.")
+@click.option(
+    "--serves",
+    "serves",
+    multiple=True,
+    help="HOST=BANK,BANK: a --bank that hosts several banks, and which (repeatable).",
+)
 def dev_cmd(
     out: Path,
     banks: tuple[str, ...],
@@ -157,6 +171,7 @@ def dev_cmd(
     hosts: tuple[str, ...],
     trust_domain: str,
     force: bool,
+    serves: tuple[str, ...],
 ) -> None:
     """Write a CA and every identity a local cluster needs; safe to rerun."""
     ca_dir = out / "ca"
@@ -171,6 +186,7 @@ def dev_cmd(
             trust_domain=trust_domain,
             hosts=_split_hosts(hosts),
             force=force,
+            serves=_served(serves),
         )
     ca_cert = certs.cert_from_pem((ca_dir / certs.CA_CERT).read_bytes())
     ca_status = "kept" if ca_before == certs.cert_to_pem(ca_cert) else "created"
@@ -180,6 +196,18 @@ def dev_cmd(
         status = "kept" if before.get(folder.name) == pem else "issued"
         _describe(label, folder, certs.cert_from_pem(pem), status)
     click.echo(f"start each process with --certs {out}/<label>")
+
+
+def _served(values: tuple[str, ...]) -> dict[str, list[str]]:
+    served: dict[str, list[str]] = {}
+    for value in values:
+        host, sep, banks = value.partition("=")
+        if not sep or not host or not _split_hosts((banks,)):
+            raise click.BadParameter(
+                f"expected HOST=BANK,BANK, got {value!r}", param_hint="'--serves'"
+            )
+        served.setdefault(host, []).extend(_split_hosts((banks,)) or ())
+    return served
 
 
 def _subdirs(folder: Path) -> list[Path]:
