@@ -156,7 +156,8 @@ class Bank:
         return [
             "--name", BANK,
             "--db", str(self.db),
-            "--seed", str(self.seed),
+            # Creates the database on the first start; a no-op on a restart.
+            "--init", "--seed", str(self.seed),
             "--certs", str(self.certs_dir),
             "--listen", self.address,
             "--synchronous", "FULL",

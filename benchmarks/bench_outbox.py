@@ -94,7 +94,8 @@ async def start_cluster(root: Path, children: list[Child]) -> tuple[str, Child]:
         child = Child(
             "strife-bank",
             ["--name", bank, "--listen", f"127.0.0.1:{ports[bank]}",
-             "--db", str(root / f"{bank}.db"), "--seed", str(seed), "--certs", str(ids[bank]),
+             "--db", str(root / f"{bank}.db"), "--init", "--seed", str(seed),
+             "--certs", str(ids[bank]),
              f"--coordinator=gw-1=127.0.0.1:{ports['gw-1']}", *common],
             root / f"{bank}.log",
         ).start()  # fmt: skip

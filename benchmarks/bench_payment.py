@@ -59,7 +59,7 @@ def start_cluster(root: Path, balancer: str | None = None) -> tuple[list[Child],
             Child(
                 "strife-bank",
                 ["--name", bank, "--listen", f"127.0.0.1:{port}", "--db", str(root / f"{bank}.db"),
-                 "--seed", str(seed), "--certs", str(identities[f"bank-{bank}"]),
+                 "--init", "--seed", str(seed), "--certs", str(identities[f"bank-{bank}"]),
                  f"--coordinator=gw-1=127.0.0.1:{gw_port}", "--synchronous", "FULL", *quiet],
                 root / f"{bank}.log",
             ).start()

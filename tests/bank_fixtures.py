@@ -63,7 +63,7 @@ def _bank_server(
     process = ServiceProcess(
         "strife-bank",
         [
-            "--name", name, "--listen", "127.0.0.1:0", "--seed", str(seed),
+            "--name", name, "--listen", "127.0.0.1:0", "--init", "--seed", str(seed),
             "--certs", str(pki.identity("bank", name, serves)), "--grace", "1", *args,
         ],
         tmp / f"{name}.log",

@@ -45,10 +45,13 @@ class Cluster:
         return process
 
     def restart_bank(self, name: str, env: dict[str, str] | None = None) -> ServiceProcess:
-        """Restart the bank's process: with `hosted`, both banks come back together."""
+        """Restart the bank's process: with `hosted`, both banks come back together.
+
+        Without `--init`: a restarted bank must find its own database."""
         old = self.banks[name]
         old.kill()
-        process = ServiceProcess("strife-bank", old.args, old.log_path, env=env).start()
+        args = [arg for arg in old.args if arg != "--init"]
+        process = ServiceProcess("strife-bank", args, old.log_path, env=env).start()
         for bank, serving in self.banks.items():
             if serving is old:
                 self.banks[bank] = process
@@ -82,7 +85,7 @@ def cluster(
                 [
                     "--name", "east", "--bank", "alpha", "--bank", "beta",
                     "--listen", f"127.0.0.1:{free_port()}", "--data-dir", str(root),
-                    "--seed", str(seed), "--certs", str(east),
+                    "--init", "--seed", str(seed), "--certs", str(east),
                     "--grace", "1", *coordinators, *bank_extra,
                 ],
                 root / "east.log",
@@ -96,7 +99,7 @@ def cluster(
                 [
                     "--name", bank, "--listen", f"127.0.0.1:{free_port()}",
                     "--db", str(root / f"{bank}.db"),
-                    "--seed", str(seed), "--certs", str(pki.identity("bank", bank)),
+                    "--init", "--seed", str(seed), "--certs", str(pki.identity("bank", bank)),
                     "--grace", "1", *coordinators, *bank_extra,
                 ],
                 root / f"{bank}.log",

@@ -30,7 +30,7 @@ from strife.bank.store import (
     _record,
     _select_by_ids,
 )
-from strife.storage.sqlite import Writes, connect, migrate
+from strife.storage.sqlite import StorageError, Writes, connect, migrate
 
 _V1_INSERT_ENTRY = (
     "INSERT INTO entries (transfer_id, account_id, amount_minor, currency, counterparty,"
@@ -160,7 +160,7 @@ async def test_version_1_opens_with_every_transfer_and_entry_intact(tmp_path: Pa
     finally:
         await store.close()
 
-    assert _rows(db, "SELECT MAX(version) FROM schema_version") == [(2,)]
+    assert _rows(db, "SELECT MAX(version) FROM schema_version") == [(3,)]
     assert _rows(db, f"{_TRANSFER_ROW} ORDER BY transfer_id") == transfers
     assert _rows(db, f"{_ENTRY_ROW} ORDER BY seq") == entries
     # Arrival order: rows were copied by last change, so seq follows updated_at_ms.
@@ -179,7 +179,8 @@ async def test_version_1_opens_with_every_transfer_and_entry_intact(tmp_path: Pa
     ]
     tables = _rows(db, "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
     assert [name for (name,) in tables] == [
-        "accounts", "audit", "customers", "entries", "schema_version", "transfers",
+        "accounts", "audit", "bank_identity", "customers", "entries", "schema_version",
+        "transfers",
     ]  # fmt: skip
 
 
@@ -305,7 +306,7 @@ async def test_a_failed_migration_leaves_version_1(tmp_path: Path) -> None:
     conn.execute(_V1_INSERT_ENTRY, ("orphan", "bob-usd", 1, "USD", "x", 1))
     conn.close()
     schema_before = _rows(db, "SELECT type, name, sql FROM sqlite_master ORDER BY name")
-    with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+    with pytest.raises(StorageError, match="CHECK"):
         await BankStore.open(StoreConfig(path=db))
     assert _rows(db, "SELECT MAX(version) FROM schema_version") == [(1,)]
     assert _rows(db, "SELECT type, name, sql FROM sqlite_master ORDER BY name") == schema_before
@@ -341,7 +342,9 @@ async def test_entries_run_after_their_transfer_in_any_batch(tmp_path: Path) -> 
                     ("t-one-phase", 1), ("t-one-phase", 1)]  # fmt: skip
 
 
-async def test_fresh_database_gets_both_migrations(tmp_path: Path) -> None:
+async def test_fresh_database_gets_every_migration(tmp_path: Path) -> None:
     store = await BankStore.open(StoreConfig(path=tmp_path / "bank.db"))
     await store.close()
-    assert _rows(tmp_path / "bank.db", "SELECT version FROM schema_version") == [(1,), (2,)]
+    assert _rows(tmp_path / "bank.db", "SELECT version FROM schema_version") == [
+        (1,), (2,), (3,)
+    ]  # fmt: skip

@@ -33,8 +33,8 @@ async def test_payment_through_registry_only(pki: Pki, tmp_path: Path) -> None:
         for bank in ("alpha", "beta"):
             process = ServiceProcess(
                 "strife-bank",
-                ["--name", bank, "--db", str(tmp_path / f"{bank}.db"), "--seed", str(seed),
-                 "--certs", str(pki.identity("bank", bank)), *via],
+                ["--name", bank, "--db", str(tmp_path / f"{bank}.db"), "--init",
+                 "--seed", str(seed), "--certs", str(pki.identity("bank", bank)), *via],
                 tmp_path / f"{bank}.log",
             ).start()  # fmt: skip
             stack.callback(process.stop)

@@ -125,7 +125,7 @@ def bank(pki: Pki, tmp: Path, env: dict[str, str]) -> Iterator[ServiceProcess]:
         "strife-bank",
         [
             "--name", "alpha", "--listen", "127.0.0.1:0", "--db", str(tmp / "alpha.db"),
-            "--seed", str(write_seed(tmp / "seed.json")),
+            "--init", "--seed", str(write_seed(tmp / "seed.json")),
             "--certs", str(pki.identity("bank", "alpha")), "--grace", "1",
         ],
         tmp / "alpha.log",

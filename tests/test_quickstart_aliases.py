@@ -34,7 +34,7 @@ def test_quickstart_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
         stack.callback(balancer.stop)
         bank = ServiceProcess(
             "strife-bank",
-            ["--bank-name=ChaseBank", f"--port={bank_port}", "--seed=seed.json"],
+            ["--bank-name=ChaseBank", f"--port={bank_port}", "--init", "--seed=seed.json"],
             tmp_path / "bank.log",
         ).start()
         stack.callback(bank.stop)

@@ -671,7 +671,7 @@ async def test_one_undeliverable_decision_does_not_hold_up_the_others(
     ) as c:  # fmt: skip
         gamma_args = [
             "--name", "gamma", "--listen", f"127.0.0.1:{gamma_port}",
-            "--db", str(tmp_path / "gamma.db"), "--seed", str(seed),
+            "--db", str(tmp_path / "gamma.db"), "--init", "--seed", str(seed),
             "--certs", str(pki.identity("bank", "gamma")), "--grace", "1",
             "--in-doubt-timeout", "0.3",
             f"--coordinator=gw-1={c.gateways['gw-1'].address}",

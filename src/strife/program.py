@@ -10,11 +10,18 @@ handler (pytest-timeout's SIGALRM, Ctrl-C) end the run, where uvloop logs it
 and keeps serving.
 
 Each console script is `entry(command)`: it claims the process, then runs the
-click command.
+click command. A program that fails ends at once with its non-zero status:
+threads still running (an unclosed SQLite connection's, an executor's) are
+not daemons and would otherwise keep a process that no longer serves alive,
+out of its supervisor's sight. An exception nothing else reported becomes
+one `fatal` log line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +34,16 @@ def entry(command: Callable[..., Any]) -> Callable[[], None]:
 
     def run_as_program() -> None:
         claim()
-        command()
+        try:
+            command()
+        except SystemExit as exc:
+            code = _status(exc.code)
+            if code:
+                _exit_now(code)
+            raise
+        except Exception as exc:
+            _fatal(exc)
+            _exit_now(1)
 
     run_as_program.__doc__ = f"Run {getattr(command, 'name', 'the command')} as the program."
     return run_as_program
@@ -42,3 +58,27 @@ def claim() -> None:
 def owns_signals() -> bool:
     """True only in a Strife program's main thread (where signal handlers can live)."""
     return _claimed and threading.current_thread() is threading.main_thread()
+
+
+def _status(code: object) -> int:
+    """The exit status `sys.exit(code)` gives: a message means 1."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
+
+
+def _fatal(exc: Exception) -> None:
+    from strife.observability.logging import get_logger
+
+    get_logger("strife.program").error("fatal", error=f"{type(exc).__name__}: {exc}")
+
+
+def _exit_now(code: int) -> None:
+    """End the process with `code` now, whatever threads are still running."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)

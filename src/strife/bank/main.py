@@ -10,22 +10,24 @@ from pathlib import Path
 from typing import Any
 
 import click
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from prometheus_client import Histogram
 
 from strife.bank.host import BankHost
 from strife.bank.resolver import Resolver, cancel, registry_lookup, static_lookup
 from strife.bank.seed import SeedError, SeedRow, load_seed
 from strife.bank.service import AUTHZ, SERVICE, BankServicer
-from strife.bank.store import BankStore, StoreConfig
+from strife.bank.store import BankIdentity, BankStore, StoreConfig
 from strife.observability.logging import get_logger
 from strife.program import entry as program_entry
 from strife.rpc.channels import ChannelPool
 from strife.rpc.cli import named_addresses, require_identity_hosts, server_config, server_options
 from strife.rpc.discovery import BalancerClient, Heartbeat
-from strife.rpc.server import StrifeServer, run
+from strife.rpc.server import AddressInUseError, StrifeServer, run
 from strife.security.passwords import PASSWORD_CHECKS, hash_password
-from strife.security.tls import TlsFiles
-from strife.storage.sqlite import CommitLane
+from strife.security.tls import TlsFiles, TlsMaterial
+from strife.storage.sqlite import CommitLane, StorageError, watch_file
 from strife.v1 import bank_pb2_grpc
 
 BATCH_SIZE = Histogram(
@@ -34,6 +36,8 @@ BATCH_SIZE = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
 )
 _log = get_logger("strife.bank")
+# How often each database file's identity is checked (one stat).
+WATCH_INTERVAL_S = 1.0
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -56,6 +60,12 @@ _log = get_logger("strife.bank")
 @click.option(
     "--seed", "seeds", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Seed file (CSV or JSON); repeatable: each bank loads its rows from all of them.",
+)  # fmt: skip
+@click.option(
+    "--init", is_flag=True,
+    help="Create the bank's database if it is missing or empty (first start). Without it a "
+    "missing or empty database stops the process: a lost database must be restored, not "
+    "recreated. On an existing database of the same bank it changes nothing.",
 )  # fmt: skip
 @click.option(
     "--coordinator",
@@ -119,6 +129,7 @@ def main(**options: Any) -> None:
         # Gateways dial each bank by its name: this host's certificate must say
         # it serves them all, or their handshakes fail.
         require_identity_hosts(config.certs, serves=banks)
+    cluster = _cluster_id(config.certs)
 
     # Several banks' writers share one commit thread (CommitLane): a call that
     # reaches five banks then costs one thread hop, not five.
@@ -133,6 +144,8 @@ def main(**options: Any) -> None:
                 max_queue=options["max_queue"],
                 # A memory budget for the process, not for each bank it serves.
                 resident_transfers=options["resident_transfers"] // len(banks),
+                identity=BankIdentity(bank, cluster),
+                init=options["init"],
             ),
             on_batch=BATCH_SIZE.observe,
             lane=lane,
@@ -146,7 +159,24 @@ def main(**options: Any) -> None:
         return store
 
     async def serve() -> None:
-        stores = await _open_all(banks, open_bank)
+        try:
+            stores = await _open_all(banks, open_bank)
+        except StorageError as exc:
+            _log.error("storage_failed", error=str(exc), detail="not starting")
+            sys.exit(1)
+        try:
+            code = await serve_banks(stores)
+        finally:
+            # Every store, failed or not: an open connection's thread would
+            # keep the process alive after it stopped serving.
+            await asyncio.gather(*(store.close() for store in stores.values()))
+            if lane is not None:
+                lane.close()
+        if code:
+            sys.exit(code)
+
+    async def serve_banks(stores: dict[str, BankStore]) -> int:
+        """Serve until asked to stop (0) or until storage fails (1)."""
         server = StrifeServer(config, AUTHZ)
         check = not config.insecure
         servicers = {b: BankServicer(b, s, check_coordinator=check) for b, s in stores.items()}
@@ -155,7 +185,11 @@ def main(**options: Any) -> None:
             SERVICE, lambda s: bank_pb2_grpc.add_BankServiceServicer_to_server(host, s)
         )
         requested = server.install_signal_handlers()
-        await server.start()
+        try:
+            await server.start()
+        except AddressInUseError as exc:
+            _log.error("listen_failed", address=config.listen, error=str(exc))
+            return 1
         _log.info("banks_hosted", name=name, banks=list(banks), address=server.address)
         # Each bank speaks for itself: the balancer lets only a bank's own
         # certificate register it, and a coordinator sees which bank asks.
@@ -179,32 +213,61 @@ def main(**options: Any) -> None:
             resolvers.append(asyncio.create_task(runner.run(), name=f"resolver-{bank}"))
         stop_wait = asyncio.create_task(requested.wait())
         writers = [store.writer_task for store in stores.values()]
-        await asyncio.wait({stop_wait, *writers}, return_when=asyncio.FIRST_COMPLETED)
+        # A database deleted or replaced under a running bank: what it
+        # acknowledges from then on would be gone at its next start.
+        watches = {
+            bank: asyncio.create_task(_watch(store), name=f"db-watch-{bank}")
+            for bank, store in stores.items()
+        }
+        await asyncio.wait(
+            {stop_wait, *writers, *watches.values()}, return_when=asyncio.FIRST_COMPLETED
+        )
         failed = [bank for bank, store in stores.items() if store.writer_task.done()]
+        lost = {bank: task.result() for bank, task in watches.items() if task.done()}
         await asyncio.gather(*(heartbeat.stop() for heartbeat in heartbeats))
         await server.stop()
         for resolver in resolvers:
             await cancel(resolver)
+        for watch in watches.values():
+            watch.cancel()
+        await asyncio.gather(*watches.values(), return_exceptions=True)
         stop_wait.cancel()
         await asyncio.gather(*(pool.close() for pool in pools.values()))
         if failed:
             # The healthy banks close cleanly; the failed one recovers from disk.
-            await asyncio.gather(
-                *(store.close() for bank, store in stores.items() if bank not in failed),
-                return_exceptions=True,
-            )
             _log.error(
                 "storage_failed",
                 banks=failed,
+                error="; ".join(repr(stores[bank].writer_failure) for bank in failed),
                 detail="stopping; state is recovered from disk on restart",
             )
-            sys.exit(1)
-        for store in stores.values():
-            await store.close()
-        if lane is not None:
-            lane.close()
+            return 1
+        if lost:
+            _log.error(
+                "database_lost",
+                banks=sorted(lost),
+                error="; ".join(lost.values()),
+                detail="stopping; restore the database before starting again",
+            )
+            return 1
+        return 0
 
     run(serve)
+
+
+async def _watch(store: BankStore) -> str:
+    identity = store.file_identity
+    if identity is None:  # gone already
+        return f"database {store.config.path} was deleted"
+    return await watch_file(store.config.path, identity, WATCH_INTERVAL_S)
+
+
+def _cluster_id(certs: Path | TlsFiles | None) -> str:
+    """The cluster a bank belongs to: its CA's SHA-256 fingerprint ("" without TLS)."""
+    if certs is None:
+        return ""
+    ca = x509.load_pem_x509_certificate(TlsMaterial.load(certs).ca)
+    return "sha256:" + ca.fingerprint(hashes.SHA256()).hex()
 
 
 def _bank_identities(

@@ -12,6 +12,10 @@ throughput fell as the ledger grew. Now only a slim unique index on
 transfer_id is random; an entry stays unique per account under its
 transfer's `seq` (`transfer_seq`; 0 for an opening balance), which grows with
 time, so the same guarantee lands on recent pages.
+
+Migration 3 adds the database's owner: the bank it was created for and the
+cluster (its CA) that bank belongs to, written once by `--init` and checked
+at every start, so a database is never served as another bank's.
 """
 
 from __future__ import annotations
@@ -118,6 +122,17 @@ MIGRATIONS = (
         ALTER TABLE entries_by_transfer_seq RENAME TO entries;
         CREATE UNIQUE INDEX entries_once ON entries(transfer_seq, account_id);
         CREATE INDEX entries_by_account ON entries(account_id, seq);
+        """,
+    ),
+    Migration(
+        3,
+        """
+        CREATE TABLE bank_identity (
+            one               INTEGER PRIMARY KEY CHECK (one = 1),
+            bank              TEXT NOT NULL,
+            cluster           TEXT NOT NULL,
+            initialised_at_ms INTEGER NOT NULL
+        )
         """,
     ),
 )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -38,10 +39,14 @@ from strife.observability.logging import get_logger
 from strife.security.passwords import HASHING_EXECUTOR
 from strife.storage.sqlite import (
     CommitLane,
+    FileIdentity,
     GroupCommitWriter,
     InThread,
+    StorageError,
     Synchronous,
     Writes,
+    check_writable,
+    close_quietly,
     connect,
     fetch_all,
     fetch_one,
@@ -101,12 +106,31 @@ OPENING_PREFIX = "opening:"
 
 
 @dataclass(frozen=True)
+class BankIdentity:
+    """Whose database it is: the bank, and the cluster that bank belongs to
+    (its CA's fingerprint; "" when unknown, e.g. with --insecure, and then
+    neither checked nor recorded)."""
+
+    bank: str
+    cluster: str = ""
+
+
+class DatabaseRefused(StorageError):
+    """The database is missing, empty, or another bank's or cluster's."""
+
+
+@dataclass(frozen=True)
 class StoreConfig:
     path: Path
     synchronous: Synchronous = "FULL"
     max_batch: int = 256
     max_queue: int = 8192
     resident_transfers: int = 20_000
+    # With an identity the database must already be this bank's, unless
+    # `init` allows creating it (missing or empty); without one (a library
+    # or test use) any database is opened and created as needed.
+    identity: BankIdentity | None = None
+    init: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +223,51 @@ def _record(
         writes.add(_INSERT_AUDIT, (at_ms, transfer_id, "RELEASED", "", ""))
 
 
+async def _check_owner(conn: aiosqlite.Connection, config: StoreConfig) -> None:
+    """Refuse an empty database without `init`, anything but a bank's
+    database, and another bank's or cluster's."""
+    assert config.identity is not None
+    mine = config.identity
+    tables = {row[0] for row in await fetch_all(conn, "SELECT name FROM sqlite_master")}
+    if not tables:
+        if not config.init:
+            raise DatabaseRefused(
+                f"database {config.path} is empty; a bank's database is created only"
+                " when asked to (--init): a lost one must be restored"
+            )
+        return
+    if not {"accounts", "schema_version"} <= tables:
+        raise DatabaseRefused(f"{config.path} is not a bank's database")
+    if "bank_identity" not in tables:
+        return  # made before databases knew their bank: it is recorded now
+    row = await fetch_one(conn, "SELECT bank, cluster FROM bank_identity")
+    if row is None:
+        return
+    bank, cluster = row
+    if bank != mine.bank:
+        raise DatabaseRefused(
+            f"database {config.path} belongs to bank {bank!r}, not to {mine.bank!r}"
+        )
+    if cluster and mine.cluster and cluster != mine.cluster:
+        raise DatabaseRefused(
+            f"database {config.path} of bank {bank!r} belongs to another cluster"
+            f" (CA {cluster}; this process trusts CA {mine.cluster})"
+        )
+
+
+async def _record_owner(conn: aiosqlite.Connection, mine: BankIdentity) -> None:
+    row = await fetch_one(conn, "SELECT cluster FROM bank_identity")
+    if row is None:
+        await conn.execute(
+            "INSERT INTO bank_identity (one, bank, cluster, initialised_at_ms) VALUES (1, ?, ?, ?)",
+            (mine.bank, mine.cluster, _now_ms()),
+        )
+        _log.info("database_owner_recorded", bank=mine.bank, cluster=mine.cluster)
+    elif not row[0] and mine.cluster:
+        await conn.execute("UPDATE bank_identity SET cluster = ?", (mine.cluster,))
+        _log.info("database_owner_recorded", bank=mine.bank, cluster=mine.cluster)
+
+
 def _entry_row(entry: Entry, at_ms: int) -> tuple[Any, ...]:
     return (entry.transfer_id, entry.account_id, entry.amount_minor, entry.currency,
             entry.counterparty, at_ms)  # fmt: skip
@@ -236,6 +305,7 @@ class BankStore:
             joinable=frozenset({_UPSERT_ACCOUNT, _INSERT_AUDIT}),
         )
         self.writer_task = self._writer.start()
+        self._file_identity = FileIdentity.of(config.path)
 
     @classmethod
     async def open(
@@ -244,18 +314,49 @@ class BankStore:
         on_batch: Callable[[int], None] | None = None,
         lane: CommitLane | None = None,
     ) -> BankStore:
-        """`lane`: commit on a thread shared with the other banks of this process."""
-        write_conn = await connect(
-            config.path, synchronous=config.synchronous, any_thread=lane is not None
-        )
-        await migrate(write_conn, MIGRATIONS)
-        read_conn = await connect(config.path, synchronous=config.synchronous)
-        ledger = await cls._load(write_conn)
+        """`lane`: commit on a thread shared with the other banks of this process.
+
+        Raises StorageError (DatabaseRefused) when the database cannot serve:
+        refused by its identity, unreadable, or not writable.
+        """
+        path = config.path
+        identity = config.identity
+        absent = not path.exists() or path.stat().st_size == 0
+        if identity is not None and absent and not config.init:
+            raise DatabaseRefused(
+                f"no database for bank {identity.bank!r} at {path}; a bank's database is"
+                " created only when asked to (--init): a lost one must be restored"
+            )
+        write_conn = None
+        read_conn = None
+        try:
+            write_conn = await connect(
+                path, synchronous=config.synchronous, any_thread=lane is not None
+            )
+            if identity is not None:
+                await _check_owner(write_conn, config)
+            await migrate(write_conn, MIGRATIONS)
+            if identity is not None:
+                await _record_owner(write_conn, identity)
+            await check_writable(write_conn, path)
+            read_conn = await connect(path, synchronous=config.synchronous)
+            ledger = await cls._load(write_conn)
+            last = await fetch_one(write_conn, "SELECT at_ms FROM audit ORDER BY seq DESC LIMIT 1")
+        except BaseException as exc:
+            for conn in (read_conn, write_conn):
+                if conn is not None:
+                    await close_quietly(conn)
+            if isinstance(exc, sqlite3.Error):
+                raise StorageError(f"database {path} cannot be used: {exc}") from exc
+            raise
         _log.info(
             "store_opened",
-            path=str(config.path),
+            path=str(path),
             accounts=len(ledger.accounts),
             prepared=len(ledger.transfers),
+            # When this bank last changed a transfer: after a restore, how
+            # far back the database went (docs/bank.md).
+            last_change_at_ms=last[0] if last else None,
         )
         return cls(config, ledger, write_conn, read_conn, on_batch, lane)
 
@@ -272,14 +373,28 @@ class BankStore:
         return Ledger(accounts, prepared)
 
     async def close(self) -> None:
-        await self._writer.close()
-        await self._read.close()
-        await self._write_conn.close()
-        self._lookup.close()
+        """Finish what is queued and close the database; after a writer failure
+        just close it (every connection: their threads would keep the process
+        alive)."""
+        try:
+            await self._writer.close()
+        finally:
+            await close_quietly(self._read)
+            await close_quietly(self._write_conn)
+            self._lookup.close()
+
+    @property
+    def file_identity(self) -> FileIdentity | None:
+        """The database file this store opened (see `watch_file`)."""
+        return self._file_identity
 
     @property
     def queued(self) -> int:
         return self._writer.queued
+
+    @property
+    def writer_failure(self) -> BaseException | None:
+        return self._writer.failure
 
     # ------------------------------------------------------------------ writes
 

@@ -18,7 +18,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,8 @@ class Child:
     restarts: int = 0
     started_at: float = 0.0
     stopping: bool = False
+    # Arguments of the first start only (a bank's --init).
+    first_args: list[str] = field(default_factory=list)
 
     @property
     def pid(self) -> int:
@@ -115,6 +117,8 @@ class Supervisor:
         for process, banks in self.topology.bank_processes().items():
             hosted = [] if banks == (process,) else [a for b in banks for a in ("--bank", b)]
             seeds = [a for b in banks for a in ("--seed", str(seed_file(self.topology, b)))]
+            # Banks are created (--init) on their first start only: a bank
+            # restarted after a crash must find its database, not a new one.
             children.append(
                 Child(
                     f"bank-{process}", "strife-bank",
@@ -123,6 +127,7 @@ class Supervisor:
                      "--bank-certs", str(self.certs_dir),
                      "--balancer", balancer, "--in-doubt-timeout", str(t.in_doubt_s)],
                     "127.0.0.1:0", root / "logs" / f"bank-{process}.log",
+                    first_args=["--init"],
                 )
             )  # fmt: skip
         for name in self.topology.gateways:
@@ -151,6 +156,7 @@ class Supervisor:
             for child in self.children:
                 await self._spawn(child)
                 await self._wait_healthy(child)
+                child.first_args = []
         except BaseException:
             await self.down()
             raise
@@ -163,7 +169,7 @@ class Supervisor:
         start_offset = child.log_path.stat().st_size if child.log_path.exists() else 0
         with child.log_path.open("ab") as log:
             child.proc = await asyncio.create_subprocess_exec(
-                _bin(child.script), *child.args, "--listen", child.listen,
+                _bin(child.script), *child.args, *child.first_args, "--listen", child.listen,
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
                 stderr=log, start_new_session=True,
             )  # fmt: skip

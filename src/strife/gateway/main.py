@@ -30,8 +30,9 @@ from strife.program import entry as program_entry
 from strife.rpc.channels import ChannelPool
 from strife.rpc.cli import named_addresses, server_config, server_options
 from strife.rpc.discovery import BalancerClient, Heartbeat
-from strife.rpc.server import StrifeServer, run
+from strife.rpc.server import AddressInUseError, StrifeServer, run
 from strife.security.tls import TlsFiles, TlsMaterial
+from strife.storage.sqlite import StorageError, watch_file
 from strife.v1 import coordinator_pb2_grpc, gateway_pb2_grpc
 
 OUTCOMES = Counter("strife_payment_outcomes", "Decided payments", ["state", "reason"])
@@ -41,6 +42,8 @@ BATCH_SIZE = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
 _log = get_logger("strife.gateway")
+# How often the database file's identity is checked (one stat).
+WATCH_INTERVAL_S = 1.0
 
 
 def _count(record: PaymentRecord) -> None:
@@ -54,6 +57,12 @@ async def _sweep_forever(store: GatewayStore, retention_s: float) -> None:
         removed = await store.sweep(now_ms() - int(retention_s * 1000))
         if removed:
             _log.info("idempotency_records_swept", removed=removed)
+
+
+async def _watch(store: GatewayStore, db: Path) -> str:
+    if store.file_identity is None:  # gone already
+        return f"database {db} was deleted"
+    return await watch_file(db, store.file_identity, WATCH_INTERVAL_S)
 
 
 async def _ready_when_registered(heartbeat: Heartbeat, servicer: GatewayServicer) -> None:
@@ -128,13 +137,35 @@ def main(**options: Any) -> None:
         key_path = anchor.parent / "token-signing.key"
 
     async def serve() -> None:
-        store = await GatewayStore.open(
-            db,
-            synchronous=options["synchronous"],
-            max_batch=options["max_batch"],
-            on_batch=BATCH_SIZE.observe,
-        )
+        try:
+            store = await GatewayStore.open(
+                db,
+                synchronous=options["synchronous"],
+                max_batch=options["max_batch"],
+                on_batch=BATCH_SIZE.observe,
+            )
+        except StorageError as exc:
+            _log.error("storage_failed", error=str(exc), detail="not starting")
+            sys.exit(1)
+        try:
+            code = await serve_with(store)
+        finally:
+            # Failed or not: an open connection's thread would keep the
+            # process alive after it stopped serving.
+            await store.close()
+        if code:
+            sys.exit(code)
+
+    async def serve_with(store: GatewayStore) -> int:
+        """Serve until asked to stop (0), or until storage fails or another
+        process takes this name (1)."""
         pool = ChannelPool(config.certs, insecure=config.insecure)
+        try:
+            return await serve_payments(store, pool)
+        finally:
+            await pool.close()
+
+    async def serve_payments(store: GatewayStore, pool: ChannelPool) -> int:
         directory: BankDirectory = StaticDirectory(bank_addresses)
         if options["balancer"]:
             directory = RegistryDirectory(BalancerClient(pool, options["balancer"]), bank_addresses)
@@ -167,7 +198,12 @@ def main(**options: Any) -> None:
             ),
         )
         requested = server.install_signal_handlers()
-        await server.start()
+        try:
+            await server.start()
+        except AddressInUseError as exc:
+            _log.error("listen_failed", address=config.listen, error=str(exc))
+            await coordinator.close()
+            return 1
         heartbeat = None
         conflict: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if options["balancer"]:
@@ -185,6 +221,9 @@ def main(**options: Any) -> None:
             background_ready = [ready]
         else:
             background_ready = []
+        # A database deleted or replaced under a running gateway: every
+        # payment it records from then on would be gone at its next start.
+        watch = asyncio.create_task(_watch(store, db), name="db-watch")
         background = [
             asyncio.create_task(coordinator.settle_forever(), name="settler"),
             asyncio.create_task(_sweep_forever(store, options["retention_s"]), name="sweeper"),
@@ -192,31 +231,39 @@ def main(**options: Any) -> None:
         ]
         stop_wait = asyncio.create_task(requested.wait())
         await asyncio.wait(
-            {stop_wait, store.writer_task, conflict}, return_when=asyncio.FIRST_COMPLETED
+            {stop_wait, store.writer_task, conflict, watch}, return_when=asyncio.FIRST_COMPLETED
         )
         cloned = conflict.done()
         conflict.cancel()
         failed = store.writer_task.done()
+        lost = watch.result() if watch.done() else None
         if heartbeat is not None:
             await heartbeat.stop()
         await server.stop()
-        for task in [*background, stop_wait]:
+        for task in [*background, stop_wait, watch]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await coordinator.close()
-        await pool.close()
         if failed:
-            _log.error("storage_failed", detail="stopping; recovery runs on restart")
-            sys.exit(1)
+            _log.error(
+                "storage_failed", error=repr(store.writer_failure),
+                detail="stopping; recovery runs on restart",
+            )  # fmt: skip
+            return 1
+        if lost is not None:
+            _log.error(
+                "database_lost", error=lost,
+                detail="stopping; restore the database before starting again",
+            )  # fmt: skip
+            return 1
         if cloned:
             _log.error(
                 "name_in_use", name=options["name"],
                 detail="another live gateway process runs under this name; stopping",
             )  # fmt: skip
-            await store.close()
-            sys.exit(1)
-        await store.close()
+            return 1
+        return 0
 
     run(serve)
 

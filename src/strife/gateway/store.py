@@ -21,10 +21,14 @@ from typing import Any
 import aiosqlite
 
 from strife.storage.sqlite import (
+    FileIdentity,
     GroupCommitWriter,
     Migration,
+    StorageError,
     Synchronous,
     Writes,
+    check_writable,
+    close_quietly,
     connect,
     fetch_all,
     fetch_one,
@@ -197,6 +201,8 @@ class GatewayStore:
             write_conn, max_batch=max_batch, on_commit=on_batch, joinable=frozenset({_AUDIT})
         )
         self.writer_task = self._writer.start()
+        # The database file opened (see `strife.storage.sqlite.watch_file`).
+        self.file_identity: FileIdentity | None = None
 
     @classmethod
     async def open(
@@ -207,16 +213,41 @@ class GatewayStore:
         max_batch: int = 256,
         on_batch: Callable[[int], None] | None = None,
     ) -> GatewayStore:
-        write_conn = await connect(path, synchronous=synchronous)
-        await migrate(write_conn, MIGRATIONS)
-        read_conn = await connect(path, synchronous=synchronous)
-        return cls(write_conn, read_conn, open_lookup(path), max_batch=max_batch, on_batch=on_batch)
+        """Raises StorageError when the database is unreadable or cannot be written."""
+        write_conn = None
+        read_conn = None
+        try:
+            write_conn = await connect(path, synchronous=synchronous)
+            await migrate(write_conn, MIGRATIONS)
+            await check_writable(write_conn, path)
+            read_conn = await connect(path, synchronous=synchronous)
+        except BaseException as exc:
+            for conn in (read_conn, write_conn):
+                if conn is not None:
+                    await close_quietly(conn)
+            if isinstance(exc, sqlite3.Error):
+                raise StorageError(f"database {path} cannot be used: {exc}") from exc
+            raise
+        store = cls(
+            write_conn, read_conn, open_lookup(path), max_batch=max_batch, on_batch=on_batch
+        )
+        store.file_identity = FileIdentity.of(path)
+        return store
+
+    @property
+    def writer_failure(self) -> BaseException | None:
+        return self._writer.failure
 
     async def close(self) -> None:
-        await self._writer.close()
-        await self._read.close()
-        await self._write_conn.close()
-        self._lookup.close()
+        """Finish what is queued and close the database; after a writer failure
+        just close it (every connection: their threads would keep the process
+        alive)."""
+        try:
+            await self._writer.close()
+        finally:
+            await close_quietly(self._read)
+            await close_quietly(self._write_conn)
+            self._lookup.close()
 
     # ------------------------------------------------------------------ writes
 

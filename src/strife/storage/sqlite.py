@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -45,11 +46,90 @@ async def connect(
     conn = await aiosqlite.connect(
         str(path), isolation_level=None, check_same_thread=not any_thread
     )
-    await conn.execute("PRAGMA journal_mode=WAL")
-    await conn.execute(f"PRAGMA synchronous={synchronous}")
-    await conn.execute("PRAGMA foreign_keys=ON")
-    await conn.execute("PRAGMA busy_timeout=5000")
+    try:
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute(f"PRAGMA synchronous={synchronous}")
+        await conn.execute("PRAGMA foreign_keys=ON")
+        await conn.execute("PRAGMA busy_timeout=5000")
+    except BaseException:
+        # A file that is not a database fails here. The connection's thread
+        # is not a daemon: left open, it would keep the process alive.
+        await close_quietly(conn)
+        raise
     return conn
+
+
+async def close_quietly(conn: aiosqlite.Connection, timeout_s: float = 10.0) -> None:
+    """Close `conn` and end its thread, whatever state the database is in."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(conn.close(), timeout_s)
+
+
+class StorageError(Exception):
+    """A database cannot be used as it is: unreadable, not writable, refused."""
+
+
+async def check_writable(conn: aiosqlite.Connection, path: str | Path) -> None:
+    """Commit a one-page write, so that a database that cannot take writes
+    fails at start, before its server says it is healthy.
+
+    SQLite opens a file it may not write (an immutable file, a read-only
+    mount) read-only without a word, and a full disk shows only on the next
+    commit. The write counts the opens in the header's `user_version`.
+    """
+
+    def probe(raw: sqlite3.Connection) -> None:
+        raw.execute("BEGIN IMMEDIATE")
+        try:
+            (opens,) = raw.execute("PRAGMA user_version").fetchone()
+            raw.execute(f"PRAGMA user_version = {(int(opens) + 1) % 2**31}")
+            raw.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                raw.execute("ROLLBACK")
+            raise
+
+    try:
+        await in_thread(conn, probe)
+    except sqlite3.Error as exc:
+        raise StorageError(f"database {path} cannot be written: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class FileIdentity:
+    """Which file a path names: a file deleted, or replaced by a copy or a
+    restore, is another file (or none) under the same name."""
+
+    device: int
+    inode: int
+
+    @classmethod
+    def of(cls, path: str | Path) -> FileIdentity | None:
+        try:
+            found = os.stat(path)
+        except FileNotFoundError:
+            return None
+        return cls(found.st_dev, found.st_ino)
+
+
+async def watch_file(path: str | Path, identity: FileIdentity, interval_s: float = 1.0) -> str:
+    """Return, saying what happened, once `path` no longer names the file
+    `identity` was taken from.
+
+    A process whose database was deleted or replaced under it keeps writing
+    to the old file, which nobody will ever open again: everything it
+    acknowledges from then on is lost at its next restart.
+    """
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            now = FileIdentity.of(path)
+        except OSError as exc:
+            return f"database {path} cannot be checked: {exc}"
+        if now is None:
+            return f"database {path} was deleted"
+        if now != identity:
+            return f"database {path} was replaced by another file"
 
 
 def open_lookup(path: str | Path) -> sqlite3.Connection:
