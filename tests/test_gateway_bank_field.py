@@ -52,17 +52,27 @@ class SharedServer:
 
 
 class Coordinator:
+    """The coordinator's part the reads use: stubs (behind its breakers) and
+    the wait for its own deliveries."""
+
     config = SimpleNamespace(decision_timeout_s=1.0)
+
+    def __init__(self, banks: SharedServer) -> None:
+        self.banks = banks
+
+    async def stub(self, bank: str) -> Any:
+        return await self.banks.stub(bank)
 
     async def delivered(self, bank: str, account_id: str, timeout_s: float) -> bool:
         return True
 
 
 def servicer(server: RecordingBank) -> GatewayServicer:
+    banks = SharedServer(server)
     return GatewayServicer(
         store=None,  # type: ignore[arg-type]
-        coordinator=Coordinator(),  # type: ignore[arg-type]
-        banks=SharedServer(server),  # type: ignore[arg-type]
+        coordinator=Coordinator(banks),  # type: ignore[arg-type]
+        banks=banks,  # type: ignore[arg-type]
         tokens=TokenAuthority(Ed25519PrivateKey.generate()),
         throttle=LoginThrottle(),
     )
