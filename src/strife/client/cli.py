@@ -26,6 +26,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
+from strife.chaos.cli import chaos as chaos_command
 from strife.client._auth import Credentials, Session
 from strife.client._client import ClientConfig, DrainResult, StrifeClient
 from strife.client._exceptions import ClientError, LoginRequired
@@ -755,6 +756,7 @@ def watch(until_empty: bool, timeout_s: float | None, **options: Any) -> None:
 
 
 main.add_command(cluster_group)
+main.add_command(chaos_command)
 main.add_command(demo_command)
 
 

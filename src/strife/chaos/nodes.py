@@ -1,0 +1,220 @@
+"""The cluster under test: real processes, each optionally inside its own namespace.
+
+The processes and their arguments are the local cluster's (`strife.cluster`):
+one balancer, banks with generated customers, gateways. Unlike the
+supervisor, nothing restarts a process by itself: the nemesis kills, pauses
+and restarts them, and the runner brings them all back before the checks.
+A bank restarted after a SIGKILL gets no `--init`: it must find its database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from strife.chaos.net import Network
+from strife.cluster.supervisor import Child, Supervisor, _bin, _bound_address, _peer_of
+from strife.cluster.topology import BankSpec, Timeouts, Topology
+from strife.rpc.channels import ChannelPool
+from strife.security import certs
+
+HEALTHY_TIMEOUT_S = 30.0
+STOP_GRACE_S = 10.0
+BALANCER_PORT = 7400
+
+
+class NodeError(RuntimeError):
+    pass
+
+
+def chaos_topology(root: Path, banks: int, gateways: int, customers: int) -> Topology:
+    per_bank = -(-customers // banks)
+    names = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta")
+    return Topology(
+        data_dir=root,
+        banks=tuple(BankSpec(name, customers=per_bank) for name in names[:banks]),
+        gateways=tuple(f"gw-{i + 1}" for i in range(gateways)),
+        timeouts=Timeouts(prepare_s=2.0, in_doubt_s=5.0, heartbeat_s=0.5, lease_ttl_s=2.0),
+    )
+
+
+class Nodes:
+    """Start, kill, pause, restart and stop the cluster's processes."""
+
+    def __init__(self, topology: Topology, network: Network | None) -> None:
+        self.network = network
+        self.root = topology.data_dir.resolve()
+        if network is not None:
+            ip = network.add("balancer")
+            topology = replace(topology, balancer_listen=f"{ip}:{BALANCER_PORT}")
+        self.topology = topology
+        self.certs_dir = self.root / "certs"
+        self.children: dict[str, Child] = {}
+        self.prefix: dict[str, list[str]] = {}
+        self.paused: set[str] = set()
+        self._pool: ChannelPool | None = None
+
+    @property
+    def balancer(self) -> str:
+        return self.topology.balancer_listen
+
+    def names(self, kind: str | None = None) -> list[str]:
+        return [n for n in self.children if kind is None or n.startswith(kind)]
+
+    def bank_databases(self) -> dict[str, Path]:
+        return {b.name: self.root / "data" / f"bank-{b.name}.db" for b in self.topology.banks}
+
+    def gateway_addresses(self) -> dict[str, str]:
+        return {n: c.address for n, c in self.children.items() if n.startswith("gateway-")}
+
+    async def start(self) -> None:
+        for sub in ("data", "logs"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        supervisor = Supervisor(self.topology)
+        plan = supervisor._plan()
+        hosts = ["127.0.0.1", "localhost"]
+        for child in plan:
+            self.children[child.name] = child
+            self.prefix[child.name] = []
+            if self.network is not None:
+                if child.name != "balancer":
+                    self.network.add(child.name)
+                ip = self.network.address(child.name)
+                hosts.append(ip)
+                self.prefix[child.name] = self.network.prefix(child.name)
+                if child.name != "balancer":
+                    child.listen = f"{ip}:0"
+        certs.dev(
+            self.certs_dir,
+            banks=tuple(b.name for b in self.topology.banks),
+            gateways=self.topology.gateways,
+            clients=("default",),
+            hosts=hosts,
+        )
+        self._pool = ChannelPool(self.certs_dir / "admin")
+        for child in plan:
+            await self._spawn(child)
+            await self.wait_healthy(child.name)
+            child.first_args = []  # a restart finds its database: no --init
+
+    async def _spawn(self, child: Child) -> None:
+        child.log_path.parent.mkdir(parents=True, exist_ok=True)
+        offset = child.log_path.stat().st_size if child.log_path.exists() else 0
+        with child.log_path.open("ab") as log:
+            child.proc = await asyncio.create_subprocess_exec(
+                *self.prefix[child.name],
+                _bin(child.script),
+                *child.args,
+                *child.first_args,
+                "--listen",
+                child.listen,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=log,
+                start_new_session=True,
+            )
+        child.started_at = time.monotonic()
+        try:
+            child.address = await _bound_address(child, offset)
+        except Exception as exc:
+            raise NodeError(f"{child.name} did not start; see {child.log_path}: {exc}") from exc
+        child.listen = child.address
+
+    async def wait_healthy(self, name: str, timeout_s: float = HEALTHY_TIMEOUT_S) -> None:
+        assert self._pool is not None
+        child = self.children[name]
+        stub = health_pb2_grpc.HealthStub(self._pool.get(child.address, _peer_of(child)))
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with contextlib.suppress(Exception):
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            if child.proc is not None and child.proc.returncode is not None:
+                raise NodeError(f"{name} exited with {child.proc.returncode}; see {child.log_path}")
+            if time.monotonic() > deadline:
+                raise NodeError(f"{name} never became healthy; see {child.log_path}")
+            await asyncio.sleep(0.1)
+
+    def alive(self, name: str) -> bool:
+        proc = self.children[name].proc
+        return proc is not None and proc.returncode is None
+
+    async def kill(self, name: str) -> None:
+        """SIGKILL: no flush, no goodbye."""
+        proc = self.children[name].proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+        self.paused.discard(name)
+
+    async def restart(self, name: str) -> None:
+        """Start a stopped process again on its old address, and wait until it serves."""
+        if self.alive(name):
+            return
+        await self._spawn(self.children[name])
+        await self.wait_healthy(name)
+
+    def pause(self, name: str) -> None:
+        proc = self.children[name].proc
+        if proc is not None and proc.returncode is None:
+            os.kill(proc.pid, signal.SIGSTOP)
+            self.paused.add(name)
+
+    def resume(self, name: str) -> None:
+        proc = self.children[name].proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGCONT)
+        self.paused.discard(name)
+
+    async def heal(self) -> list[str]:
+        """Every process running and serving again; returns the ones that had died."""
+        for name in list(self.paused):
+            self.resume(name)
+        if self.network is not None:
+            self.network.heal_all()
+        revived = []
+        for name in self.children:
+            if not self.alive(name):
+                revived.append(name)
+                await self.restart(name)
+        for name in self.children:
+            await self.wait_healthy(name)
+        return revived
+
+    async def stop(self) -> dict[str, int | None]:
+        """SIGTERM in reverse order; a process still there after the grace period is hung.
+
+        Returns each process's exit status; None for one that had to be killed.
+        """
+        codes: dict[str, int | None] = {}
+        for name in reversed(list(self.children)):
+            proc = self.children[name].proc
+            if proc is None:
+                continue
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGCONT)
+                    proc.terminate()
+                try:
+                    codes[name] = await asyncio.wait_for(proc.wait(), STOP_GRACE_S)
+                except TimeoutError:
+                    codes[name] = None
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+                    await proc.wait()
+            else:
+                codes[name] = proc.returncode
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+        return codes
