@@ -351,7 +351,7 @@ def pair_op(channel: grpc.aio.Channel) -> Op:
     return op
 
 
-async def time_history(channel: grpc.aio.Channel, calls: int) -> dict[str, Any]:
+async def time_history(channel: grpc.aio.Channel, calls: int, db: Path) -> dict[str, Any]:
     """One page of history, newest first and from the middle, one call at a time."""
     stub = bank_pb2_grpc.BankServiceStub(channel)
     account = ACCOUNTS[0]
@@ -366,10 +366,13 @@ async def time_history(channel: grpc.aio.Channel, calls: int) -> dict[str, Any]:
         )
         return (time.perf_counter() - started) * 1000, reply
 
-    from strife.bank.service import encode_page_token
+    from strife.bank.pages import seal_page_token
+    from strife.bank.store import read_page_token_key
 
     _, first = await page("")
-    middle = encode_page_token(account, max(1, first.entries[0].sequence // 2))
+    middle = seal_page_token(
+        read_page_token_key(db), BANK, account, max(1, first.entries[0].sequence // 2)
+    )
     result: dict[str, Any] = {"account": account, "page_size": HISTORY_PAGE_SIZE}
     for name, token in (("newest", ""), ("middle", middle)):
         latencies = []
@@ -460,7 +463,10 @@ async def measure(args: argparse.Namespace, root: Path, children: list[Child]) -
             for key, kind in ROUND if r % 2 == 0 else ROUND[::-1]:
                 await step(key, kind)
             for key in ("group", "big"):
-                rounds[key].history.append(await time_history(channels[key], args.history_calls))
+                db = next(b.db for b in banks if b.key == key)
+                rounds[key].history.append(
+                    await time_history(channels[key], args.history_calls, db)
+                )
             print(
                 f"  round {r + 1}/{args.repeats}: "
                 + ", ".join(

@@ -201,7 +201,7 @@ async def test_history_pages_newest_first(gw: BankClient) -> None:
             timeout=TIMEOUT_S,
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
-        "INVALID_REQUEST",
+        "INVALID_PAGE_TOKEN",
     )
 
 

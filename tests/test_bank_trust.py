@@ -20,6 +20,7 @@ from strife.bank.ledger import ErrorKind, Ledger, LedgerError, Leg, Reason, Tran
 from strife.errors import from_rpc_error
 from strife.gateway.tokens import TokenAuthority, load_or_create_key
 from strife.rpc.channels import ChannelPool
+from strife.security.identity import thumbprint_of_pem
 from strife.security.tls import TlsMaterial
 from strife.v1 import bank_pb2, bank_pb2_grpc, gateway_pb2, money_pb2
 
@@ -107,7 +108,7 @@ async def pool(pki: Pki) -> AsyncIterator[ChannelPool]:
 
 
 async def test_payers_bank_refuses_a_debit_the_gateway_was_misled_into(
-    pool: ChannelPool, running: Cluster
+    pki: Pki, pool: ChannelPool, running: Cluster
 ) -> None:
     """A token (signed with the gateway's own key) that lists ada's account for
     another customer of alpha: the gateway lets the payment through, alpha does not."""
@@ -116,7 +117,10 @@ async def test_payers_bank_refuses_a_debit_the_gateway_was_misled_into(
     before = await ada.balance(*ADA)
     authority = TokenAuthority(load_or_create_key(running.root / "token.key"))
     evil = Customer(pool, running.gateways["gw-1"].address)
-    evil.token, _ = authority.issue("c-eve", "alpha", ["alpha/ada-usd"])
+    client_cert = (pki.identity("client", "default") / "tls.crt").read_bytes()
+    evil.token, _ = authority.issue(
+        "c-eve", "alpha", ["alpha/ada-usd"], cert_sha256=thumbprint_of_pem(client_cert)
+    )
     for target in (CY, BOB):  # two-phase, then one-phase (both legs at alpha)
         reply = await evil.pay(key(), ADA, target, 100)
         assert (reply.payment.status, reply.payment.abort_reason) == (

@@ -90,7 +90,7 @@ async def test_expired_token_is_refreshed_through_the_callback(
     from strife.gateway.tokens import TokenAuthority, load_or_create_key
 
     authority = TokenAuthority(load_or_create_key(running.root / "token.key"), ttl_s=-1)
-    token, _ = authority.issue("c-ada", "alpha", ["alpha/ada-usd", "alpha/ada-eur"])
+    token, _ = authority.issue("c-ada", "alpha", ["alpha/ada-usd", "alpha/ada-eur"], cert_sha256="")
     from strife.client import Account, AccountRef
 
     stale = Session(

@@ -160,7 +160,7 @@ async def test_a_bank_delays_its_first_prepare_and_refuses_one_transfer(
             armed.write_text(f"bank.before_commit=error@{refused}")
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await client.commit(refused)
-            assert caught.value.code() is grpc.StatusCode.UNKNOWN
+            assert caught.value.code() is grpc.StatusCode.INTERNAL
             await client.commit(slow)
             await client.abort(fast)
             assert await client.balance("ada-usd") == (100_000 - 100, 100, 100_000 - 200)

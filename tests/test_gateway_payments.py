@@ -174,7 +174,7 @@ async def test_expired_token_is_unauthenticated(pool: ChannelPool, running: Clus
     from strife.gateway.tokens import TokenAuthority, load_or_create_key
 
     authority = TokenAuthority(load_or_create_key(running.root / "token.key"), ttl_s=-1)
-    token, _ = authority.issue("c-ada", "alpha", ["alpha/ada-usd"])
+    token, _ = authority.issue("c-ada", "alpha", ["alpha/ada-usd"], cert_sha256="")
     ada = Customer(pool, running.gateways["gw-1"].address)
     ada.token = token
     await expect_error(ada.balance(*ADA), grpc.StatusCode.UNAUTHENTICATED, "TOKEN_EXPIRED")
@@ -212,3 +212,27 @@ async def test_client_certificates_cannot_call_banks_or_coordinators(
             grpc.StatusCode.PERMISSION_DENIED,
             "ROLE_NOT_ALLOWED",
         )
+
+
+async def test_a_token_is_bound_to_the_client_certificate_it_was_issued_over(
+    pki: Pki, pool: ChannelPool, running: Cluster
+) -> None:
+    ada = await customer(pool, running, "ada")
+    before = await ada.balance(*ADA)  # the token is now in the verified-token cache
+    async with ChannelPool(pki.identity("client", "mallory")) as other_pool:
+        thief = Customer(other_pool, running.gateways["gw-1"].address)
+        thief.token = ada.token
+        await expect_error(
+            thief.balance(*ADA), grpc.StatusCode.UNAUTHENTICATED, "TOKEN_NOT_BOUND_TO_PEER"
+        )
+        await expect_error(
+            thief.pay(key(), ADA, CY, 100),
+            grpc.StatusCode.UNAUTHENTICATED,
+            "TOKEN_NOT_BOUND_TO_PEER",
+        )
+    # Every replica checks it, and clients sharing the certificate share the token.
+    async with ChannelPool(pki.identity("client", "default")) as same_cert:
+        twin = Customer(same_cert, running.gateways["gw-2"].address)
+        twin.token = ada.token
+        assert await twin.balance(*ADA) == before
+    assert await ada.balance(*ADA) == before

@@ -16,6 +16,10 @@ time, so the same guarantee lands on recent pages.
 Migration 3 adds the database's owner: the bank it was created for and the
 cluster (its CA) that bank belongs to, written once by `--init` and checked
 at every start, so a database is never served as another bank's.
+
+Migration 4 adds the bank's own secrets: the key that seals its page tokens
+(`strife.bank.pages`), made once when the store first opens and kept with the
+ledger, so tokens outlive a restart and each bank of a process has its own.
 """
 
 from __future__ import annotations
@@ -132,6 +136,15 @@ MIGRATIONS = (
             bank              TEXT NOT NULL,
             cluster           TEXT NOT NULL,
             initialised_at_ms INTEGER NOT NULL
+        )
+        """,
+    ),
+    Migration(
+        4,
+        """
+        CREATE TABLE secrets (
+            name  TEXT PRIMARY KEY,
+            value BLOB NOT NULL
         )
         """,
     ),

@@ -7,13 +7,13 @@ to its bank by the request's `bank` field, and runs the batches.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Awaitable
 from typing import Any, NoReturn
 
 import grpc
 
 from strife.bank.ledger import ErrorKind, LedgerError, Leg, Outcome, TransferState, abort_error
+from strife.bank.pages import open_page_token, seal_page_token
 from strife.bank.store import BankStore, HistoryRow
 from strife.errors import Reason, abort
 from strife.faults import failpoint, failpoint_async
@@ -64,20 +64,6 @@ _STATES = {
     TransferState.ABORTED: bank_pb2.TRANSFER_STATE_ABORTED,
 }
 LEGS = {bank_pb2.LEG_DEBIT: Leg.DEBIT, bank_pb2.LEG_CREDIT: Leg.CREDIT}
-
-
-def encode_page_token(account_id: str, before_seq: int) -> str:
-    return base64.urlsafe_b64encode(f"v1\n{account_id}\n{before_seq}".encode()).decode()
-
-
-def decode_page_token(token: str, account_id: str) -> int | None:
-    """The sequence to continue below, or None if the token is not one of ours for this account."""
-    try:
-        version, owner, seq = base64.urlsafe_b64decode(token.encode()).decode().split("\n")
-        before = int(seq)
-    except ValueError:
-        return None
-    return before if version == "v1" and owner == account_id and before > 0 else None
 
 
 class BankServicer:
@@ -174,16 +160,23 @@ class BankServicer:
         if request.page_size < 0:
             await invalid(context, "page_size must not be negative")
         size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        key = self.store.page_token_key
         before = None
         if request.page_token:
-            before = decode_page_token(request.page_token, request.account_id)
+            before = open_page_token(key, self.name, request.account_id, request.page_token)
             if before is None:
-                await invalid(context, "page_token is not valid for this account")
+                await abort(
+                    context, grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_PAGE_TOKEN,
+                    "page_token is not one this bank issued for this account;"
+                    " start again without one",
+                )  # fmt: skip
         rows = await self.store.history(request.account_id, before, size + 1)
         page, more = rows[:size], len(rows) > size
         return bank_pb2.BankHistoryResponse(
             entries=[self._entry_pb(request.account_id, row) for row in page],
-            next_page_token=encode_page_token(request.account_id, page[-1].seq) if more else "",
+            next_page_token=(
+                seal_page_token(key, self.name, request.account_id, page[-1].seq) if more else ""
+            ),
         )
 
     # ------------------------------------------------------------- transfers

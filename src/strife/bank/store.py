@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
@@ -103,6 +104,8 @@ _TRANSFER_COLUMNS = (
 _SELECT_PREPARED = f"SELECT {_TRANSFER_COLUMNS} FROM transfers WHERE state = 'PREPARED'"
 _PRELOAD_CHUNK = 500
 OPENING_PREFIX = "opening:"
+PAGE_TOKEN_SECRET = "page_token_key"
+PAGE_TOKEN_KEY_BYTES = 32
 
 
 @dataclass(frozen=True)
@@ -268,6 +271,29 @@ async def _record_owner(conn: aiosqlite.Connection, mine: BankIdentity) -> None:
         _log.info("database_owner_recorded", bank=mine.bank, cluster=mine.cluster)
 
 
+async def _page_token_key(conn: aiosqlite.Connection) -> bytes:
+    """The bank's page-token key: made once (32 random bytes), then always read back."""
+    await conn.execute(
+        "INSERT OR IGNORE INTO secrets (name, value) VALUES (?, ?)",
+        (PAGE_TOKEN_SECRET, os.urandom(PAGE_TOKEN_KEY_BYTES)),
+    )
+    row = await fetch_one(conn, "SELECT value FROM secrets WHERE name = ?", (PAGE_TOKEN_SECRET,))
+    if row is None or not isinstance(row[0], bytes) or len(row[0]) != PAGE_TOKEN_KEY_BYTES:
+        raise StorageError("the bank's page-token key is missing or damaged")
+    return row[0]
+
+
+def read_page_token_key(path: Path) -> bytes:
+    """A bank database's page-token key, read-only (for tools: benchmarks, audits)."""
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+        row = conn.execute(
+            "SELECT value FROM secrets WHERE name = ?", (PAGE_TOKEN_SECRET,)
+        ).fetchone()
+    if row is None:
+        raise StorageError(f"{path} holds no page-token key")
+    return bytes(row[0])
+
+
 def _entry_row(entry: Entry, at_ms: int) -> tuple[Any, ...]:
     return (entry.transfer_id, entry.account_id, entry.amount_minor, entry.currency,
             entry.counterparty, at_ms)  # fmt: skip
@@ -284,9 +310,12 @@ class BankStore:
         read_conn: aiosqlite.Connection,
         on_batch: Callable[[int], None] | None,
         lane: CommitLane | None = None,
+        page_token_key: bytes = b"",
     ) -> None:
         self.config = config
         self.ledger = ledger
+        # Seals this bank's history page tokens (strife.bank.pages).
+        self.page_token_key = page_token_key
         self._write_conn = write_conn
         self._read = read_conn
         # Every prepare of a new id asks whether it was evicted: on the loop.
@@ -339,6 +368,7 @@ class BankStore:
             if identity is not None:
                 await _record_owner(write_conn, identity)
             await check_writable(write_conn, path)
+            page_token_key = await _page_token_key(write_conn)
             read_conn = await connect(path, synchronous=config.synchronous)
             ledger = await cls._load(write_conn)
             last = await fetch_one(write_conn, "SELECT at_ms FROM audit ORDER BY seq DESC LIMIT 1")
@@ -358,7 +388,7 @@ class BankStore:
             # far back the database went (docs/bank.md).
             last_change_at_ms=last[0] if last else None,
         )
-        return cls(config, ledger, write_conn, read_conn, on_batch, lane)
+        return cls(config, ledger, write_conn, read_conn, on_batch, lane, page_token_key)
 
     @staticmethod
     async def _load(conn: aiosqlite.Connection) -> Ledger:

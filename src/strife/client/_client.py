@@ -69,7 +69,9 @@ OUTCOMES = Counter(
 
 MAX_PAGE_SIZE = 200  # the banks' own page limit
 MAX_DESCRIPTION_CHARS = 256  # the gateway's limit
-_TOKEN_REASONS = frozenset({"TOKEN_EXPIRED", "TOKEN_INVALID", "TOKEN_MISSING"})
+_TOKEN_REASONS = frozenset(
+    {"TOKEN_EXPIRED", "TOKEN_INVALID", "TOKEN_MISSING", "TOKEN_NOT_BOUND_TO_PEER"}
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,14 @@ class TokenCheck:
             claims = self._tokens.verify(token)
         except TokenError as exc:
             raise CallRefusedError(grpc.StatusCode.UNAUTHENTICATED, exc.reason, str(exc)) from None
+        # Per call, after the verified-token cache: a string comparison.
+        if claims.cert_sha256 != info.peer_cert_sha256:
+            raise CallRefusedError(
+                grpc.StatusCode.UNAUTHENTICATED,
+                Reason.TOKEN_NOT_BOUND_TO_PEER,
+                "the access token was issued over another client certificate; log in again"
+                " with this one",
+            )
         info.customer = claims.customer_id
         info.principal = claims
 

@@ -142,8 +142,13 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
         self.throttle.succeeded(attempt)
         own = _own_accounts(request.bank, reply.accounts)
         accounts = [f"{a.ref.bank}/{a.ref.account_id}" for a in own]
-        token, expires_at = self.tokens.issue(reply.customer_id, request.bank, accounts)
         info = request_context.current()
+        token, expires_at = self.tokens.issue(
+            reply.customer_id,
+            request.bank,
+            accounts,
+            cert_sha256=info.peer_cert_sha256 if info is not None else "",
+        )
         if info is not None:
             info.customer = reply.customer_id
         return gateway_pb2.LoginResponse(

@@ -5,6 +5,13 @@ one replica is accepted by all. The token names the customer and the accounts
 the bank listed at login, so authorization needs no extra round trip. Verified
 tokens are cached until they expire: an Ed25519 verify costs ~100 µs, a dict
 lookup nothing.
+
+A token is bound to the client certificate it was issued over (RFC 8705's
+confirmation claim, `cnf: {"x5t#S256": <SHA-256 of the DER certificate>}`):
+the gateway compares it with the caller's verified certificate on every call
+(`strife.gateway.auth.TokenCheck`), after the cache, so a leaked token is of
+no use over another certificate. Clients that share one certificate (the CLI
+and a load generator's customers) share the binding.
 """
 
 from __future__ import annotations
@@ -24,10 +31,12 @@ ISSUER = "strife"
 AUDIENCE = "strife-gateway"
 ALGORITHM = "EdDSA"
 CACHE_LIMIT = 50_000
+CONFIRMATION = "cnf"
+THUMBPRINT = "x5t#S256"
 
 
 class TokenError(Exception):
-    """`reason` is TOKEN_INVALID or TOKEN_EXPIRED."""
+    """`reason` is TOKEN_INVALID, TOKEN_EXPIRED or TOKEN_NOT_BOUND_TO_PEER."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -40,6 +49,10 @@ class Claims:
     bank: str
     accounts: frozenset[str]  # "bank/account_id"
     expires_at: float
+    # The `x5t#S256` of the client certificate the token was issued over; ""
+    # only for a token issued without one (a gateway run with --insecure),
+    # which no caller holding a certificate can use.
+    cert_sha256: str = ""
 
     def owns(self, bank: str, account_id: str) -> bool:
         """Only accounts at the customer's own bank: a bank speaks for no other's."""
@@ -76,23 +89,25 @@ class TokenAuthority:
         self.ttl_s = ttl_s
         self._cache: OrderedDict[str, Claims] = OrderedDict()
 
-    def issue(self, customer_id: str, bank: str, accounts: list[str]) -> tuple[str, float]:
+    def issue(
+        self, customer_id: str, bank: str, accounts: list[str], *, cert_sha256: str
+    ) -> tuple[str, float]:
+        """`cert_sha256`: the `x5t#S256` of the caller's verified certificate."""
         now = time.time()
         expires_at = now + self.ttl_s
-        token = jwt.encode(
-            {
-                "iss": ISSUER,
-                "aud": AUDIENCE,
-                "sub": customer_id,
-                "bank": bank,
-                "acc": sorted(accounts),
-                "iat": int(now),
-                "exp": expires_at,
-                "jti": uuid.uuid4().hex,
-            },
-            self._key,
-            algorithm=ALGORITHM,
-        )
+        claims: dict[str, object] = {
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "sub": customer_id,
+            "bank": bank,
+            "acc": sorted(accounts),
+            "iat": int(now),
+            "exp": expires_at,
+            "jti": uuid.uuid4().hex,
+        }
+        if cert_sha256:
+            claims[CONFIRMATION] = {THUMBPRINT: cert_sha256}
+        token = jwt.encode(claims, self._key, algorithm=ALGORITHM)
         return token, expires_at
 
     def verify(self, token: str) -> Claims:
@@ -117,11 +132,16 @@ class TokenAuthority:
             ) from None
         except jwt.PyJWTError as exc:
             raise TokenError("TOKEN_INVALID", f"the access token is not valid: {exc}") from None
+        confirmation = payload.get(CONFIRMATION, {})
+        thumbprint = confirmation.get(THUMBPRINT, "") if isinstance(confirmation, dict) else None
+        if not isinstance(thumbprint, str):
+            raise TokenError("TOKEN_INVALID", "the access token's confirmation claim is malformed")
         claims = Claims(
             customer_id=str(payload["sub"]),
             bank=str(payload.get("bank", "")),
             accounts=frozenset(str(a) for a in payload.get("acc", [])),
             expires_at=float(payload["exp"]),
+            cert_sha256=thumbprint,
         )
         self._cache[token] = claims
         if len(self._cache) > CACHE_LIMIT:

@@ -20,6 +20,8 @@ class RequestInfo:
     role: str = ""
     peer_name: str = ""
     peer_address: str = ""
+    # RFC 8705 `x5t#S256` of the verified client certificate ("" without one).
+    peer_cert_sha256: str = ""
     customer: str = ""
     error_reason: str = ""
     # Who the caller is beyond its certificate (a customer's verified token claims).

@@ -10,7 +10,11 @@ in a wrapper around the handler, inside the RPC's task, where
 `context.auth_context()` holds the verified certificate. The wrapper is
 built once per method and reused; per call there is one coroutine frame
 and no closure, generator or context manager. Parsed identities are cached
-by the certificate's URI SANs, which only a verified handshake produces.
+by the verified certificate (its PEM, as gRPC hands it over).
+
+A handler that fails with anything but a status of its own (an abort) ends
+the call `INTERNAL` with a generic message; the exception is logged here and
+its text never reaches the caller.
 """
 
 from __future__ import annotations
@@ -26,10 +30,10 @@ from grpc.aio import ServerInterceptor
 
 from strife.errors import Reason, abort
 from strife.observability import context as request_context
-from strife.observability.logging import log_line
+from strife.observability.logging import get_logger, log_line
 from strife.observability.metrics import IN_FLIGHT, RPC_LATENCY, RPC_REQUESTS, SERVED
 from strife.rpc.authz import AuthzTable
-from strife.security.identity import PeerIdentity, identity_from_auth_context
+from strife.security.identity import VerifiedPeer, peer_certificate, peer_of_pem
 
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
 Metadata = Sequence[tuple[str, str | bytes]]
@@ -37,6 +41,8 @@ Metadata = Sequence[tuple[str, str | bytes]]
 REQUEST_ID_KEY = "x-request-id"
 _IDENTITY_CACHE_LIMIT = 4096
 _HANDLER_CACHE_LIMIT = 1024
+INTERNAL_MESSAGE = "internal error"
+_log = get_logger("strife.rpc")
 
 
 class CallRefusedError(Exception):
@@ -120,7 +126,7 @@ class ServerGuard(ServerInterceptor):
         self._insecure = insecure
         self._checks = tuple(checks)
         self._handlers: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
-        self._identities: dict[tuple[bytes, ...], PeerIdentity | None] = {}
+        self._peers: dict[bytes, VerifiedPeer | None] = {}
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -159,8 +165,11 @@ class ServerGuard(ServerInterceptor):
                 try:
                     if refusal is not None:
                         await refusal.send(context)
-                    async for item in inner(request, context):
-                        yield item
+                    try:
+                        async for item in inner(request, context):
+                            yield item
+                    except Exception as exc:
+                        await _internal(context, exc)
                     failed = False
                 finally:
                     leave(gate, info, context, started, failed)
@@ -174,7 +183,10 @@ class ServerGuard(ServerInterceptor):
                 try:
                     if refusal is not None:
                         await refusal.send(context)
-                    result = await inner(request, context)
+                    try:
+                        result = await inner(request, context)
+                    except Exception as exc:
+                        await _internal(context, exc)
                     failed = False
                     return result
                 finally:
@@ -217,8 +229,9 @@ class ServerGuard(ServerInterceptor):
         if self._insecure:
             info.peer, info.role = "insecure", "insecure"
         else:
-            identity = self._identity(context)
-            if identity is None:
+            peer = self._peer(context)
+            identity = None if peer is None else peer.identity
+            if peer is None or identity is None:
                 raise _Refusal(
                     grpc.StatusCode.UNAUTHENTICATED,
                     Reason.PEER_NOT_AUTHENTICATED,
@@ -226,6 +239,7 @@ class ServerGuard(ServerInterceptor):
                     {},
                 )
             info.peer = identity.spiffe_id
+            info.peer_cert_sha256 = peer.cert_sha256
             info.role, info.peer_name = identity.role, identity.name
             if identity.role not in gate.allowed:
                 raise _Refusal(
@@ -240,20 +254,18 @@ class ServerGuard(ServerInterceptor):
             except CallRefusedError as exc:
                 raise _Refusal(exc.code, exc.reason, exc.message, {}) from None
 
-    def _identity(self, context: Any) -> PeerIdentity | None:
-        auth = context.auth_context()
-        if auth.get("transport_security_type", (b"",))[0] != b"ssl":
+    def _peer(self, context: Any) -> VerifiedPeer | None:
+        """The verified certificate's identity and thumbprint, parsed once per
+        certificate (a dict lookup by its PEM per call)."""
+        pem = peer_certificate(context.auth_context())
+        if pem is None:
             return None
-        key = tuple(
-            auth.get("x509_uri_subject_alternative_name")
-            or auth.get("x509_subject_alternative_name", ())
-        )
-        if key in self._identities:
-            return self._identities[key]
-        identity = identity_from_auth_context(auth, self._trust_domain)
-        if len(self._identities) < _IDENTITY_CACHE_LIMIT:
-            self._identities[key] = identity
-        return identity
+        if pem in self._peers:
+            return self._peers[pem]
+        peer = peer_of_pem(pem, self._trust_domain)
+        if len(self._peers) < _IDENTITY_CACHE_LIMIT:
+            self._peers[pem] = peer
+        return peer
 
     @staticmethod
     def _leave(
@@ -282,3 +294,12 @@ class ServerGuard(ServerInterceptor):
             },
             {"request_id": info.request_id, **info.fields},
         )
+
+
+async def _internal(context: Any, exc: Exception) -> None:
+    """End the call INTERNAL for an exception the handler did not turn into a
+    status. An abort already ended it (grpc.aio raises AbortError): let it pass."""
+    if isinstance(exc, grpc.aio.AbortError):
+        raise exc
+    _log.error("rpc_failed", error_type=type(exc).__name__, exc_info=exc)
+    await abort(context, grpc.StatusCode.INTERNAL, Reason.INTERNAL, INTERNAL_MESSAGE)
