@@ -76,3 +76,14 @@ def test_classes(code: grpc.StatusCode, reason: str, cls: type, retryable: bool)
     error = from_rpc_error(FakeRpcError(status))
     assert type(error) is cls
     assert error.retryable is retryable
+
+
+def test_a_status_quoting_oversized_input_stays_small() -> None:
+    """Refusals quote the caller's input; a huge field must not make the answer
+    itself too large for gRPC's trailers."""
+    status = make_status(
+        grpc.StatusCode.INVALID_ARGUMENT, "INVALID_CURRENCY", "unsupported " + "U" * 100_000,
+        {"currency": "U" * 100_000},
+    )  # fmt: skip
+    assert len(status.details) <= 1024
+    assert sum(len(value) for _, value in status.trailing_metadata) < 4096

@@ -75,10 +75,18 @@ def make_status(
     metadata: Mapping[str, str] | None = None,
     retry_delay_s: float | None = None,
 ) -> grpc.Status:
-    """A `grpc.Status` whose trailers carry ErrorInfo (and RetryInfo)."""
+    """A `grpc.Status` whose trailers carry ErrorInfo (and RetryInfo).
+
+    Messages and metadata often quote the caller's input; each is cut to a
+    bound, so an oversized field is answered with its own refusal and never
+    overflows the trailers (which would turn the answer into RESOURCE_EXHAUSTED).
+    """
     info = error_details_pb2.ErrorInfo(
-        reason=str(reason), domain=DOMAIN, metadata=dict(metadata or {})
+        reason=str(reason),
+        domain=DOMAIN,
+        metadata={_bounded(k, 64): _bounded(v, 256) for k, v in (metadata or {}).items()},
     )
+    message = _bounded(message, 1024)
     details = [_pack(info)]
     if retry_delay_s is not None:
         delay = duration_pb2.Duration()
@@ -87,6 +95,10 @@ def make_status(
     status = status_pb2.Status(code=code.value[0], message=message, details=details)
     result: grpc.Status = rpc_status.to_status(status)
     return result
+
+
+def _bounded(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _pack(message: error_details_pb2.ErrorInfo | error_details_pb2.RetryInfo) -> any_pb2.Any:
