@@ -3,8 +3,10 @@
 Kinds: `kill` (SIGKILL, then a restart), `pause` (SIGSTOP, then SIGCONT),
 `partition` (the process's link cut, then healed; namespaces only),
 `deadline` (direct calls with deadlines shorter than the payment path) and
-`cancel` (direct calls cancelled in flight). Targets are any bank, gateway
-or the balancer; a process is the target of one fault at a time.
+`cancel` (direct calls cancelled in flight) and `disk` (a bank's tmpfs
+filled up, then given back; a bank that stopped on it is started again).
+Targets are any bank, gateway or the balancer; a process is the target of
+one fault at a time.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from strife.chaos.history import History
 from strife.chaos.nodes import Nodes
 from strife.chaos.workload import Customers
 
-PROCESS_KINDS = ("kill", "pause", "partition")
+PROCESS_KINDS = ("kill", "pause", "partition", "disk")
 CALL_KINDS = ("deadline", "cancel")
 ALL_KINDS = (*PROCESS_KINDS, *CALL_KINDS)
 DIRECT_CALLS = 8
@@ -46,6 +48,8 @@ class Nemesis:
                 self.rng.shuffle(order)
             kind = order.pop()
             targets = [n for n in self.nodes.names() if n not in self._busy]
+            if kind == "disk":
+                targets = [n for n in targets if n in self.nodes.disks]
             if kind in PROCESS_KINDS and not targets:
                 kind = self.rng.choice(CALL_KINDS)
             fault: dict[str, Any] = {
@@ -82,6 +86,14 @@ class Nemesis:
                 self.nodes.network.cut(target)
                 await asyncio.sleep(self.rng.uniform(1.0, 4.0))
                 self.nodes.network.heal(target)
+            elif kind == "disk":
+                fault["filled_bytes"] = self.nodes.fill_disk(target)
+                await asyncio.sleep(self.rng.uniform(1.0, 3.0))
+                self.nodes.free_disk(target)
+                fault["healing_s"] = self.history.now()
+                if not self.nodes.alive(target):
+                    fault["exited"] = self.nodes.children[target].proc.returncode  # type: ignore[union-attr]
+                    await self.nodes.restart(target)
             else:
                 gateways = list(self.nodes.gateway_addresses().values())
                 fault["calls"] = await self.customers.direct(kind, gateways, DIRECT_CALLS)

@@ -5,6 +5,9 @@ one balancer, banks with generated customers, gateways. Unlike the
 supervisor, nothing restarts a process by itself: the nemesis kills, pauses
 and restarts them, and the runner brings them all back before the checks.
 A bank restarted after a SIGKILL gets no `--init`: it must find its database.
+
+With `disks`, each bank process keeps its database on a small tmpfs of its
+own, which the `disk` fault fills up and then gives back.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
+import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -28,6 +33,8 @@ from strife.security import certs
 HEALTHY_TIMEOUT_S = 30.0
 STOP_GRACE_S = 10.0
 BALANCER_PORT = 7400
+DISK_SIZE = "128m"
+FILLER = "filler"
 
 
 class NodeError(RuntimeError):
@@ -48,8 +55,10 @@ def chaos_topology(root: Path, banks: int, gateways: int, customers: int) -> Top
 class Nodes:
     """Start, kill, pause, restart and stop the cluster's processes."""
 
-    def __init__(self, topology: Topology, network: Network | None) -> None:
+    def __init__(self, topology: Topology, network: Network | None, disks: bool = False) -> None:
         self.network = network
+        self.disks: dict[str, Path] = {}  # bank process -> its tmpfs
+        self._want_disks = disks
         self.root = topology.data_dir.resolve()
         if network is not None:
             ip = network.add("balancer")
@@ -69,7 +78,11 @@ class Nodes:
         return [n for n in self.children if kind is None or n.startswith(kind)]
 
     def bank_databases(self) -> dict[str, Path]:
-        return {b.name: self.root / "data" / f"bank-{b.name}.db" for b in self.topology.banks}
+        databases = {}
+        for process, banks in self.topology.bank_processes().items():
+            folder = self.disks.get(f"bank-{process}", self.root / "data")
+            databases.update({b: folder / f"bank-{b}.db" for b in banks})
+        return databases
 
     def gateway_addresses(self) -> dict[str, str]:
         return {n: c.address for n, c in self.children.items() if n.startswith("gateway-")}
@@ -83,6 +96,12 @@ class Nodes:
         for child in plan:
             self.children[child.name] = child
             self.prefix[child.name] = []
+            if self._want_disks and child.name.startswith("bank-"):
+                disk = self.root / "disks" / child.name
+                disk.mkdir(parents=True, exist_ok=True)
+                _mount_tmpfs(disk)
+                self.disks[child.name] = disk
+                child.args[child.args.index("--data-dir") + 1] = str(disk)
             if self.network is not None:
                 if child.name != "balancer":
                     self.network.add(child.name)
@@ -163,6 +182,33 @@ class Nodes:
         await self._spawn(self.children[name])
         await self.wait_healthy(name)
 
+    def fill_disk(self, name: str) -> int:
+        """Take every free byte of the process's tmpfs; returns how many were taken."""
+        filler = self.disks[name] / FILLER
+        taken = 0
+        with filler.open("ab") as out, contextlib.suppress(OSError):
+            chunk = b"\0" * (1 << 20)
+            while True:
+                out.write(chunk)
+                out.flush()
+                taken += len(chunk)
+        return taken
+
+    def free_disk(self, name: str) -> None:
+        (self.disks[name] / FILLER).unlink(missing_ok=True)
+
+    def release_disks(self, keep: Path) -> None:
+        """Copy the databases out (for the checker and post-mortems), then unmount."""
+        for name, disk in self.disks.items():
+            self.free_disk(name)
+            target = keep / name
+            target.mkdir(parents=True, exist_ok=True)
+            for path in disk.iterdir():
+                if path.is_file():
+                    shutil.copy2(path, target / path.name)
+            subprocess.run(["umount", "-l", str(disk)], check=False, capture_output=True)
+        self.disks = {name: keep / name for name in self.disks}
+
     def pause(self, name: str) -> None:
         proc = self.children[name].proc
         if proc is not None and proc.returncode is None:
@@ -218,3 +264,10 @@ class Nodes:
             await self._pool.close()
             self._pool = None
         return codes
+
+
+def _mount_tmpfs(folder: Path) -> None:
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={DISK_SIZE}", "strife-chaos", str(folder)],
+        check=True, capture_output=True, timeout=10,
+    )  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import sqlite3
 import time
@@ -51,7 +52,12 @@ async def run_chaos(config: ChaosConfig, say: Say = print) -> dict[str, Any]:
         network = net.Network()
     elif config.netns:
         raise RuntimeError(f"network namespaces are not available: {why_not}")
-    kinds = tuple(k for k in config.kinds if network is not None or k != "partition")
+    root = os.geteuid() == 0
+    kinds = tuple(
+        k
+        for k in config.kinds
+        if (network is not None or k != "partition") and (root or k != "disk")
+    )
     try:
         return await _run(config, out, network, kinds, why_not, say)
     finally:
@@ -71,7 +77,7 @@ async def _run(
 ) -> dict[str, Any]:
     rng = random.Random(config.seed)
     topology = chaos_topology(out / "cluster", config.banks, config.gateways, config.customers)
-    nodes = Nodes(topology, network)
+    nodes = Nodes(topology, network, disks="disk" in kinds)
     history = History()
     report: dict[str, Any] = {
         "config": {**asdict(config), "kinds": kinds},
@@ -129,6 +135,7 @@ async def _run(
     finally:
         if not codes:
             await nodes.stop()
+        nodes.release_disks(out / "cluster" / "disks-copy")
     verdict = check(
         history,
         read_ledgers(nodes.bank_databases()),
