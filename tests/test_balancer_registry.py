@@ -287,3 +287,19 @@ def test_a_second_process_under_a_live_name_is_refused(
     # Once the first lease has run out, a new process may take the name.
     clock.advance(TTL_S + 0.1)
     registry.register("gateway", "gw-1", "127.0.0.1:7002", {INCARNATION: "b2"})
+
+
+def test_an_instance_whose_lease_lapsed_is_known_but_away(
+    registry: Registry, clock: FakeClock
+) -> None:
+    """A bank that is down is not a bank that never was: callers answer a
+    payment to it as 'wait', never as a final NOT_FOUND."""
+    register(registry, "alpha")
+    clock.advance(TTL_S + 0.1)
+    registry.expire()
+    assert names(registry) == []
+    assert registry.known("bank", "alpha")
+    assert not registry.known("bank", "betta")
+    register(registry, "beta")
+    registry.deregister("bank", "beta")
+    assert registry.known("bank", "beta")

@@ -194,6 +194,9 @@ class Registry:
         self._clock = clock
         self._wall_clock = wall_clock
         self._services: dict[str, dict[str, Lease]] = {}
+        # Names whose lease has lapsed, per service (bounded like the pools): an
+        # instance that is away is not the same answer as a name never seen.
+        self._departed: dict[str, dict[str, None]] = {}
 
     def _now_ms(self) -> int:
         return int(self._wall_clock() * 1000)
@@ -302,7 +305,7 @@ class Registry:
         if pool is None or instance not in pool:
             return False
         live = self._live(service, instance) is not None
-        del pool[instance]
+        self._remember_departed(pool.pop(instance))
         if not pool:
             del self._services[service]
         return live
@@ -316,10 +319,24 @@ class Registry:
             gone = [lease for lease in pool.values() if lease.expires_at_s <= now]
             for lease in gone:
                 del pool[lease.instance]
+                self._remember_departed(lease)
             evicted.extend(gone)
             if not pool:
                 del self._services[service]
         return evicted
+
+    def _remember_departed(self, lease: Lease) -> None:
+        departed = self._departed.setdefault(lease.service, {})
+        departed.pop(lease.instance, None)
+        departed[lease.instance] = None
+        while len(departed) > self.config.max_instances_per_service:
+            del departed[next(iter(departed))]
+
+    def known(self, service: str, instance: str) -> bool:
+        """Registered now, or once in this balancer's life (its lease lapsed)."""
+        return instance in self._services.get(service, {}) or instance in self._departed.get(
+            service, {}
+        )
 
     def healthy(self, service: str) -> list[Lease]:
         """Live leases of a service, in registration order."""

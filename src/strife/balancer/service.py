@@ -273,10 +273,13 @@ class LoadBalancerService(balancer_pb2_grpc.LoadBalancerServicer):
         """UNAVAILABLE, retryable: after a balancer restart the pool refills within
         one heartbeat interval, which is the retry delay suggested."""
         what = f"{service}/{instance}" if instance else f"any instance of {service!r}"
+        # An instance that registered once and is away now (its lease lapsed)
+        # is INSTANCE_DOWN: callers must not take it for a name that never was.
+        away = bool(instance) and self._registry.known(service, instance)
         await abort(
             context,
             grpc.StatusCode.UNAVAILABLE,
-            Reason.NO_INSTANCE,
+            Reason.INSTANCE_DOWN if away else Reason.NO_INSTANCE,
             f"no healthy {what}",
             {"service": service, **({"instance": instance} if instance else {})},
             retry_delay_s=self._registry.config.heartbeat_interval_s,

@@ -190,6 +190,7 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
             currency=record.currency,
             transfer_id=record.transfer_id,
         )
+        await self._require_known_banks(context, record)
         try:
             result, replayed = await self.coordinator.submit(record)
         except FingerprintMismatchError:
@@ -251,11 +252,20 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, exc.reason, str(exc))
         if len(request.description) > MAX_DESCRIPTION_CHARS:
             await _invalid(context, "description too long", field="description")
-        for ref in (request.from_account, request.to_account):
-            if not await self.banks.exists(ref.bank):
+
+    async def _require_known_banks(self, context: Any, record: PaymentRecord) -> None:
+        """NOT_FOUND is final for the key, so it is said only of a key this
+        replica knows nothing of, naming a bank the registry has never had. A
+        bank that is merely away is an outcome to wait for."""
+        if self.coordinator.running(record.transfer_id) or self.store.by_transfer(
+            record.transfer_id
+        ):
+            return
+        for bank in (record.from_bank, record.to_bank):
+            if not await self.banks.exists(bank):
                 await abort(
                     context, grpc.StatusCode.NOT_FOUND, Reason.BANK_NOT_FOUND,
-                    f"no bank named {ref.bank!r}", {"bank": ref.bank},
+                    f"no bank named {bank!r}", {"bank": bank},
                 )  # fmt: skip
 
     async def GetPayment(self, request: Any, context: Any) -> Any:
