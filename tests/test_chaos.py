@@ -18,9 +18,6 @@ from strife.gateway.service import transfer_id_for
 # "Findings"). A run showing only these is an expected failure; any other
 # violation fails the test.
 KNOWN_FINDINGS = {
-    # A resend of a key answered FAILED (BANK_NOT_FOUND) while the bank's lease
-    # had lapsed, though the key committed.
-    "failed_intent_not_applied",
     # A payment whose gateway was SIGKILLed mid-commit left PENDING, its holds
     # and PREPARED transfers kept, long after every fault healed.
     "nothing_pending_at_gateways",
