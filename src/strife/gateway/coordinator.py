@@ -96,7 +96,8 @@ class CoordinatorConfig:
     settle_interval_s: float = 0.5
     settle_backoff_max_s: float = 10.0
     # "decision": answer once the decision is durable and deliver it in the
-    # background (the design's rule 6); "settled": answer after every bank acked.
+    # background (a payment decided COMMIT is COMMITTED); "settled": answer after
+    # every bank acked.
     reply_after: Literal["decision", "settled"] = "decision"
     # Per bank server address: calls fail fast while its circuit is open.
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
