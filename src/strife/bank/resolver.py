@@ -23,6 +23,7 @@ from strife.bank.ledger import LedgerError, Transfer, TransferState
 from strife.bank.store import BankStore
 from strife.errors import StrifeError
 from strife.observability.logging import get_logger
+from strife.rpc.cancellation import cancelled_itself
 from strife.rpc.channels import ChannelPool, Peer
 from strife.rpc.discovery import BalancerClient
 from strife.v1 import coordinator_pb2, coordinator_pb2_grpc
@@ -66,7 +67,12 @@ class Resolver:
 
     async def run(self) -> None:
         while True:
-            await self.resolve_due()
+            try:
+                await self.resolve_due()
+            except asyncio.CancelledError:
+                if cancelled_itself():
+                    raise
+                _log.warning("resolver_call_cancelled")  # a call's, not ours: go on
             await asyncio.sleep(self._tick_s)
 
     async def resolve_due(self) -> None:

@@ -46,6 +46,7 @@ from strife.gateway.twophase import (
 )
 from strife.observability.logging import get_logger
 from strife.rpc.breaker import BreakerConfig
+from strife.rpc.cancellation import cancelled_itself
 from strife.rpc.circuits import Circuits, GuardedStub
 from strife.v1 import bank_pb2, coordinator_pb2, money_pb2
 
@@ -647,6 +648,10 @@ class PaymentCoordinator:
             await asyncio.sleep(self.config.settle_interval_s)
             try:
                 await self.settle_once()
+            except asyncio.CancelledError:
+                if cancelled_itself():
+                    raise
+                _log.warning("settler_call_cancelled")  # a call's, not ours: go on
             except Exception as exc:  # never let the settler die; log and keep going
                 _log.error("settler_failed", error=repr(exc))
 

@@ -13,6 +13,7 @@ never sends a byte, a password least of all, to a peer of another identity.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +124,10 @@ class CheckedChannel:
         return getattr(self._channel, name)
 
 
+# Longer than any call Strife makes on a pooled channel (each has a deadline).
+DISCARD_GRACE_S = 10.0
+
+
 class ChannelPool:
     """One channel per target and peer, created inside the running loop, closed together.
 
@@ -153,6 +158,7 @@ class ChannelPool:
                 self._trust_domain = _certs.parse_spiffe_id(own or "").trust_domain
         self._peer = peer
         self._channels: dict[tuple[str, Peer | None], Any] = {}
+        self._closing: dict[asyncio.Future[Any], Any] = {}
 
     def get(self, target: str, peer: Peer | None = None) -> Any:
         """The channel to `target` that reaches only `peer` (default: the pool's);
@@ -173,12 +179,21 @@ class ChannelPool:
         return channel
 
     async def discard(self, target: str) -> None:
-        """Close the target's channels, e.g. after the instance moved."""
+        """Forget the target's channels, e.g. after the instance moved: the next
+        call dials afresh. The old channel is closed with a grace period, not at
+        once: other tasks may have calls on it (a heartbeat, a settler), and a
+        channel closed under a call cancels it, which its caller sees as
+        `CancelledError`, as if it had been cancelled itself, ending loops meant
+        to run for the life of the process."""
         for key in [key for key in self._channels if key[0] == target]:
-            await self._channels.pop(key).close()
+            channel = self._channels.pop(key)
+            closing = asyncio.ensure_future(channel.close(DISCARD_GRACE_S))
+            self._closing[closing] = channel
+            closing.add_done_callback(lambda done: self._closing.pop(done, None))
 
     async def close(self) -> None:
         channels, self._channels = list(self._channels.values()), {}
+        channels += self._closing.values()  # discarded ones: no more grace now
         for channel in channels:
             await channel.close()
 

@@ -24,6 +24,7 @@ import grpc
 from strife.errors import Reason, StrifeError, Unavailable, from_rpc_error
 from strife.observability.logging import get_logger
 from strife.observability.metrics import IN_FLIGHT, SERVED
+from strife.rpc.cancellation import cancelled_itself
 from strife.rpc.channels import ANY_BALANCER, ChannelPool
 from strife.v1 import balancer_pb2, balancer_pb2_grpc
 
@@ -247,6 +248,15 @@ class Heartbeat:
             except grpc.aio.AioRpcError as exc:
                 failures += 1
                 delay_s = await self._after_failure(exc, failures)
+            except asyncio.CancelledError:
+                if cancelled_itself():
+                    raise
+                # The call was cancelled under us (its channel closed), not this
+                # task: a failed beat like any other, never the end of the loop.
+                failures += 1
+                self._registered.clear()
+                _log.warning("heartbeat_call_cancelled", instance=self.instance)
+                delay_s = self._interval_s
             except Exception:
                 # A bug (ours or the load callable's) must not evict the host.
                 failures += 1
