@@ -47,7 +47,8 @@ from strife.storage.sqlite import (
     Synchronous,
     Writes,
     check_writable,
-    close_quietly,
+    close_all,
+    close_store,
     connect,
     fetch_all,
     fetch_one,
@@ -373,9 +374,7 @@ class BankStore:
             ledger = await cls._load(write_conn)
             last = await fetch_one(write_conn, "SELECT at_ms FROM audit ORDER BY seq DESC LIMIT 1")
         except BaseException as exc:
-            for conn in (read_conn, write_conn):
-                if conn is not None:
-                    await close_quietly(conn)
+            await close_all(read_conn, write_conn)
             if isinstance(exc, sqlite3.Error):
                 raise StorageError(f"database {path} cannot be used: {exc}") from exc
             raise
@@ -406,12 +405,7 @@ class BankStore:
         """Finish what is queued and close the database; after a writer failure
         just close it (every connection: their threads would keep the process
         alive)."""
-        try:
-            await self._writer.close()
-        finally:
-            await close_quietly(self._read)
-            await close_quietly(self._write_conn)
-            self._lookup.close()
+        await close_store(self._writer, self._lookup, self._read, self._write_conn)
 
     @property
     def file_identity(self) -> FileIdentity | None:

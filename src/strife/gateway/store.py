@@ -28,7 +28,8 @@ from strife.storage.sqlite import (
     Synchronous,
     Writes,
     check_writable,
-    close_quietly,
+    close_all,
+    close_store,
     connect,
     fetch_all,
     fetch_one,
@@ -222,9 +223,7 @@ class GatewayStore:
             await check_writable(write_conn, path)
             read_conn = await connect(path, synchronous=synchronous)
         except BaseException as exc:
-            for conn in (read_conn, write_conn):
-                if conn is not None:
-                    await close_quietly(conn)
+            await close_all(read_conn, write_conn)
             if isinstance(exc, sqlite3.Error):
                 raise StorageError(f"database {path} cannot be used: {exc}") from exc
             raise
@@ -242,12 +241,7 @@ class GatewayStore:
         """Finish what is queued and close the database; after a writer failure
         just close it (every connection: their threads would keep the process
         alive)."""
-        try:
-            await self._writer.close()
-        finally:
-            await close_quietly(self._read)
-            await close_quietly(self._write_conn)
-            self._lookup.close()
+        await close_store(self._writer, self._lookup, self._read, self._write_conn)
 
     # ------------------------------------------------------------------ writes
 

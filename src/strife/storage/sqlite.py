@@ -65,6 +65,13 @@ async def close_quietly(conn: aiosqlite.Connection, timeout_s: float = 10.0) -> 
         await asyncio.wait_for(conn.close(), timeout_s)
 
 
+async def close_all(*conns: aiosqlite.Connection | None) -> None:
+    """Close every connection given (None: never opened), e.g. after a failed open."""
+    for conn in conns:
+        if conn is not None:
+            await close_quietly(conn)
+
+
 class StorageError(Exception):
     """A database cannot be used as it is: unreadable, not writable, refused."""
 
@@ -462,3 +469,18 @@ class GroupCommitWriter:
             if not item.future.done():
                 item.future.set_exception(WriterFailedError(f"storage writer failed: {exc!r}"))
             self._queue.task_done()
+
+
+async def close_store(
+    writer: GroupCommitWriter,
+    lookup: sqlite3.Connection,
+    *conns: aiosqlite.Connection,
+) -> None:
+    """Finish what the writer has queued, then close every connection, also
+    after a writer failure: an open aiosqlite connection's thread keeps the
+    process alive."""
+    try:
+        await writer.close()
+    finally:
+        await close_all(*conns)
+        lookup.close()
