@@ -1,0 +1,1 @@
+"""Byzantine fault tolerance: PBFT replication and the Byzantine generals."""
