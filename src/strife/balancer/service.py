@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import grpc
+from prometheus_client import Counter
 
 from strife.balancer.policies import POLICY_NAMES, Chooser, PolicyName
 from strife.balancer.registry import (
@@ -41,6 +42,11 @@ from strife.v1 import balancer_pb2, balancer_pb2_grpc
 SERVICE = "strife.v1.LoadBalancer"
 
 _log = get_logger("strife.balancer")
+
+# How the policy spreads callers: a skew here is a skew in load downstream.
+PICKS = Counter(
+    "strife_balancer_picks", "Instances chosen by GetBestServer's policy", ["service", "instance"]
+)
 
 POLICY_BY_ENUM: dict[int, PolicyName] = {
     balancer_pb2.POLICY_PICK_FIRST: "pick_first",
@@ -257,6 +263,7 @@ class LoadBalancerService(balancer_pb2_grpc.LoadBalancerServicer):
             await self._no_instance(context, service, "")
         chosen = self._chooser.choose(service, candidates, policy, frozenset(request.exclude))
         chosen.note_sent()
+        PICKS.labels(service, chosen.instance).inc()
         request_context.note(
             service=service, policy=policy or self._chooser.default, chosen=chosen.instance
         )

@@ -12,7 +12,7 @@ from typing import Any
 import click
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from prometheus_client import Histogram
+from prometheus_client import Gauge, Histogram
 
 from strife.bank.host import BankHost
 from strife.bank.resolver import Resolver, cancel, registry_lookup, static_lookup
@@ -34,6 +34,16 @@ BATCH_SIZE = Histogram(
     "strife_bank_group_commit_batch_size",
     "Operations committed per SQLite transaction",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
+PREPARED = Gauge(
+    "strife_bank_prepared_transfers",
+    "Legs voted YES and not yet decided: their funds are held",
+    ["bank"],
+)
+IN_DOUBT = Gauge(
+    "strife_bank_in_doubt_transfers",
+    "Prepared legs undecided past --in-doubt-timeout, being asked about at their coordinator",
+    ["bank"],
 )
 _log = get_logger("strife.bank")
 # How often each database file's identity is checked (one stat).
@@ -210,6 +220,7 @@ def main(**options: Any) -> None:
                 balancer = BalancerClient(pools[bank], options["balancer"])
                 lookup = registry_lookup(balancer, coordinators)
             runner = Resolver(store, pools[bank], lookup, in_doubt_s=options["in_doubt_s"])
+            _export(runner, bank)
             resolvers.append(asyncio.create_task(runner.run(), name=f"resolver-{bank}"))
         stop_wait = asyncio.create_task(requested.wait())
         writers = [store.writer_task for store in stores.values()]
@@ -253,6 +264,12 @@ def main(**options: Any) -> None:
         return 0
 
     run(serve)
+
+
+def _export(resolver: Resolver, bank: str) -> None:
+    """The resolver's counts of its last pass, read whenever /metrics is scraped."""
+    PREPARED.labels(bank).set_function(lambda: resolver.prepared)
+    IN_DOUBT.labels(bank).set_function(lambda: resolver.in_doubt)
 
 
 async def _watch(store: BankStore) -> str:

@@ -64,6 +64,9 @@ class Resolver:
         self._clock = clock
         self._doubts: dict[str, _Doubt] = {}
         self.resolved = 0
+        # As of the last pass, as plain ints: /metrics reads them from its own thread.
+        self.prepared = 0
+        self.in_doubt = 0
 
     async def run(self) -> None:
         while True:
@@ -83,10 +86,14 @@ class Resolver:
             if transfer_id not in prepared:
                 del self._doubts[transfer_id]
         due = []
+        in_doubt = 0
         for transfer_id, transfer in prepared.items():
             doubt = self._doubts.setdefault(transfer_id, _Doubt(since=now))
-            if now - doubt.since >= self._in_doubt_s and now >= doubt.next_at:
-                due.append((transfer, doubt))
+            if now - doubt.since >= self._in_doubt_s:
+                in_doubt += 1
+                if now >= doubt.next_at:
+                    due.append((transfer, doubt))
+        self.prepared, self.in_doubt = len(prepared), in_doubt
         if due:
             await asyncio.gather(*(self._resolve(t, d) for t, d in due))
 

@@ -5,7 +5,10 @@ sessions: Ctrl-C reaches only the supervisor, which stops them in order
 (gateways, banks, balancer) with SIGTERM and a grace period. A child that
 dies on its own is restarted on the same port with capped exponential
 backoff. `cluster.json` in the data folder lets `strife cluster status` and
-`strife cluster down` work from another terminal.
+`strife cluster down` work from another terminal. Every child serves
+Prometheus /metrics on its own ephemeral port, kept across restarts too;
+`prometheus-targets.json` beside it lists them for Prometheus's file-based
+discovery (deploy/prometheus/prometheus.yml).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from strife.rpc.server import install_stop_signals
 from strife.security import certs
 
 STATE_FILE = "cluster.json"
+TARGETS_FILE = "prometheus-targets.json"
 START_TIMEOUT_S = 30.0
 GRACE_S = 5.0
 BACKOFF_START_S = 0.5
@@ -54,6 +58,9 @@ class Child:
     stopping: bool = False
     # Arguments of the first start only (a bank's --init).
     first_args: list[str] = field(default_factory=list)
+    # Where /metrics is served: any free port at first, the same one after.
+    metrics_listen: str = "127.0.0.1:0"
+    metrics: str = ""
 
     @property
     def pid(self) -> int:
@@ -170,6 +177,7 @@ class Supervisor:
         with child.log_path.open("ab") as log:
             child.proc = await asyncio.create_subprocess_exec(
                 _bin(child.script), *child.args, *child.first_args, "--listen", child.listen,
+                "--metrics-listen", child.metrics_listen,
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
                 stderr=log, start_new_session=True,
             )  # fmt: skip
@@ -272,6 +280,8 @@ class Supervisor:
             self._pool = None
         with contextlib.suppress(FileNotFoundError):
             (self.root / STATE_FILE).unlink()
+        with contextlib.suppress(FileNotFoundError):
+            (self.root / TARGETS_FILE).unlink()
 
     # ----------------------------------------------------------------- state
 
@@ -282,21 +292,32 @@ class Supervisor:
             "balancer": self.children[0].address if self.children else "",
             "children": [
                 {"name": c.name, "pid": c.pid, "address": c.address, "log": str(c.log_path),
-                 "restarts": c.restarts}
+                 "restarts": c.restarts, "metrics": c.metrics}
                 for c in self.children
             ],
         }  # fmt: skip
-        path = self.root / STATE_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=1))
-        tmp.replace(path)
+        targets = [
+            {"targets": [c.metrics], "labels": {"role": _peer_of(c).role, "process": c.name}}
+            for c in self.children
+            if c.metrics
+        ]
+        _replace(self.root / STATE_FILE, json.dumps(state, indent=1))
+        _replace(self.root / TARGETS_FILE, json.dumps(targets, indent=1))
 
     def table(self) -> list[tuple[str, str, int, str]]:
         return [(c.name, c.address, c.pid, str(c.log_path)) for c in self.children]
 
 
+def _replace(path: Path, text: str) -> None:
+    """Write `path` whole or not at all: readers poll it from other processes."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 async def _bound_address(child: Child, offset: int) -> str:
-    """The address the child reports in its `server_started` log line.
+    """The address the child reports in its `server_started` log line; the
+    port of its `metrics_listening` line before it becomes `child.metrics`.
 
     Read from the log file it writes, from where this start began; bounded by
     START_TIMEOUT_S and by the child exiting first.
@@ -310,6 +331,10 @@ async def _bound_address(child: Child, offset: int) -> str:
             pending += log.read()
             *lines, pending = pending.split(b"\n")
             for line in lines:
+                if b'"metrics_listening"' in line:
+                    with contextlib.suppress(ValueError, KeyError):
+                        port = int(json.loads(line)["port"])
+                        child.metrics = child.metrics_listen = f"127.0.0.1:{port}"
                 if b'"server_started"' in line:
                     with contextlib.suppress(ValueError, KeyError):
                         return str(json.loads(line)["address"])

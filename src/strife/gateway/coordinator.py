@@ -162,6 +162,8 @@ class PaymentCoordinator:
         self._backoff: dict[str, _Backoff] = {}
         # Every call to a bank server goes through its address's breaker.
         self.circuits = Circuits("bank", config.breaker)
+        # Payments not yet acknowledged by every bank, as of the settler's last pass.
+        self.unsettled = 0
 
     # ------------------------------------------------------------ entry points
 
@@ -191,6 +193,11 @@ class PaymentCoordinator:
             raise FingerprintMismatchError(record.transfer_id)
         task, joined = self._own(record, lambda: self._attempt(record))
         return await asyncio.shield(task), joined
+
+    @property
+    def in_flight(self) -> int:
+        """Payments being decided or delivered here: what `max_in_flight` bounds."""
+        return len(self._runs) + len(self._delivering)
 
     def running(self, transfer_id: str) -> PaymentRecord | None:
         entry = self._runs.get(transfer_id)
@@ -660,6 +667,7 @@ class PaymentCoordinator:
         left to deliver."""
         now = asyncio.get_running_loop().time()
         listed = await self.store.unsettled()
+        self.unsettled = len(listed)
         due = [r for r in listed if self._backoff.get(r.transfer_id, _Backoff()).next_at <= now]
         results = await asyncio.gather(*(self._settle(r.transfer_id) for r in due))
         for record, done in zip(due, results, strict=True):

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from strife.balancer.registry import INCARNATION
 from strife.gateway.auth import GATEWAY_SERVICE, TokenCheck
@@ -40,6 +40,14 @@ BATCH_SIZE = Histogram(
     "strife_gateway_group_commit_batch_size",
     "Writes committed per SQLite transaction",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+IN_FLIGHT = Gauge(
+    "strife_gateway_payments_in_flight",
+    "Payments this coordinator is deciding or delivering (bounded by --max-in-flight)",
+)
+UNSETTLED = Gauge(
+    "strife_gateway_payments_unsettled",
+    "Payments not yet acknowledged by every bank, as of the settler's last pass (at most 1000)",
 )
 _log = get_logger("strife.gateway")
 # How often the database file's identity is checked (one stat).
@@ -183,6 +191,8 @@ def main(**options: Any) -> None:
             banks,
         )
         coordinator.on_outcome(_count)
+        IN_FLIGHT.set_function(lambda: coordinator.in_flight)
+        UNSETTLED.set_function(lambda: coordinator.unsettled)
         await coordinator.recover()
         tokens = TokenAuthority(load_or_create_key(key_path), ttl_s=options["token_ttl_s"])
         server = StrifeServer(config, AUTHZ, checks=[TokenCheck(tokens)])
