@@ -1,0 +1,326 @@
+"""`strife bft generals`: run OM(m), print its rounds and votes, and judge IC1 and IC2.
+
+Exit status 0 when the loyal lieutenants agree and obey a loyal commander,
+1 when they do not (the last line says whether n <= 3m or too many traitors
+explains it), 2 for bad usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+import click
+
+from strife.bft.generals import (
+    COMMANDER,
+    DEFAULT,
+    Message,
+    Order,
+    Outcome,
+    Path,
+    Setup,
+    Verdict,
+    messages_in_round,
+    name,
+    path_text,
+    plan,
+    run,
+    strategy_names,
+)
+
+EXIT_VIOLATED = 1
+# A round printed message by message while it has at most this many relaying paths;
+# beyond it, one line per sender.
+FULL_TRACE_PATHS = 40
+
+
+def letter(value: Order | None) -> str:
+    return "-" if value is None else value.name[0]
+
+
+def held_values(outcome: Outcome) -> dict[tuple[Path, int], Order]:
+    """What each sender held when it sent along a path: the commander its order,
+    a lieutenant the value it received (the default when it heard nothing)."""
+    held: dict[tuple[Path, int], Order] = {((), COMMANDER): outcome.setup.order}
+    for msg in (m for r in outcome.rounds for m in r):
+        held[(msg.path, msg.receiver)] = DEFAULT if msg.value is None else msg.value
+    return held
+
+
+def _is_lie(msg: Message, held: dict[tuple[Path, int], Order]) -> bool:
+    return msg.value is not None and msg.value is not held[(msg.path[:-1], msg.sender)]
+
+
+def _round_title(outcome: Outcome, k: int) -> str:
+    n, what = outcome.setup.n, "the commander gives its order"
+    if k == 2:
+        what = "each lieutenant tells the others what C said"
+    elif k > 2:
+        what = f"each lieutenant tells the others what it heard along paths of {k - 1}"
+    sent = sum(1 for msg in outcome.rounds[k - 1] if msg.value is not None)
+    return f"round {k}: {messages_in_round(n, k)} messages, {sent} sent ({what})"
+
+
+def _full_round(messages: Sequence[Message], held: dict[tuple[Path, int], Order]) -> list[str]:
+    by_path: dict[Path, list[Message]] = {}
+    for msg in messages:
+        by_path.setdefault(msg.path, []).append(msg)
+    width = max((len(path_text(p)) for p in by_path), default=0)
+    lines = []
+    for path, sent in by_path.items():
+        cells = [
+            f"{name(m.receiver)}:{letter(m.value)}{'*' if _is_lie(m, held) else ''}" for m in sent
+        ]
+        lines.append(f"  {path_text(path):<{width}} -> {' '.join(cells)}")
+    return lines
+
+
+def _compact_round(
+    setup: Setup, messages: Sequence[Message], held: dict[tuple[Path, int], Order]
+) -> list[str]:
+    by_sender: dict[int, list[Message]] = {}
+    for msg in messages:
+        by_sender.setdefault(msg.sender, []).append(msg)
+    lines = []
+    for sender in sorted(by_sender):
+        sent = by_sender[sender]
+        counts = Counter(letter(m.value) for m in sent)
+        lies = sum(1 for m in sent if _is_lie(m, held))
+        who = f"{name(sender)} ({setup.strategy(sender).name})"
+        tally = ", ".join(f"{counts[c]} {c}" for c in "AR-" if counts[c])
+        lines.append(f"  {who:<14} {len(sent):>5} messages: {tally}; {lies} altered")
+    return lines
+
+
+def trace_lines(outcome: Outcome, mode: str = "auto") -> list[str]:
+    """The rounds, one block each: message by message (`*` a value its sender
+    altered, `-` nothing sent), or one line per sender for big rounds."""
+    held = held_values(outcome)
+    lines = []
+    for k, messages in enumerate(outcome.rounds, start=1):
+        lines.append(_round_title(outcome, k))
+        paths = len({m.path for m in messages})
+        full = mode == "full" or (mode == "auto" and paths <= FULL_TRACE_PATHS)
+        if full:
+            lines += _full_round(messages, held)
+        else:
+            lines += _compact_round(outcome.setup, messages, held)
+    return lines
+
+
+def vote_lines(outcome: Outcome) -> list[str]:
+    lines = [
+        "votes of the loyal lieutenants (C: the order as heard; Lj: what OM(m-1) from Lj gave):"
+    ]
+    for g, vote in sorted(outcome.votes.items()):
+        cells = [f"C:{letter(vote.direct)}"]
+        cells += [f"{name(j)}:{letter(v)}" for j, v in sorted(vote.relayed.items())]
+        values = [vote.direct, *vote.relayed.values()]
+        tally = f"{values.count(Order.ATTACK)} A, {values.count(Order.RETREAT)} R"
+        lines.append(f"  {name(g):<4} {' '.join(cells)} -> {vote.decision.name} ({tally})")
+    return lines
+
+
+def header_lines(outcome: Outcome) -> list[str]:
+    setup = outcome.setup
+    n, m, t = setup.n, setup.m, len(setup.traitors)
+    traitors = ", ".join(f"{name(g)} ({s.name})" for g, s in sorted(setup.traitors.items()))
+    counts = " + ".join(str(len(r)) for r in outcome.rounds)
+    return [
+        f"OM({m}) with n={n}: commander C, lieutenants L1..L{n - 1}; "
+        f"C {'is loyal and orders' if setup.is_loyal(COMMANDER) else 'is a traitor; its order is'} "
+        f"{setup.order.name}",
+        f"traitors: {traitors or 'none'} (seed {setup.seed})",
+        f"bound: {_bound(n, m, t)}",
+        f"messages: {counts} = {sum(len(r) for r in outcome.rounds)} in {m + 1} rounds "
+        f"({outcome.sent} sent)",
+        f"reading: {_reading(m)}; * a value its sender altered, - nothing sent (heard as RETREAT)",
+    ]
+
+
+def _reading(m: int) -> str:
+    if m >= 2:
+        return "`C>L2>L1 -> L3:R` is L1 telling L3 that L2 said C said RETREAT"
+    if m == 1:
+        return "`C>L2 -> L3:R` is L2 telling L3 that C said RETREAT"
+    return "`C -> L1:A` is C ordering L1 to ATTACK"
+
+
+def _bound(n: int, m: int, traitors: int) -> str:
+    relation = f"n={n} {'>' if n > 3 * m else '<='} 3m={3 * m}"
+    count = (
+        f"{traitors} traitor{'s' if traitors != 1 else ''} {'<=' if traitors <= m else '>'} m={m}"
+    )
+    return f"{relation}, {count}"
+
+
+def verdict_lines(outcome: Outcome, verdict: Verdict) -> list[str]:
+    setup = outcome.setup
+    decided = sorted({d.name for d in outcome.decisions.values()})
+    loyal = len(outcome.votes)
+    if verdict.agreement:
+        ic1 = f"holds: all {loyal} loyal lieutenants decide {decided[0] if decided else '-'}"
+    else:
+        split = Counter(d.name for d in outcome.decisions.values())
+        ic1 = "VIOLATED: " + ", ".join(f"{c} decide {v}" for v, c in sorted(split.items()))
+    if verdict.validity is None:
+        ic2 = "not asked: the commander is a traitor"
+    elif verdict.validity:
+        ic2 = f"holds: the loyal commander ordered {setup.order.name}; every loyal lieutenant obeys"
+    else:
+        ic2 = (
+            f"VIOLATED: the loyal commander ordered {setup.order.name}; not every lieutenant obeys"
+        )
+    return [f"IC1 agreement: {ic1}", f"IC2 validity:  {ic2}", _conclusion(setup, verdict)]
+
+
+def _conclusion(setup: Setup, verdict: Verdict) -> str:
+    n, m, t = setup.n, setup.m, len(setup.traitors)
+    if verdict.holds:
+        if verdict.guaranteed:
+            return f"verdict: OK (n > 3m with at most m traitors: OM({m}) guarantees both)"
+        return f"verdict: OK this time, though nothing guarantees it ({_bound(n, m, t)})"
+    reasons = []
+    if n <= 3 * m:
+        reasons.append(f"n={n} <= 3m={3 * m}: no oral-messages algorithm survives m traitors")
+    if t > m:
+        reasons.append(f"{t} traitors > m={m}: OM({m}) tolerates at most {m}")
+    if reasons:
+        return "verdict: VIOLATED, as the bound allows (" + "; ".join(reasons) + ")"
+    return f"verdict: VIOLATED although n > 3m with at most m traitors: a bug in OM({m})"
+
+
+TRANSPORTS = {
+    "memory": "computed in memory",
+    "grpc": "played over gRPC with mutual TLS, one server per general, in one process",
+    "processes": "played over gRPC with mutual TLS, one process per general",
+}
+
+
+def report_lines(outcome: Outcome, mode: str = "auto", transport: str = "memory") -> list[str]:
+    verdict = outcome.verdict()
+    return [
+        *header_lines(outcome),
+        f"rounds: {TRANSPORTS[transport]}",
+        "",
+        *trace_lines(outcome, mode),
+        "",
+        *vote_lines(outcome),
+        "",
+        *verdict_lines(outcome, verdict),
+    ]
+
+
+Runner = Callable[[Setup], Outcome]
+
+
+def _runner(transport: str, round_timeout_s: float) -> Runner:
+    if transport == "memory":
+        return run
+    from strife.bft.generals_net import run_in_loop, run_processes
+
+    if transport == "grpc":
+        return lambda setup: asyncio.run(run_in_loop(setup, round_timeout_s))
+    return lambda setup: run_processes(setup, round_timeout_s)
+
+
+@click.command()
+@click.option(
+    "--n",
+    "n",
+    type=click.IntRange(min=2),
+    default=7,
+    show_default=True,
+    help="Generals, the commander included.",
+)
+@click.option("--traitors", type=click.IntRange(min=0), default=2, show_default=True)
+@click.option(
+    "--m",
+    "m",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Rounds of OM(m) minus one. [default: --traitors]",
+)
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    help="Picks the traitors, their strategies and their random values.",
+)
+@click.option(
+    "--order",
+    type=click.Choice([o.value for o in Order]),
+    default=Order.ATTACK.value,
+    show_default=True,
+)
+@click.option("--traitor-commander", is_flag=True, help="The commander is one of the traitors.")
+@click.option(
+    "--strategy",
+    type=click.Choice(strategy_names()),
+    default="mixed",
+    show_default=True,
+    help="How the traitors lie; mixed: each draws one from the seed.",
+)
+@click.option(
+    "--trace",
+    "mode",
+    type=click.Choice(["auto", "full", "compact"]),
+    default="auto",
+    show_default=True,
+    help="Every message, or one line per sender per round.",
+)
+@click.option(
+    "--transport",
+    type=click.Choice(list(TRANSPORTS)),
+    default="memory",
+    show_default=True,
+    help="Compute the rounds in memory, or play them out over gRPC between servers "
+    "in this process or between one process per general.",
+)
+@click.option(
+    "--round-timeout",
+    "round_timeout_s",
+    type=click.FloatRange(min=0.01),
+    default=2.0,
+    show_default=True,
+    help="Over gRPC: how long a general waits in a round for a peer that sends nothing.",
+)
+def generals(
+    n: int,
+    traitors: int,
+    m: int | None,
+    seed: int,
+    order: str,
+    traitor_commander: bool,
+    strategy: str,
+    mode: str,
+    transport: str,
+    round_timeout_s: float,
+) -> None:
+    """Lamport, Shostak and Pease's oral-messages algorithm OM(m), with traitors."""
+    try:
+        setup = plan(
+            n,
+            traitors,
+            m=m,
+            seed=seed,
+            order=Order(order),
+            traitor_commander=traitor_commander,
+            strategy=strategy,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    outcome = _runner(transport, round_timeout_s)(setup)
+    click.echo("\n".join(report_lines(outcome, mode, transport)))
+    if not outcome.verdict().holds:
+        raise SystemExit(EXIT_VIOLATED)
+
+
+@click.group()
+def bft() -> None:
+    """Byzantine fault tolerance."""
+
+
+bft.add_command(generals)
