@@ -1,0 +1,3 @@
+from strife.top.cli import entry
+
+entry()

@@ -1,0 +1,106 @@
+"""`strife top`: watch a running cluster, live or as one plain-text screen."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from strife.cluster.topology import TopologyError, default_topology, load_topology
+from strife.top.render import as_rich, as_text
+from strife.top.scrape import scrape_all
+from strife.top.snapshot import snapshot
+from strife.top.targets import NoTargets, Target, from_cluster_state, from_options
+
+Discover = Callable[[], list[Target]]
+
+
+def _discovery(config: Path | None, data_dir: Path | None, given: tuple[str, ...]) -> Discover:
+    """Addresses given are fixed; a local cluster's are read again before every
+    scrape, so restarts (new pids, restart counts) show up."""
+    if given:
+        try:
+            fixed = from_options(given)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--target") from exc
+        return lambda: fixed
+    try:
+        topology = load_topology(config) if config else default_topology()
+    except TopologyError as exc:
+        raise click.ClickException(str(exc)) from exc
+    root = (data_dir or topology.data_dir).resolve()
+    return lambda: from_cluster_state(root)
+
+
+def _targets(discover: Discover) -> list[Target]:
+    try:
+        return discover()
+    except NoTargets as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.command("top")
+@click.option(
+    "--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The topology TOML the cluster was started with (finds its data folder).",
+)  # fmt: skip
+@click.option(
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path),
+    help="The cluster's data folder (default: .strife/cluster).",
+)  # fmt: skip
+@click.option(
+    "--target", "given", multiple=True, metavar="NAME=HOST:PORT",
+    help="A process's /metrics address, instead of a local cluster's; repeatable.",
+)  # fmt: skip
+@click.option(
+    "--interval", "interval_s", type=click.FloatRange(min=0.2), default=2.0, show_default=True,
+    help="Seconds between scrapes; rates are over this interval.",
+)  # fmt: skip
+@click.option(
+    "--timeout", "timeout_s", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
+    help="Seconds to wait for one process's /metrics.",
+)  # fmt: skip
+@click.option(
+    "--once", is_flag=True,
+    help="Scrape twice, --interval apart, print one plain-text screen and exit.",
+)  # fmt: skip
+def top(
+    config: Path | None,
+    data_dir: Path | None,
+    given: tuple[str, ...],
+    interval_s: float,
+    timeout_s: float,
+    once: bool,
+) -> None:
+    """Per process RPC rate, in flight, in doubt, RSS, and the balancer's picks.
+
+    Reads every process's Prometheus /metrics: a local cluster's from its
+    state file (`strife cluster up`), or the addresses given with --target.
+    """
+    discover = _discovery(config, data_dir, given)
+    before = scrape_all(_targets(discover), timeout_s)
+    if once:
+        time.sleep(interval_s)
+        after = scrape_all(_targets(discover), timeout_s)
+        click.echo(as_text(snapshot(before, after)), nl=False)
+        return
+    from rich.console import Console
+    from rich.live import Live
+
+    console = Console()
+    with Live(console=console, auto_refresh=False, transient=False) as live:
+        try:
+            while True:
+                time.sleep(interval_s)
+                after = scrape_all(_targets(discover), timeout_s)
+                title = f"strife top · {len(after)} processes · {time.strftime('%H:%M:%S')}"
+                live.update(as_rich(snapshot(before, after), title), refresh=True)
+                before = after
+        except KeyboardInterrupt:
+            pass
+
+
+def entry() -> None:
+    top(prog_name="strife top")
