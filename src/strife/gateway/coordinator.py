@@ -327,16 +327,19 @@ class PaymentCoordinator:
         if plan.verdict is Verdict.COMMIT:
             decided = record.decided(PaymentState.COMMITTED)
             await self.store.decide(decided)  # the commit point
+            self._notify(decided)
             failpoint("gateway.after_commit_decision")
             await self._decided(decided, _pick(legs, plan.deliver))
             return decided
         if plan.verdict is Verdict.COMMITTED:
             decided = record.decided(PaymentState.COMMITTED)
             await self.store.decide(decided, settled=True)
+            self._notify(decided)
             return decided
         if plan.verdict is Verdict.ABORT:
             decided = record.decided(PaymentState.ABORTED, plan.reason, plan.transient)
             await self.store.decide(decided, settled=not plan.deliver)
+            self._notify(decided)
             if plan.deliver:
                 await self._decided(decided, _pick(legs, plan.deliver))
             return decided
