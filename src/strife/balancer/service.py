@@ -44,8 +44,10 @@ SERVICE = "strife.v1.LoadBalancer"
 _log = get_logger("strife.balancer")
 
 # How the policy spreads callers: a skew here is a skew in load downstream.
+# Its label is `picked`, not `instance`: Prometheus gives every target an
+# `instance` label of its own, which would rename ours.
 PICKS = Counter(
-    "strife_balancer_picks", "Instances chosen by GetBestServer's policy", ["service", "instance"]
+    "strife_balancer_picks", "Instances chosen by GetBestServer's policy", ["service", "picked"]
 )
 
 POLICY_BY_ENUM: dict[int, PolicyName] = {

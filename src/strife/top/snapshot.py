@@ -160,7 +160,7 @@ def _picks(before: Scrape | None, after: Scrape, seconds: float, service: str) -
     old = before.samples if before else None
     rows = []
     for labels, total in after.samples.select("strife_balancer_picks_total", service=service):
-        instance = labels["instance"]
+        instance = labels["picked"]
         grown = increase(old, after.samples, "strife_balancer_picks_total", **labels)
         rows.append((instance, total, grown if old is not None else 0.0))
     recent = sum(grown for _, _, grown in rows)
