@@ -142,9 +142,9 @@ def header_lines(outcome: Outcome) -> list[str]:
 
 def _reading(m: int) -> str:
     if m >= 2:
-        return "`C>L2>L1 -> L3:R` is L1 telling L3 that L2 said C said RETREAT"
+        return "`C>L1>L2 -> L3:R` is L2 telling L3 that L1 said C said RETREAT"
     if m == 1:
-        return "`C>L2 -> L3:R` is L2 telling L3 that C said RETREAT"
+        return "`C>L1 -> L2:R` is L1 telling L2 that C said RETREAT"
     return "`C -> L1:A` is C ordering L1 to ATTACK"
 
 
@@ -161,17 +161,24 @@ def verdict_lines(outcome: Outcome, verdict: Verdict) -> list[str]:
     decided = sorted({d.name for d in outcome.decisions.values()})
     loyal = len(outcome.votes)
     if verdict.agreement:
-        ic1 = f"holds: all {loyal} loyal lieutenants decide {decided[0] if decided else '-'}"
+        who = (
+            f"all {loyal} loyal lieutenants decide"
+            if loyal != 1
+            else "the loyal lieutenant decides"
+        )
+        ic1 = f"holds ({who} {decided[0] if decided else '-'})"
     else:
         split = Counter(d.name for d in outcome.decisions.values())
-        ic1 = "VIOLATED: " + ", ".join(f"{c} decide {v}" for v, c in sorted(split.items()))
+        ic1 = "VIOLATED (" + ", ".join(f"{c} decide {v}" for v, c in sorted(split.items())) + ")"
     if verdict.validity is None:
-        ic2 = "not asked: the commander is a traitor"
+        ic2 = "not asked (the commander is a traitor)"
     elif verdict.validity:
-        ic2 = f"holds: the loyal commander ordered {setup.order.name}; every loyal lieutenant obeys"
+        ic2 = (
+            f"holds (the loyal commander ordered {setup.order.name}; every loyal lieutenant obeys)"
+        )
     else:
         ic2 = (
-            f"VIOLATED: the loyal commander ordered {setup.order.name}; not every lieutenant obeys"
+            f"VIOLATED (the loyal commander ordered {setup.order.name}; not every lieutenant obeys)"
         )
     return [f"IC1 agreement: {ic1}", f"IC2 validity:  {ic2}", _conclusion(setup, verdict)]
 
