@@ -8,9 +8,10 @@ the sender claims to have heard stays unproven, so a traitor can still lie.
 
 The rounds are synchronous in the paper's sense (A3: a missing message is
 detected): in each round a general sends every peer one batch of the values
-it relays (even an empty one), and a receiver closes the round once every
-peer's batch is in, or after `round_timeout_s` for a general that sent none.
-A silent traitor therefore costs each round its timeout; nothing else waits.
+it relays (even an empty one, when it holds back all it had for that peer),
+and a receiver closes the round once every peer's batch is in, or after
+`round_timeout_s` for a general that sent none. A general silent for a whole
+round therefore costs that round its timeout; nothing else waits.
 
 `run_in_loop` runs the n generals as tasks of one event loop, each with its
 own server and channels; `run_processes` runs each in its own process
@@ -235,16 +236,15 @@ class General:
     async def _send(
         self, channels: Mapping[int, grpc.aio.Channel], round_: int, messages: Sequence[Message]
     ) -> None:
-        """One batch per receiver; a general with nothing at all to say to a
-        receiver sends it nothing (the receiver then waits out the round)."""
+        """One batch per receiver, even an empty one, so that the receiver can
+        close the round; a general with nothing at all to say this round sends
+        nothing (and its receivers wait the round out)."""
+        if all(msg.value is None for msg in messages):
+            return
         batches: dict[int, list[Message]] = {}
         for msg in messages:
             batches.setdefault(msg.receiver, []).append(msg)
-        calls = [
-            _tell(channels[r], encode_batch(round_, batch))
-            for r, batch in batches.items()
-            if any(msg.value is not None for msg in batch)
-        ]
+        calls = [_tell(channels[r], encode_batch(round_, batch)) for r, batch in batches.items()]
         results = await asyncio.gather(*calls, return_exceptions=True)
         self.send_failures += sum(1 for r in results if isinstance(r, BaseException))
 
