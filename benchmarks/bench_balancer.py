@@ -44,11 +44,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from strife.balancer.policies import Chooser, PolicyName
 from strife.observability.logging import configure_logging
-from strife.rpc.channels import ChannelPool
+from strife.rpc.channels import ChannelPool, health_stub
 from strife.rpc.discovery import Heartbeat, LoadSample
 from strife.security import certs
 from strife.v1 import balancer_pb2, balancer_pb2_grpc
@@ -172,7 +172,7 @@ async def throughput(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 channel = pool.get(address)
                 stub = balancer_pb2_grpc.LoadBalancerStub(channel)
-                health = health_pb2_grpc.HealthStub(channel)
+                health = health_stub(channel)
                 probe = health_pb2.HealthCheckRequest(service="")
 
                 def best(policy: balancer_pb2.Policy.ValueType) -> Callable[[], Awaitable[Any]]:

@@ -54,10 +54,10 @@ from typing import Any
 
 import grpc
 from _harness import Child, Run, closed_loop, free_port, percentile, stopping
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from strife.observability.logging import configure_logging
-from strife.rpc.channels import ChannelPool
+from strife.rpc.channels import ChannelPool, health_stub
 from strife.rpc.server import run
 from strife.security import certs
 from strife.v1 import bank_pb2, bank_pb2_grpc, money_pb2
@@ -311,7 +311,7 @@ Op = Callable[[int, int], Awaitable[object]]
 
 
 def health_op(channel: grpc.aio.Channel) -> Op:
-    stub = health_pb2_grpc.HealthStub(channel)
+    stub = health_stub(channel)
     request = health_pb2.HealthCheckRequest(service="")
 
     async def op(_caller: int, _n: int) -> None:

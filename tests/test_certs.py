@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from strife.rpc.channels import health_stub
 from strife.security import certs
 from strife.security.certs_cli import main as cli
 
@@ -408,7 +409,11 @@ async def test_grpc_mtls_with_dev_identities(tmp_path: Path) -> None:
 
     class Health(health_pb2_grpc.HealthServicer):
         async def Check(
-            self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+            self,
+            request: health_pb2.HealthCheckRequest,
+            context: grpc.aio.ServicerContext[
+                health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
+            ],
         ) -> health_pb2.HealthCheckResponse:
             seen.extend(context.auth_context()["peer_spiffe_id"])
             return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
@@ -431,7 +436,7 @@ async def test_grpc_mtls_with_dev_identities(tmp_path: Path) -> None:
                 read(label, "ca.crt"), read(label, "tls.key"), read(label, "tls.crt")
             )
             async with grpc.aio.secure_channel(f"{host}:{port}", creds) as channel:
-                stub = health_pb2_grpc.HealthStub(channel)
+                stub = health_stub(channel)
                 await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
     finally:
         await server.stop(None)

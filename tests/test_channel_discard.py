@@ -50,14 +50,17 @@ async def test_a_call_in_flight_survives_its_channel_being_discarded(
     target, release = slow_server
     pool = ChannelPool(None, insecure=True)
     try:
-        in_flight = asyncio.ensure_future(pool.get(target).unary_unary(METHOD)(b"", timeout=10))
+        # No serializers: requests and responses are the raw bytes.
+        call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = pool.get(target).unary_unary(METHOD)
+        in_flight = asyncio.ensure_future(call(b"", timeout=10))
         await asyncio.sleep(0)  # let it start; ordering, not a wait for time
         for _ in range(50):
             if in_flight.done():
                 break
             await asyncio.sleep(0)
         await pool.discard(target)
-        fresh = pool.get(target).unary_unary(METHOD)(b"", timeout=10)
+        again: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = pool.get(target).unary_unary(METHOD)
+        fresh = again(b"", timeout=10)
         release.set()
         assert await asyncio.wait_for(in_flight, 10) == b"done"
         assert await asyncio.wait_for(fresh, 10) == b"done"

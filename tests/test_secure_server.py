@@ -9,12 +9,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2
 
 from strife import program
 from strife.errors import PermissionDenied, Unauthenticated, from_rpc_error
-from strife.rpc.channels import ChannelPool, MissingDeadlineError
+from strife.rpc.channels import ChannelPool, MissingDeadlineError, health_stub
 from strife.rpc.server import AddressInUseError
 from strife.security.tls import TlsMaterial
 from strife.v1 import coordinator_pb2, coordinator_pb2_grpc, gateway_pb2, gateway_pb2_grpc
@@ -155,7 +155,7 @@ async def test_health_and_reflection_answer_over_mtls(pki: Pki) -> None:
         ChannelPool(pki.identity("client", "default")) as pool,
     ):
         channel = pool.get(server.address)
-        health = health_pb2_grpc.HealthStub(channel)
+        health = health_stub(channel)
         for service in ("", COORDINATOR):
             reply = await health.Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=TIMEOUT_S
@@ -167,8 +167,15 @@ async def test_health_and_reflection_answer_over_mtls(pki: Pki) -> None:
             )
         assert caught.value.code() is grpc.StatusCode.NOT_FOUND
 
-        reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
-        call = reflect.ServerReflectionInfo(
+        # What reflection_pb2_grpc.ServerReflectionStub makes, whose type stubs are untyped.
+        reflect: grpc.aio.StreamStreamMultiCallable[
+            reflection_pb2.ServerReflectionRequest, reflection_pb2.ServerReflectionResponse
+        ] = channel.stream_stream(
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        call = reflect(
             iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=TIMEOUT_S
         )
         names = set()

@@ -7,9 +7,9 @@ exception whose class says what the caller needs to decide: retry or not.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from enum import StrEnum
-from typing import NoReturn
+from typing import Any, NoReturn, TypeAlias, cast
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -19,6 +19,10 @@ from grpc_status import rpc_status
 from strife.observability import context as request_context
 
 DOMAIN = "strife"
+
+# The server side of a call, whatever its messages: what a helper takes that only
+# aborts the call or reads its metadata, for the handlers of every method.
+AnyContext: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 
 class Reason(StrEnum):
@@ -109,7 +113,7 @@ def _pack(message: error_details_pb2.ErrorInfo | error_details_pb2.RetryInfo) ->
 
 
 async def abort(
-    context: grpc.aio.ServicerContext,
+    context: AnyContext,
     code: grpc.StatusCode,
     reason: str,
     message: str,
@@ -240,13 +244,21 @@ _BY_REASON: dict[str, type[StrifeError]] = {
 }
 
 
+# The trailer that carries a google.rpc.Status (grpc_status's GRPC_DETAILS_METADATA_KEY,
+# which its type stubs leave out).
+_DETAILS_KEY = "grpc-status-details-bin"
+
+
 def from_rpc_error(error: grpc.RpcError) -> StrifeError:
     """The typed exception for a failed call, reading ErrorInfo from trailers."""
     code: grpc.StatusCode = error.code()
     message: str = error.details() or ""
     reason, metadata, retry_after_s = "", {}, None
-    for key, value in error.trailing_metadata() or ():
-        if key != rpc_status.GRPC_DETAILS_METADATA_KEY:
+    # Trailers iterate as (key, value) pairs: grpc.aio.Metadata, and the sync API's
+    # _Metadatum namedtuples, which grpcio's type stubs give only .key and .value.
+    trailers = cast("Iterable[tuple[str, str | bytes]]", error.trailing_metadata() or ())
+    for key, value in trailers:
+        if key != _DETAILS_KEY:
             continue
         status = status_pb2.Status.FromString(value)
         for detail in status.details:

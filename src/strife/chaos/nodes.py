@@ -22,12 +22,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from strife.chaos.net import Network
 from strife.cluster.supervisor import Child, Supervisor, _bin, _bound_address, _peer_of
 from strife.cluster.topology import BankSpec, Timeouts, Topology
-from strife.rpc.channels import ChannelPool
+from strife.rpc.channels import ChannelPool, health_stub
 from strife.security import certs
 
 HEALTHY_TIMEOUT_S = 30.0
@@ -149,7 +149,7 @@ class Nodes:
     async def wait_healthy(self, name: str, timeout_s: float = HEALTHY_TIMEOUT_S) -> None:
         assert self._pool is not None
         child = self.children[name]
-        stub = health_pb2_grpc.HealthStub(self._pool.get(child.address, _peer_of(child)))
+        stub = health_stub(self._pool.get(child.address, _peer_of(child)))
         deadline = time.monotonic() + timeout_s
         while True:
             with contextlib.suppress(Exception):

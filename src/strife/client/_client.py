@@ -24,7 +24,7 @@ from typing import Any
 
 import grpc
 import tenacity
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from prometheus_client import Counter, Gauge
 
 from strife.client._auth import Authenticator, CredentialProvider, Credentials, Session
@@ -51,7 +51,7 @@ from strife.client._router import GatewayRouter
 from strife.errors import NotFound, StrifeError, Unauthenticated, Unavailable, from_rpc_error
 from strife.money import check_amount, check_currency
 from strife.observability.logging import get_logger
-from strife.rpc.channels import ANY_GATEWAY, ChannelPool
+from strife.rpc.channels import ANY_GATEWAY, ChannelPool, health_stub
 from strife.rpc.discovery import BalancerClient
 from strife.storage.sqlite import Synchronous
 from strife.v1 import gateway_pb2, gateway_pb2_grpc, money_pb2
@@ -545,7 +545,7 @@ class StrifeClient:
                     address = entry.gateway
                 else:
                     address = await self._router.target()
-                await health_pb2_grpc.HealthStub(self._pool.get(address)).Check(
+                await health_stub(self._pool.get(address)).Check(
                     health_pb2.HealthCheckRequest(), timeout=timeout_s
                 )
         except grpc.aio.AioRpcError as exc:

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from strife.cluster.seeds import seed_file
 from strife.cluster.topology import Topology
-from strife.rpc.channels import ChannelPool, Peer
+from strife.rpc.channels import ChannelPool, Peer, health_stub
 from strife.rpc.server import install_stop_signals
 from strife.security import certs
 
@@ -190,7 +190,7 @@ class Supervisor:
 
     async def _wait_healthy(self, child: Child) -> None:
         assert self._pool is not None
-        stub = health_pb2_grpc.HealthStub(self._pool.get(child.address, _peer_of(child)))
+        stub = health_stub(self._pool.get(child.address, _peer_of(child)))
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             with contextlib.suppress(Exception):

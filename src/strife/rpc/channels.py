@@ -17,9 +17,10 @@ import asyncio
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from strife.observability import context as request_context
 from strife.rpc.interceptors import REQUEST_ID_KEY
@@ -124,6 +125,20 @@ class CheckedChannel:
         return getattr(self._channel, name)
 
 
+class HealthStub(Protocol):
+    """The standard health service's stub on a grpc.aio channel, as far as Strife
+    calls it (grpcio-health-checking's type stubs declare the class without its methods)."""
+
+    Check: grpc.aio.UnaryUnaryMultiCallable[
+        health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
+    ]
+
+
+def health_stub(channel: grpc.aio.Channel) -> HealthStub:
+    """`grpc.health.v1.Health` on `channel`."""
+    return cast(HealthStub, health_pb2_grpc.HealthStub(channel))
+
+
 # Longer than any call Strife makes on a pooled channel (each has a deadline).
 DISCARD_GRACE_S = 10.0
 
@@ -157,10 +172,10 @@ class ChannelPool:
             with contextlib.suppress(ValueError):
                 self._trust_domain = _certs.parse_spiffe_id(own or "").trust_domain
         self._peer = peer
-        self._channels: dict[tuple[str, Peer | None], Any] = {}
-        self._closing: dict[asyncio.Future[Any], Any] = {}
+        self._channels: dict[tuple[str, Peer | None], CheckedChannel] = {}
+        self._closing: dict[asyncio.Future[Any], CheckedChannel] = {}
 
-    def get(self, target: str, peer: Peer | None = None) -> Any:
+    def get(self, target: str, peer: Peer | None = None) -> grpc.aio.Channel:
         """The channel to `target` that reaches only `peer` (default: the pool's);
         a `CheckedChannel`: calls without a timeout are refused."""
         peer = peer or self._peer
@@ -176,7 +191,8 @@ class ChannelPool:
                     options = (*options, ("grpc.ssl_target_name_override", name))
                 raw = grpc.aio.secure_channel(target, self._credentials, options=options)
             channel = self._channels[(target, peer)] = CheckedChannel(raw)
-        return channel
+        # Typed as what it stands in for, so generated stubs over it are the async ones.
+        return cast(grpc.aio.Channel, channel)
 
     async def discard(self, target: str) -> None:
         """Forget the target's channels, e.g. after the instance moved: the next

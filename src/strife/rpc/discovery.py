@@ -446,7 +446,7 @@ class BalancerClient:
         self._turn = 0
 
     def _stub(self) -> balancer_pb2_grpc.LoadBalancerAsyncStub:
-        return balancer_pb2_grpc.LoadBalancerStub(self._pool.get(self._balancer, ANY_BALANCER))  # type: ignore[return-value]
+        return balancer_pb2_grpc.LoadBalancerStub(self._pool.get(self._balancer, ANY_BALANCER))
 
     async def best(
         self, service: str, policy: str | None = None, exclude: Collection[str] = ()

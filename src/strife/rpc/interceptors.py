@@ -22,21 +22,24 @@ from __future__ import annotations
 import inspect
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from typing import Any, Protocol, TypeAlias, cast
 
 import grpc
 from grpc.aio import ServerInterceptor
 
-from strife.errors import Reason, abort
+from strife.errors import AnyContext, Reason, abort
 from strife.observability import context as request_context
 from strife.observability.logging import get_logger, log_line
 from strife.observability.metrics import IN_FLIGHT, RPC_LATENCY, RPC_REQUESTS, SERVED
 from strife.rpc.authz import AuthzTable
 from strife.security.identity import VerifiedPeer, peer_certificate, peer_of_pem
 
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
-Metadata = Sequence[tuple[str, str | bytes]]
+# The interceptor wraps every method of every service: its messages are any.
+# (Strings: grpc.RpcMethodHandler is generic only in its type stubs.)
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+Continuation: TypeAlias = "Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]"
+Metadata = Collection[tuple[str, str | bytes]]
 
 REQUEST_ID_KEY = "x-request-id"
 _IDENTITY_CACHE_LIMIT = 4096
@@ -70,13 +73,13 @@ class _Refusal(Exception):
         super().__init__(message)
         self.code, self.reason, self.message, self.meta = code, reason, message, meta
 
-    async def send(self, context: Any) -> None:
+    async def send(self, context: AnyContext) -> None:
         await abort(context, self.code, self.reason, self.message, self.meta or None)
 
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 _SERVER_FAULTS = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS}
-_FACTORIES: tuple[tuple[str, Any], ...] = (
+_FACTORIES: tuple[tuple[str, Callable[..., Handler]], ...] = (
     ("unary_unary", grpc.unary_unary_rpc_method_handler),
     ("unary_stream", grpc.unary_stream_rpc_method_handler),
     ("stream_unary", grpc.stream_unary_rpc_method_handler),
@@ -125,12 +128,12 @@ class ServerGuard(ServerInterceptor):
         self._trust_domain = trust_domain
         self._insecure = insecure
         self._checks = tuple(checks)
-        self._handlers: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._handlers: dict[str, tuple[Handler, Handler]] = {}
         self._peers: dict[bytes, VerifiedPeer | None] = {}
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> Handler | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
@@ -145,7 +148,7 @@ class ServerGuard(ServerInterceptor):
 
     # ------------------------------------------------------------ wrapping
 
-    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def _wrap(self, method: str, handler: Handler) -> Handler:
         """A copy of handler behind the gates, keeping its kind (grpc.aio drives an
         async-generator behaviour differently from a coroutine one)."""
         gate = _Gate(
@@ -159,7 +162,7 @@ class ServerGuard(ServerInterceptor):
 
         if inspect.isasyncgenfunction(inner):
 
-            async def behavior_gen(request: Any, context: Any) -> AsyncIterator[Any]:
+            async def behavior_gen(request: Any, context: AnyContext) -> AsyncIterator[Any]:
                 info, started, refusal = enter(gate, context)
                 failed = True
                 try:
@@ -177,7 +180,7 @@ class ServerGuard(ServerInterceptor):
             behavior: Any = behavior_gen
         else:
 
-            async def behavior_coro(request: Any, context: Any) -> Any:
+            async def behavior_coro(request: Any, context: AnyContext) -> Any:
                 info, started, refusal = enter(gate, context)
                 failed = True
                 try:
@@ -202,7 +205,7 @@ class ServerGuard(ServerInterceptor):
     # ---------------------------------------------------------- the gates
 
     def _enter(
-        self, gate: _Gate, context: Any
+        self, gate: _Gate, context: AnyContext
     ) -> tuple[request_context.RequestInfo, float, _Refusal | None]:
         metadata: Metadata = context.invocation_metadata() or ()
         request_id = ""
@@ -224,7 +227,11 @@ class ServerGuard(ServerInterceptor):
         return info, time.perf_counter(), refusal
 
     def _admit(
-        self, gate: _Gate, context: Any, metadata: Metadata, info: request_context.RequestInfo
+        self,
+        gate: _Gate,
+        context: AnyContext,
+        metadata: Metadata,
+        info: request_context.RequestInfo,
     ) -> None:
         if self._insecure:
             info.peer, info.role = "insecure", "insecure"
@@ -254,10 +261,11 @@ class ServerGuard(ServerInterceptor):
             except CallRefusedError as exc:
                 raise _Refusal(exc.code, exc.reason, exc.message, {}) from None
 
-    def _peer(self, context: Any) -> VerifiedPeer | None:
+    def _peer(self, context: AnyContext) -> VerifiedPeer | None:
         """The verified certificate's identity and thumbprint, parsed once per
         certificate (a dict lookup by its PEM per call)."""
-        pem = peer_certificate(context.auth_context())
+        # gRPC's auth context maps each property to a list; the stubs promise an Iterable.
+        pem = peer_certificate(cast("Mapping[str, Sequence[bytes]]", context.auth_context()))
         if pem is None:
             return None
         if pem in self._peers:
@@ -269,7 +277,11 @@ class ServerGuard(ServerInterceptor):
 
     @staticmethod
     def _leave(
-        gate: _Gate, info: request_context.RequestInfo, context: Any, started: float, failed: bool
+        gate: _Gate,
+        info: request_context.RequestInfo,
+        context: AnyContext,
+        started: float,
+        failed: bool,
     ) -> None:
         IN_FLIGHT.leave()
         elapsed = time.perf_counter() - started
@@ -296,7 +308,7 @@ class ServerGuard(ServerInterceptor):
         )
 
 
-async def _internal(context: Any, exc: Exception) -> None:
+async def _internal(context: AnyContext, exc: Exception) -> None:
     """End the call INTERNAL for an exception the handler did not turn into a
     status. An abort already ended it (grpc.aio raises AbortError): let it pass."""
     if isinstance(exc, grpc.aio.AbortError):
