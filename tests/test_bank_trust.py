@@ -134,7 +134,13 @@ async def test_payers_bank_refuses_a_debit_the_gateway_was_misled_into(
 class CompromisedBank(bank_pb2_grpc.BankServiceServicer):
     """Bank beta's genuine certificate, answering for accounts at alpha too."""
 
-    async def AuthenticateCustomer(self, request: Any, context: Any) -> Any:
+    async def AuthenticateCustomer(
+        self,
+        request: bank_pb2.AuthenticateCustomerRequest,
+        context: grpc.aio.ServicerContext[
+            bank_pb2.AuthenticateCustomerRequest, bank_pb2.AuthenticateCustomerResponse
+        ],
+    ) -> bank_pb2.AuthenticateCustomerResponse:
         accounts = [("beta", "evil-usd"), ADA]
         return bank_pb2.AuthenticateCustomerResponse(
             customer_id="c-ada",  # alpha's ada's id, to pass alpha's check as well
@@ -152,7 +158,8 @@ class CompromisedBank(bank_pb2_grpc.BankServiceServicer):
 @pytest.fixture
 async def compromised_beta(pki: Pki) -> AsyncIterator[str]:
     server = grpc.aio.server()
-    bank_pb2_grpc.add_BankServiceServicer_to_server(CompromisedBank(), server)
+    # AuthenticateCustomer only: the other methods answer UNIMPLEMENTED, as the base does.
+    bank_pb2_grpc.add_BankServiceServicer_to_server(CompromisedBank(), server)  # type: ignore[abstract]
     creds = TlsMaterial.load(pki.identity("bank", "beta")).server_credentials()
     port = server.add_secure_port("127.0.0.1:0", creds)
     await server.start()

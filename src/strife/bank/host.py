@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import grpc
 
@@ -25,7 +25,7 @@ from strife.bank.service import (
     storage_failure,
     transfer_outcome,
 )
-from strife.errors import Reason, abort
+from strife.errors import AnyContext, Reason, abort
 from strife.faults import decision_failpoints, failpoint, failpoint_async
 from strife.observability import context as request_context
 from strife.v1 import bank_pb2, bank_pb2_grpc
@@ -56,45 +56,99 @@ class BankHost(bank_pb2_grpc.BankServiceServicer):
 
     # ------------------------------------------------------------ single calls
 
-    async def AuthenticateCustomer(self, request: Any, context: Any) -> Any:
+    async def AuthenticateCustomer(
+        self,
+        request: bank_pb2.AuthenticateCustomerRequest,
+        context: grpc.aio.ServicerContext[
+            bank_pb2.AuthenticateCustomerRequest, bank_pb2.AuthenticateCustomerResponse
+        ],
+    ) -> bank_pb2.AuthenticateCustomerResponse:
         bank = self._pick(request.bank) or await self._unrouted(context, request.bank)
         return await bank.AuthenticateCustomer(request, context)
 
-    async def ValidateAccount(self, request: Any, context: Any) -> Any:
+    async def ValidateAccount(
+        self,
+        request: bank_pb2.ValidateAccountRequest,
+        context: grpc.aio.ServicerContext[
+            bank_pb2.ValidateAccountRequest, bank_pb2.ValidateAccountResponse
+        ],
+    ) -> bank_pb2.ValidateAccountResponse:
         bank = self._pick(request.bank) or await self._unrouted(context, request.bank)
         return await bank.ValidateAccount(request, context)
 
-    async def GetAccountBalance(self, request: Any, context: Any) -> Any:
+    async def GetAccountBalance(
+        self,
+        request: bank_pb2.GetAccountBalanceRequest,
+        context: grpc.aio.ServicerContext[
+            bank_pb2.GetAccountBalanceRequest, bank_pb2.GetAccountBalanceResponse
+        ],
+    ) -> bank_pb2.GetAccountBalanceResponse:
         bank = self._pick(request.bank) or await self._unrouted(context, request.bank)
         return await bank.GetAccountBalance(request, context)
 
-    async def GetTransactionHistory(self, request: Any, context: Any) -> Any:
+    async def GetTransactionHistory(
+        self,
+        request: bank_pb2.BankHistoryRequest,
+        context: grpc.aio.ServicerContext[
+            bank_pb2.BankHistoryRequest, bank_pb2.BankHistoryResponse
+        ],
+    ) -> bank_pb2.BankHistoryResponse:
         bank = self._pick(request.bank) or await self._unrouted(context, request.bank)
         return await bank.GetTransactionHistory(request, context)
 
-    async def ProcessTransaction(self, request: Any, context: Any) -> Any:
+    async def ProcessTransaction(
+        self,
+        request: bank_pb2.ProcessTransactionRequest,
+        context: grpc.aio.ServicerContext[
+            bank_pb2.ProcessTransactionRequest, bank_pb2.ProcessTransactionResponse
+        ],
+    ) -> bank_pb2.ProcessTransactionResponse:
         bank = self._pick(request.bank) or await self._unrouted(context, request.bank)
         return await bank.ProcessTransaction(request, context)
 
-    async def Prepare(self, request: Any, context: Any) -> Any:
+    async def Prepare(
+        self,
+        request: bank_pb2.PrepareRequest,
+        context: grpc.aio.ServicerContext[bank_pb2.PrepareRequest, bank_pb2.PrepareResponse],
+    ) -> bank_pb2.PrepareResponse:
         bank = self._pick(request.bank) or await self._unrouted(context, request.bank)
         return await bank.Prepare(request, context)
 
-    async def Commit(self, request: Any, context: Any) -> Any:
+    async def Commit(
+        self,
+        request: bank_pb2.CommitRequest,
+        context: grpc.aio.ServicerContext[bank_pb2.CommitRequest, bank_pb2.CommitResponse],
+    ) -> bank_pb2.CommitResponse:
         bank = self._pick(request.bank) or await self._unrouted(context, request.bank)
         return await bank.Commit(request, context)
 
-    async def Abort(self, request: Any, context: Any) -> Any:
+    async def Abort(
+        self,
+        request: bank_pb2.AbortRequest,
+        context: grpc.aio.ServicerContext[bank_pb2.AbortRequest, bank_pb2.AbortResponse],
+    ) -> bank_pb2.AbortResponse:
         bank = self._pick(request.bank) or await self._unrouted(context, request.bank)
         return await bank.Abort(request, context)
 
-    async def GetTransfer(self, request: Any, context: Any) -> Any:
+    async def GetTransfer(
+        self,
+        request: bank_pb2.GetTransferRequest,
+        context: grpc.aio.ServicerContext[
+            bank_pb2.GetTransferRequest, bank_pb2.GetTransferResponse
+        ],
+    ) -> bank_pb2.GetTransferResponse:
         bank = self._pick(request.bank) or await self._unrouted(context, request.bank)
         return await bank.GetTransfer(request, context)
 
     # ----------------------------------------------------------------- batches
 
-    async def PrepareTransfers(self, request: Any, context: Any) -> Any:
+    async def PrepareTransfers(
+        self,
+        request: bank_pb2.PrepareTransfersRequest,
+        context: grpc.aio.ServicerContext[
+            bank_pb2.PrepareTransfersRequest, bank_pb2.PrepareTransfersResponse
+        ],
+    ) -> bank_pb2.PrepareTransfersResponse:
         """Prepares in one call, voted on one by one: a NO for one leaves the rest.
 
         Items may name different banks of this host, and one transfer id may
@@ -132,7 +186,13 @@ class BankHost(bank_pb2_grpc.BankServiceServicer):
         ]
         return bank_pb2.PrepareTransfersResponse(outcomes=outcomes)
 
-    async def DecideTransfers(self, request: Any, context: Any) -> Any:
+    async def DecideTransfers(
+        self,
+        request: bank_pb2.DecideTransfersRequest,
+        context: grpc.aio.ServicerContext[
+            bank_pb2.DecideTransfersRequest, bank_pb2.DecideTransfersResponse
+        ],
+    ) -> bank_pb2.DecideTransfersResponse:
         """Commit/Abort for several transfers at once; each answered on its own.
 
         The decisions reach each bank's writer together, so they share one
@@ -176,7 +236,10 @@ class BankHost(bank_pb2_grpc.BankServiceServicer):
         return servicer
 
     async def _routes(
-        self, context: Any, items: Sequence[Any], noun: str
+        self,
+        context: AnyContext,
+        items: Sequence[bank_pb2.PrepareRequest | bank_pb2.TransferDecision],
+        noun: str,
     ) -> list[BankServicer | None]:
         """Each item's bank (None: not routable here), after the batch checks:
         1 to MAX_BATCH items, and each transfer id non-empty and at most once per bank."""
@@ -206,11 +269,11 @@ class BankHost(bank_pb2_grpc.BankServiceServicer):
             f"bank {bank!r} is not hosted here (hosted: {self._hosted})",
         )
 
-    async def _unrouted(self, context: Any, bank: str) -> NoReturn:
+    async def _unrouted(self, context: AnyContext, bank: str) -> NoReturn:
         code, reason, message = self._refusal(bank)
         await abort(context, code, reason, message, {"bank": bank})
 
-    def _unrouted_outcome(self, transfer_id: str, bank: str) -> Any:
+    def _unrouted_outcome(self, transfer_id: str, bank: str) -> bank_pb2.TransferOutcome:
         code, reason, message = self._refusal(bank)
         return bank_pb2.TransferOutcome(
             transfer_id=transfer_id,

@@ -7,15 +7,15 @@ to its bank by the request's `bank` field, and runs the batches.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from typing import Any, NoReturn
+from collections.abc import Awaitable, Sequence
+from typing import NoReturn, TypeVar
 
 import grpc
 
 from strife.bank.ledger import ErrorKind, LedgerError, Leg, Outcome, TransferState, abort_error
 from strife.bank.pages import open_page_token, seal_page_token
 from strife.bank.store import BankStore, HistoryRow
-from strife.errors import Reason, abort
+from strife.errors import AnyContext, Reason, abort
 from strife.faults import failpoint, failpoint_async
 from strife.observability import context as request_context
 from strife.rpc.authz import AuthzTable, service_methods
@@ -79,7 +79,13 @@ class BankServicer:
 
     # ------------------------------------------------------------- customers
 
-    async def AuthenticateCustomer(self, request: Any, context: Any) -> Any:
+    async def AuthenticateCustomer(
+        self,
+        request: bank_pb2.AuthenticateCustomerRequest,
+        context: grpc.aio.ServicerContext[
+            bank_pb2.AuthenticateCustomerRequest, bank_pb2.AuthenticateCustomerResponse
+        ],
+    ) -> bank_pb2.AuthenticateCustomerResponse:
         if not request.username or not request.password:
             await invalid(context, "username and password are required")
         if max(len(request.username), len(request.password)) > MAX_CREDENTIAL_CHARS:
@@ -124,7 +130,13 @@ class BankServicer:
             ],
         )
 
-    async def ValidateAccount(self, request: Any, context: Any) -> Any:
+    async def ValidateAccount(
+        self,
+        request: bank_pb2.ValidateAccountRequest,
+        context: grpc.aio.ServicerContext[
+            bank_pb2.ValidateAccountRequest, bank_pb2.ValidateAccountResponse
+        ],
+    ) -> bank_pb2.ValidateAccountResponse:
         account = self.store.account(request.account_id)
         if account is None:
             await _account_not_found(context, request.account_id)
@@ -140,7 +152,13 @@ class BankServicer:
             account=self._account_pb(account.account_id, account.customer_id, account.currency)
         )
 
-    async def GetAccountBalance(self, request: Any, context: Any) -> Any:
+    async def GetAccountBalance(
+        self,
+        request: bank_pb2.GetAccountBalanceRequest,
+        context: grpc.aio.ServicerContext[
+            bank_pb2.GetAccountBalanceRequest, bank_pb2.GetAccountBalanceResponse
+        ],
+    ) -> bank_pb2.GetAccountBalanceResponse:
         account = await self.store.committed_account(request.account_id)
         if account is None:
             await _account_not_found(context, request.account_id)
@@ -154,7 +172,13 @@ class BankServicer:
             )
         )
 
-    async def GetTransactionHistory(self, request: Any, context: Any) -> Any:
+    async def GetTransactionHistory(
+        self,
+        request: bank_pb2.BankHistoryRequest,
+        context: grpc.aio.ServicerContext[
+            bank_pb2.BankHistoryRequest, bank_pb2.BankHistoryResponse
+        ],
+    ) -> bank_pb2.BankHistoryResponse:
         if self.store.account(request.account_id) is None:
             await _account_not_found(context, request.account_id)
         if request.page_size < 0:
@@ -181,7 +205,11 @@ class BankServicer:
 
     # ------------------------------------------------------------- transfers
 
-    async def Prepare(self, request: Any, context: Any) -> Any:
+    async def Prepare(
+        self,
+        request: bank_pb2.PrepareRequest,
+        context: grpc.aio.ServicerContext[bank_pb2.PrepareRequest, bank_pb2.PrepareResponse],
+    ) -> bank_pb2.PrepareResponse:
         await failpoint_async("bank.before_prepare", request.transfer_id)
         await self._require_coordinator(context, request.coordinator)
         leg = LEGS.get(request.leg)
@@ -193,7 +221,11 @@ class BankServicer:
         outcome = await self._run(context, self.prepare(request, leg))
         return _reply(bank_pb2.PrepareResponse, outcome)
 
-    async def Commit(self, request: Any, context: Any) -> Any:
+    async def Commit(
+        self,
+        request: bank_pb2.CommitRequest,
+        context: grpc.aio.ServicerContext[bank_pb2.CommitRequest, bank_pb2.CommitResponse],
+    ) -> bank_pb2.CommitResponse:
         await failpoint_async("bank.before_commit", request.transfer_id)
         await self._require_coordinator(context, request.coordinator)
         failpoint("bank.before_commit")
@@ -204,7 +236,11 @@ class BankServicer:
         )
         return _reply(bank_pb2.CommitResponse, outcome)
 
-    async def Abort(self, request: Any, context: Any) -> Any:
+    async def Abort(
+        self,
+        request: bank_pb2.AbortRequest,
+        context: grpc.aio.ServicerContext[bank_pb2.AbortRequest, bank_pb2.AbortResponse],
+    ) -> bank_pb2.AbortResponse:
         await failpoint_async("bank.before_abort", request.transfer_id)
         await self._require_coordinator(context, request.coordinator)
         request_context.note(transfer_id=request.transfer_id, release=request.release or None)
@@ -216,7 +252,13 @@ class BankServicer:
         )
         return _reply(bank_pb2.AbortResponse, outcome)
 
-    async def GetTransfer(self, request: Any, context: Any) -> Any:
+    async def GetTransfer(
+        self,
+        request: bank_pb2.GetTransferRequest,
+        context: grpc.aio.ServicerContext[
+            bank_pb2.GetTransferRequest, bank_pb2.GetTransferResponse
+        ],
+    ) -> bank_pb2.GetTransferResponse:
         if not request.transfer_id:
             await invalid(context, "transfer_id is required")
         transfer = self.store.transfer(request.transfer_id)
@@ -242,7 +284,13 @@ class BankServicer:
             ],
         )
 
-    async def ProcessTransaction(self, request: Any, context: Any) -> Any:
+    async def ProcessTransaction(
+        self,
+        request: bank_pb2.ProcessTransactionRequest,
+        context: grpc.aio.ServicerContext[
+            bank_pb2.ProcessTransactionRequest, bank_pb2.ProcessTransactionResponse
+        ],
+    ) -> bank_pb2.ProcessTransactionResponse:
         await self._require_coordinator(context, request.coordinator)
         request_context.note(
             transfer_id=request.transfer_id, amount_minor=request.amount.amount_minor
@@ -264,7 +312,7 @@ class BankServicer:
 
     # ---------------------------------------------------------------- helpers
 
-    def prepare(self, request: Any, leg: Leg | None) -> Awaitable[Outcome]:
+    def prepare(self, request: bank_pb2.PrepareRequest, leg: Leg | None) -> Awaitable[Outcome]:
         """One prepare, as a batch item or a single call (`leg` already checked)."""
         assert leg is not None
         return self.store.prepare(
@@ -284,11 +332,13 @@ class BankServicer:
         apply = self.store.commit if commit else self.store.abort
         return apply(transfer_id=transfer_id, coordinator=coordinator)
 
-    async def _require_coordinator(self, context: Any, coordinator: str) -> None:
+    async def _require_coordinator(self, context: AnyContext, coordinator: str) -> None:
         if self._check_coordinator:
             await require_coordinator(context, coordinator)
 
-    async def _run(self, context: Any, call: Any, *, aborted_is_success: bool = False) -> Outcome:
+    async def _run(
+        self, context: AnyContext, call: Awaitable[Outcome], *, aborted_is_success: bool = False
+    ) -> Outcome:
         try:
             outcome: Outcome = await call
         except LedgerError as exc:
@@ -310,14 +360,14 @@ class BankServicer:
         request_context.note(replay=outcome.replayed or None)
         return outcome
 
-    def _account_pb(self, account_id: str, customer_id: str, currency: str) -> Any:
+    def _account_pb(self, account_id: str, customer_id: str, currency: str) -> money_pb2.Account:
         return money_pb2.Account(
             ref=money_pb2.AccountRef(bank=self.name, account_id=account_id),
             customer_id=customer_id,
             currency=currency,
         )
 
-    def _entry_pb(self, account_id: str, row: HistoryRow) -> Any:
+    def _entry_pb(self, account_id: str, row: HistoryRow) -> money_pb2.LedgerEntry:
         return money_pb2.LedgerEntry(
             sequence=row.seq,
             transfer_id=row.transfer_id,
@@ -328,7 +378,16 @@ class BankServicer:
         )
 
 
-def _reply(response: Any, outcome: Outcome) -> Any:
+_Reply = TypeVar(
+    "_Reply",
+    bank_pb2.PrepareResponse,
+    bank_pb2.CommitResponse,
+    bank_pb2.AbortResponse,
+    bank_pb2.ProcessTransactionResponse,
+)
+
+
+def _reply(response: type[_Reply], outcome: Outcome) -> _Reply:
     """Every transfer RPC answers the same three facts about the transfer."""
     transfer = outcome.transfer
     return response(
@@ -336,7 +395,7 @@ def _reply(response: Any, outcome: Outcome) -> Any:
     )
 
 
-async def require_coordinator(context: Any, coordinator: str) -> None:
+async def require_coordinator(context: AnyContext, coordinator: str) -> None:
     """A gateway acts only under its own name: the one in its certificate."""
     info = request_context.current()
     if info is not None and info.peer_name != coordinator:
@@ -348,7 +407,7 @@ async def require_coordinator(context: Any, coordinator: str) -> None:
         )
 
 
-async def storage_failure(context: Any, results: list[Any]) -> None:
+async def storage_failure(context: AnyContext, results: Sequence[Outcome | BaseException]) -> None:
     """A batch fails as a whole only when storage does; anything else unexpected raises."""
     for result in results:
         if isinstance(result, QueueFullError):
@@ -366,7 +425,7 @@ async def storage_failure(context: Any, results: list[Any]) -> None:
 
 def transfer_outcome(
     transfer_id: str, result: Outcome | BaseException, *, refuse_aborted: bool
-) -> Any:
+) -> bank_pb2.TransferOutcome:
     """One transfer's answer in a batch, as its single call would have given it
     (`storage_failure` has already raised for anything but a LedgerError)."""
     if isinstance(result, Outcome) and (
@@ -397,15 +456,15 @@ def _note_customer(customer_id: str) -> None:
         info.customer = customer_id
 
 
-async def _ledger_abort(context: Any, exc: LedgerError) -> NoReturn:
+async def _ledger_abort(context: AnyContext, exc: LedgerError) -> NoReturn:
     await abort(context, _CODES[exc.kind], exc.reason, exc.message)
 
 
-async def invalid(context: Any, message: str) -> NoReturn:
+async def invalid(context: AnyContext, message: str) -> NoReturn:
     await abort(context, grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_REQUEST, message)
 
 
-async def _account_not_found(context: Any, account_id: str) -> NoReturn:
+async def _account_not_found(context: AnyContext, account_id: str) -> NoReturn:
     await abort(
         context,
         grpc.StatusCode.NOT_FOUND,
