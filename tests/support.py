@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import grpc
 
@@ -29,7 +28,13 @@ _log = get_logger("tests.servicer")
 class DecisionServicer(coordinator_pb2_grpc.CoordinatorServicer):
     """Answers COMMIT for ids starting with "c", ABORT otherwise."""
 
-    async def GetDecision(self, request: Any, context: Any) -> Any:
+    async def GetDecision(
+        self,
+        request: coordinator_pb2.GetDecisionRequest,
+        context: grpc.aio.ServicerContext[
+            coordinator_pb2.GetDecisionRequest, coordinator_pb2.GetDecisionResponse
+        ],
+    ) -> coordinator_pb2.GetDecisionResponse:
         if not request.transfer_id:
             await abort(
                 context,
@@ -51,8 +56,12 @@ class DecisionServicer(coordinator_pb2_grpc.CoordinatorServicer):
 class CarelessGatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
     """Logs its request carelessly, to prove redaction holds anyway."""
 
-    async def Login(self, request: Any, context: Any) -> Any:
-        metadata = dict(context.invocation_metadata())
+    async def Login(
+        self,
+        request: gateway_pb2.LoginRequest,
+        context: grpc.aio.ServicerContext[gateway_pb2.LoginRequest, gateway_pb2.LoginResponse],
+    ) -> gateway_pb2.LoginResponse:
+        metadata = dict(context.invocation_metadata() or ())
         request_context.note(amount_minor=1234)
         info = request_context.current()
         if info is not None:
@@ -63,7 +72,7 @@ class CarelessGatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
             password=request.password,
             authorization=metadata.get("authorization"),
             headers=metadata,
-            note=f"got {metadata.get('authorization')}",
+            note=f"got {metadata.get('authorization')!s}",
         )
         if request.password != "right":
             await abort(
@@ -101,7 +110,9 @@ async def running_server(
     server.add_service(
         GATEWAY,
         lambda s: gateway_pb2_grpc.add_PaymentGatewayServicer_to_server(
-            CarelessGatewayServicer(), s
+            # Login only: the other methods answer UNIMPLEMENTED, as the generated base does.
+            CarelessGatewayServicer(),  # type: ignore[abstract]
+            s,
         ),
     )
     await server.start()

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import time
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from strife.errors import AnyContext
 from strife.gateway.service import GatewayServicer
 from strife.gateway.throttle import LoginThrottle
 from strife.gateway.tokens import Claims, TokenAuthority
@@ -86,7 +87,8 @@ def as_customer(accounts: set[str]) -> None:
 async def test_login_and_reads_name_the_bank() -> None:
     server = RecordingBank()
     gateway = servicer(server)
-    context = SimpleNamespace(peer=lambda: "ipv4:127.0.0.1:5555")
+    # The one method of the server context these handlers read (the rest abort only on error).
+    context = cast(AnyContext, SimpleNamespace(peer=lambda: "ipv4:127.0.0.1:5555"))
 
     login = await gateway.Login(
         gateway_pb2.LoginRequest(username="cy", password="pw-cy", bank="beta"), context

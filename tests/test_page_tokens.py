@@ -20,7 +20,7 @@ import pytest
 from strife.bank.pages import MAX_SEQ, open_page_token, seal_page_token
 from strife.errors import from_rpc_error
 from strife.rpc.channels import ChannelPool
-from strife.v1 import bank_pb2
+from strife.v1 import bank_pb2, coordinator_pb2, coordinator_pb2_grpc
 
 from .bank_fixtures import TIMEOUT_S, BankClient, bank_process, new_id
 from .conftest import Pki
@@ -134,17 +134,22 @@ async def test_a_bank_refuses_forged_and_damaged_tokens_and_honours_its_own_afte
 # --------------------------------------------------------------------------- internal errors
 
 
-class _Broken:
+class _Broken(coordinator_pb2_grpc.CoordinatorServicer):
     """A handler failing the way a bug does: an exception no code path expected."""
 
-    async def GetDecision(self, request: Any, context: Any) -> Any:
+    async def GetDecision(
+        self,
+        request: coordinator_pb2.GetDecisionRequest,
+        context: grpc.aio.ServicerContext[
+            coordinator_pb2.GetDecisionRequest, coordinator_pb2.GetDecisionResponse
+        ],
+    ) -> coordinator_pb2.GetDecisionResponse:
         raise OverflowError(f"Python int too large to convert: {request.transfer_id}")
 
 
 async def test_an_unexpected_exception_is_internal_with_a_generic_message(pki: Pki) -> None:
     from strife.rpc.authz import AuthzTable
     from strife.rpc.server import ServerConfig, StrifeServer
-    from strife.v1 import coordinator_pb2, coordinator_pb2_grpc
 
     from .support import COORDINATOR
 
@@ -156,7 +161,7 @@ async def test_an_unexpected_exception_is_internal_with_a_generic_message(pki: P
     )
     server.add_service(
         COORDINATOR,
-        lambda s: coordinator_pb2_grpc.add_CoordinatorServicer_to_server(_Broken(), s),  # type: ignore[arg-type]
+        lambda s: coordinator_pb2_grpc.add_CoordinatorServicer_to_server(_Broken(), s),
     )
     await server.start()
     try:

@@ -6,11 +6,12 @@ import asyncio
 import hashlib
 import re
 import uuid
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
 import grpc
 
-from strife.errors import Reason, abort, from_rpc_error
+from strife.errors import AnyContext, Reason, abort, from_rpc_error
 from strife.gateway.auth import GATEWAY_SERVICE, current_claims
 from strife.gateway.banks import Banks
 from strife.gateway.coordinator import (
@@ -64,7 +65,7 @@ def transfer_id_for(bank: str, customer_id: str, key: str) -> str:
     return str(uuid.uuid5(_TRANSFER_NAMESPACE, f"{bank}\n{customer_id}\n{key}"))
 
 
-def fingerprint_of(request: Any) -> bytes:
+def fingerprint_of(request: gateway_pb2.ProcessPaymentRequest) -> bytes:
     canonical = "\n".join(
         [
             request.from_account.bank, request.from_account.account_id,
@@ -75,7 +76,7 @@ def fingerprint_of(request: Any) -> bytes:
     return hashlib.sha256(canonical.encode()).digest()
 
 
-def payment_pb(record: PaymentRecord) -> Any:
+def payment_pb(record: PaymentRecord) -> gateway_pb2.Payment:
     return gateway_pb2.Payment(
         transfer_id=record.transfer_id,
         idempotency_key=record.idempotency_key,
@@ -110,7 +111,11 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
 
     # ------------------------------------------------------------------ login
 
-    async def Login(self, request: Any, context: Any) -> Any:
+    async def Login(
+        self,
+        request: gateway_pb2.LoginRequest,
+        context: grpc.aio.ServicerContext[gateway_pb2.LoginRequest, gateway_pb2.LoginResponse],
+    ) -> gateway_pb2.LoginResponse:
         if not request.username or not request.password or not request.bank:
             await _invalid(context, "username, password and bank are required")
         stub = await self._bank(context, request.bank)
@@ -160,7 +165,13 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
 
     # --------------------------------------------------------------- payments
 
-    async def ProcessPayment(self, request: Any, context: Any) -> Any:
+    async def ProcessPayment(
+        self,
+        request: gateway_pb2.ProcessPaymentRequest,
+        context: grpc.aio.ServicerContext[
+            gateway_pb2.ProcessPaymentRequest, gateway_pb2.ProcessPaymentResponse
+        ],
+    ) -> gateway_pb2.ProcessPaymentResponse:
         if not self.ready.is_set():
             await abort(
                 context, grpc.StatusCode.UNAVAILABLE, Reason.NOT_READY,
@@ -226,7 +237,9 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
         request_context.note(status=str(result.state), abort_reason=result.abort_reason or None)
         return gateway_pb2.ProcessPaymentResponse(payment=payment_pb(result), replayed=replayed)
 
-    async def _validate_payment(self, context: Any, request: Any) -> None:
+    async def _validate_payment(
+        self, context: AnyContext, request: gateway_pb2.ProcessPaymentRequest
+    ) -> None:
         if not _KEY.fullmatch(request.idempotency_key):
             await abort(
                 context, grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_IDEMPOTENCY_KEY,
@@ -253,7 +266,7 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
         if len(request.description) > MAX_DESCRIPTION_CHARS:
             await _invalid(context, "description too long", field="description")
 
-    async def _require_known_banks(self, context: Any, record: PaymentRecord) -> None:
+    async def _require_known_banks(self, context: AnyContext, record: PaymentRecord) -> None:
         """NOT_FOUND is final for the key, so it is said only of a key this
         replica knows nothing of, naming a bank the registry has never had. A
         bank that is merely away is an outcome to wait for."""
@@ -268,7 +281,13 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
                     f"no bank named {bank!r}", {"bank": bank},
                 )  # fmt: skip
 
-    async def GetPayment(self, request: Any, context: Any) -> Any:
+    async def GetPayment(
+        self,
+        request: gateway_pb2.GetPaymentRequest,
+        context: grpc.aio.ServicerContext[
+            gateway_pb2.GetPaymentRequest, gateway_pb2.GetPaymentResponse
+        ],
+    ) -> gateway_pb2.GetPaymentResponse:
         claims = current_claims()
         key = request.idempotency_key
         tid = transfer_id_for(claims.bank, claims.customer_id, key)
@@ -285,7 +304,13 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
 
     # ------------------------------------------------------------------ reads
 
-    async def GetBalance(self, request: Any, context: Any) -> Any:
+    async def GetBalance(
+        self,
+        request: gateway_pb2.GetBalanceRequest,
+        context: grpc.aio.ServicerContext[
+            gateway_pb2.GetBalanceRequest, gateway_pb2.GetBalanceResponse
+        ],
+    ) -> gateway_pb2.GetBalanceResponse:
         await self._require_owner(context, request.account)
         stub = await self._bank(context, request.account.bank)
         try:
@@ -299,7 +324,13 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
             await _relay(context, exc)
         return gateway_pb2.GetBalanceResponse(balance=reply.balance)
 
-    async def GetTransactionHistory(self, request: Any, context: Any) -> Any:
+    async def GetTransactionHistory(
+        self,
+        request: gateway_pb2.GetTransactionHistoryRequest,
+        context: grpc.aio.ServicerContext[
+            gateway_pb2.GetTransactionHistoryRequest, gateway_pb2.GetTransactionHistoryResponse
+        ],
+    ) -> gateway_pb2.GetTransactionHistoryResponse:
         await self._require_owner(context, request.account)
         stub = await self._bank(context, request.account.bank)
         try:
@@ -318,7 +349,7 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
             entries=reply.entries, next_page_token=reply.next_page_token
         )
 
-    async def _require_owner(self, context: Any, ref: Any) -> None:
+    async def _require_owner(self, context: AnyContext, ref: money_pb2.AccountRef) -> None:
         """Owner only; then wait for this gateway's decisions on the account to reach
         its bank, so a customer reads what its own payments did."""
         if not current_claims().owns(ref.bank, ref.account_id):
@@ -327,7 +358,7 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
             ref.bank, ref.account_id, self.coordinator.config.decision_timeout_s
         )
 
-    async def _bank(self, context: Any, bank: str) -> Any:
+    async def _bank(self, context: AnyContext, bank: str) -> Any:
         """The stub for `bank`'s server; its server may host others, so every
         request sent on it names `bank`."""
         stub = await self.coordinator.stub(bank)  # behind the server's circuit breaker
@@ -343,7 +374,13 @@ class CoordinatorServicer(_coordinator_grpc.CoordinatorServicer):
     def __init__(self, coordinator: PaymentCoordinator) -> None:
         self.coordinator = coordinator
 
-    async def GetDecision(self, request: Any, context: Any) -> Any:
+    async def GetDecision(
+        self,
+        request: coordinator_pb2.GetDecisionRequest,
+        context: grpc.aio.ServicerContext[
+            coordinator_pb2.GetDecisionRequest, coordinator_pb2.GetDecisionResponse
+        ],
+    ) -> coordinator_pb2.GetDecisionResponse:
         if not request.transfer_id:
             await _invalid(context, "transfer_id is required", field="transfer_id")
         decision = await self.coordinator.decision(request.transfer_id)
@@ -358,7 +395,7 @@ def _peer_host(peer: str) -> str:
     return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
 
 
-async def _relay(context: Any, exc: grpc.aio.AioRpcError) -> NoReturn:
+async def _relay(context: AnyContext, exc: grpc.aio.AioRpcError) -> NoReturn:
     """Pass a bank's refusal through with its reason; a dead bank is UNAVAILABLE."""
     error = from_rpc_error(exc)
     if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
@@ -373,14 +410,14 @@ async def _relay(context: Any, exc: grpc.aio.AioRpcError) -> NoReturn:
     )  # fmt: skip
 
 
-async def _invalid(context: Any, message: str, field: str = "") -> NoReturn:
+async def _invalid(context: AnyContext, message: str, field: str = "") -> NoReturn:
     await abort(
         context, grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_REQUEST, message,
         {"field": field} if field else None,
     )  # fmt: skip
 
 
-def _own_accounts(bank: str, accounts: Any) -> list[Any]:
+def _own_accounts(bank: str, accounts: Sequence[money_pb2.Account]) -> list[money_pb2.Account]:
     """A bank speaks only for its own accounts: any other it lists is dropped."""
     own = [a for a in accounts if a.ref.bank == bank]
     if len(own) != len(accounts):
@@ -389,14 +426,14 @@ def _own_accounts(bank: str, accounts: Any) -> list[Any]:
     return own
 
 
-async def _not_owner(context: Any, ref: Any) -> NoReturn:
+async def _not_owner(context: AnyContext, ref: money_pb2.AccountRef) -> NoReturn:
     await abort(
         context, grpc.StatusCode.PERMISSION_DENIED, Reason.NOT_ACCOUNT_OWNER,
         f"account {ref.bank}/{ref.account_id} is not yours",
     )  # fmt: skip
 
 
-async def _key_reused(context: Any, key: str) -> NoReturn:
+async def _key_reused(context: AnyContext, key: str) -> NoReturn:
     await abort(
         context, grpc.StatusCode.INVALID_ARGUMENT, Reason.IDEMPOTENCY_KEY_REUSED,
         "this idempotency key was used for a different payment", {"idempotency_key": key},
