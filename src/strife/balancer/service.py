@@ -13,7 +13,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import grpc
 from prometheus_client import Counter
@@ -31,7 +31,7 @@ from strife.balancer.registry import (
     validate_load,
     validate_registration,
 )
-from strife.errors import Reason, abort
+from strife.errors import AnyContext, Reason, abort
 from strife.observability import context as request_context
 from strife.observability.logging import get_logger
 from strife.rpc.authz import ANY_ROLE, AuthzTable, service_methods
@@ -96,7 +96,7 @@ def to_proto(lease: Lease) -> balancer_pb2.ServerInstance:
     )
 
 
-async def _live(context: Any, exc: InstanceLive) -> NoReturn:
+async def _live(context: AnyContext, exc: InstanceLive) -> NoReturn:
     _log.warning(
         "instance_live", service=exc.lease.service, instance=exc.lease.instance,
         address=exc.lease.address,
@@ -107,7 +107,7 @@ async def _live(context: Any, exc: InstanceLive) -> NoReturn:
     )  # fmt: skip
 
 
-async def _invalid(context: Any, exc: InvalidRegistration) -> NoReturn:
+async def _invalid(context: AnyContext, exc: InvalidRegistration) -> NoReturn:
     await abort(
         context,
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -132,7 +132,7 @@ class LoadBalancerService(balancer_pb2_grpc.LoadBalancerServicer):
             "heartbeat_interval_ms": round(config.heartbeat_interval_s * 1000),
         }
 
-    async def _require_owner(self, context: Any, service: str, instance: str) -> None:
+    async def _require_owner(self, context: AnyContext, service: str, instance: str) -> None:
         """The caller's certificate must name this very instance of this service."""
         if self._insecure:
             return
@@ -148,7 +148,7 @@ class LoadBalancerService(balancer_pb2_grpc.LoadBalancerServicer):
                 {"service": service, "instance": instance, "peer": peer},
             )
 
-    async def _validate(self, context: Any, check: Callable[[], None]) -> None:
+    async def _validate(self, context: AnyContext, check: Callable[[], None]) -> None:
         try:
             check()
         except InvalidRegistration as exc:
@@ -159,7 +159,11 @@ class LoadBalancerService(balancer_pb2_grpc.LoadBalancerServicer):
             self._chooser.forget(service)
 
     async def Register(
-        self, request: balancer_pb2.RegisterRequest, context: Any
+        self,
+        request: balancer_pb2.RegisterRequest,
+        context: grpc.aio.ServicerContext[
+            balancer_pb2.RegisterRequest, balancer_pb2.RegisterResponse
+        ],
     ) -> balancer_pb2.RegisterResponse:
         metadata = dict(request.metadata)
         await self._validate(
@@ -187,7 +191,11 @@ class LoadBalancerService(balancer_pb2_grpc.LoadBalancerServicer):
         return balancer_pb2.RegisterResponse(**self._lease_reply)
 
     async def ReportServerLoad(
-        self, request: balancer_pb2.ReportServerLoadRequest, context: Any
+        self,
+        request: balancer_pb2.ReportServerLoadRequest,
+        context: grpc.aio.ServicerContext[
+            balancer_pb2.ReportServerLoadRequest, balancer_pb2.ReportServerLoadResponse
+        ],
     ) -> balancer_pb2.ReportServerLoadResponse:
         metadata = dict(request.metadata)
         load = Load(
@@ -224,7 +232,11 @@ class LoadBalancerService(balancer_pb2_grpc.LoadBalancerServicer):
         )
 
     async def Deregister(
-        self, request: balancer_pb2.DeregisterRequest, context: Any
+        self,
+        request: balancer_pb2.DeregisterRequest,
+        context: grpc.aio.ServicerContext[
+            balancer_pb2.DeregisterRequest, balancer_pb2.DeregisterResponse
+        ],
     ) -> balancer_pb2.DeregisterResponse:
         await self._validate(context, lambda: _check_names(request.service, request.instance))
         await self._require_owner(context, request.service, request.instance)
@@ -239,7 +251,11 @@ class LoadBalancerService(balancer_pb2_grpc.LoadBalancerServicer):
         return balancer_pb2.DeregisterResponse(removed=removed)
 
     async def GetBestServer(
-        self, request: balancer_pb2.GetBestServerRequest, context: Any
+        self,
+        request: balancer_pb2.GetBestServerRequest,
+        context: grpc.aio.ServicerContext[
+            balancer_pb2.GetBestServerRequest, balancer_pb2.GetBestServerResponse
+        ],
     ) -> balancer_pb2.GetBestServerResponse:
         service = request.service
         if request.instance:
@@ -272,13 +288,17 @@ class LoadBalancerService(balancer_pb2_grpc.LoadBalancerServicer):
         return balancer_pb2.GetBestServerResponse(server=to_proto(chosen))
 
     async def ListServers(
-        self, request: balancer_pb2.ListServersRequest, context: Any
+        self,
+        request: balancer_pb2.ListServersRequest,
+        context: grpc.aio.ServicerContext[
+            balancer_pb2.ListServersRequest, balancer_pb2.ListServersResponse
+        ],
     ) -> balancer_pb2.ListServersResponse:
         await self._validate(context, lambda: _check_names(request.service))
         leases = self._registry.healthy(request.service)
         return balancer_pb2.ListServersResponse(servers=[to_proto(lease) for lease in leases])
 
-    async def _no_instance(self, context: Any, service: str, instance: str) -> NoReturn:
+    async def _no_instance(self, context: AnyContext, service: str, instance: str) -> NoReturn:
         """UNAVAILABLE, retryable: after a balancer restart the pool refills within
         one heartbeat interval, which is the retry delay suggested."""
         what = f"{service}/{instance}" if instance else f"any instance of {service!r}"
@@ -302,7 +322,7 @@ def _check_names(service: str, instance: str | None = None) -> None:
         raise InvalidRegistration("instance", "1-63 characters from [A-Za-z0-9._-]")
 
 
-async def _full(context: Any, exc: RegistryFull) -> NoReturn:
+async def _full(context: AnyContext, exc: RegistryFull) -> NoReturn:
     await abort(
         context,
         grpc.StatusCode.RESOURCE_EXHAUSTED,
