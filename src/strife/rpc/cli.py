@@ -31,6 +31,12 @@ _OPTIONS = (
     click.option("--grace", "grace_s", default=5.0, show_default=True, help="Shutdown grace (s)."),
     click.option("--metrics-listen", default=None, help="HOST:PORT for Prometheus /metrics."),
     click.option(
+        "--health-listen",
+        default=None,
+        envvar="STRIFE_HEALTH_LISTEN",
+        help="HOST:PORT for grpc.health.v1 alone, in plaintext (container and Kubernetes probes).",
+    ),
+    click.option(
         "--log-format", type=click.Choice(["json", "console"]), default="json", show_default=True
     ),
     click.option("--log-level", default="info", show_default=True),
@@ -92,6 +98,7 @@ def server_config(name: str, options: dict[str, Any], identity: str | None = Non
         trust_domain=options["trust_domain"],
         grace_s=options["grace_s"],
         metrics_listen=options["metrics_listen"],
+        health_listen=options["health_listen"],
     )
 
 

@@ -52,6 +52,9 @@ class ServerConfig:
     max_message_bytes: int = MAX_MESSAGE_BYTES
     max_concurrent_rpcs: int | None = None
     metrics_listen: str | None = None
+    # Plaintext grpc.health.v1 only, for probes that cannot present a client
+    # certificate (Kubernetes' native gRPC probes, a container health check).
+    health_listen: str | None = None
     # A connection must finish TLS and HTTP/2 set-up within this, or is closed.
     handshake_timeout_s: float = 5.0
     # Incoming connections at once; None: below the open-file limit (rpc.limits).
@@ -112,6 +115,8 @@ class StrifeServer:
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         ]
         self.port = 0
+        self.health_port = 0
+        self._health_server: grpc.aio.Server | None = None
         self._stopped = asyncio.Event()
 
     def add_service(self, full_name: str, register: Callable[[grpc.aio.Server], None]) -> None:
@@ -141,6 +146,8 @@ class StrifeServer:
         for name in self._service_names:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        if self.config.health_listen:
+            await self._start_health(self.config.health_listen)
         if self.config.metrics_listen:
             metrics_port = serve_metrics(self.config.metrics_listen)
             _log.info("metrics_listening", port=metrics_port)
@@ -154,6 +161,23 @@ class StrifeServer:
         )
         return self.port
 
+    async def _start_health(self, listen: str) -> None:
+        """The health service alone on its own plaintext port: it tells only
+        SERVING or NOT_SERVING, the same answers as the mTLS port's."""
+        host, port = split_host_port(listen)
+        address = join_host_port(host, port)
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        try:
+            self.health_port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise AddressInUseError(f"cannot listen on {address}: {exc}") from exc
+        if self.health_port == 0:
+            raise AddressInUseError(f"cannot listen on {address}: address in use")
+        await server.start()
+        self._health_server = server
+        _log.info("health_listening", port=self.health_port)
+
     @property
     def address(self) -> str:
         host, _ = split_host_port(self.config.listen)
@@ -163,6 +187,8 @@ class StrifeServer:
         """Stop taking calls, let running ones finish for the grace period."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.config.grace_s if grace_s is None else grace_s)
+        if self._health_server is not None:
+            await self._health_server.stop(None)
         self._stopped.set()
         _log.info("server_stopped", name=self.config.name)
 
