@@ -1,0 +1,82 @@
+"""`strife deploy`: Kubernetes manifests from a topology TOML, and their checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from strife.cluster.topology import TopologyError, load_topology
+from strife.deploy.kustomize import build, write
+from strife.deploy.render import RenderError, render
+from strife.deploy.secrets_job import InClusterSecrets, issue_missing, parse_identity_arg
+from strife.security.certs import DEFAULT_TRUST_DOMAIN
+
+DEFAULT_OUT = Path("deploy/kubernetes")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def deploy() -> None:
+    """Run Strife on Kubernetes: render manifests from the cluster's topology."""
+
+
+@deploy.command("render")
+@click.option(
+    "--config", "config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True, help="Topology TOML, the same `strife cluster up --config` reads.",
+)  # fmt: skip
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT,
+    show_default=True, help="Where base/, components/ and overlays/ go.",
+)  # fmt: skip
+@click.option("--trust-domain", default=DEFAULT_TRUST_DOMAIN, show_default=True)
+def render_cmd(config: Path, out: Path, trust_domain: str) -> None:
+    """Write the kustomize base, components and the dev and prod overlays."""
+    try:
+        rendered = render(load_topology(config), trust_domain)
+    except (TopologyError, RenderError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    written = write(rendered, out, source=config.name)
+    click.echo(f"{len(written)} files under {out} from {config}")
+    for name in rendered.overlays:
+        click.echo(f"  kubectl apply -k {out / 'overlays' / name}")
+
+
+@deploy.command("validate")
+@click.argument("folders", nargs=-1, type=click.Path(exists=True, file_okay=False, path_type=Path))
+def validate_cmd(folders: tuple[Path, ...]) -> None:
+    """Build each kustomization folder and check every object against the
+    Kubernetes schemas (default: every overlay under deploy/kubernetes)."""
+    # kubernetes-validate is a development dependency: imported only here.
+    from strife.deploy.validate import kubernetes_versions, validate_objects
+
+    targets = list(folders) or sorted((DEFAULT_OUT / "overlays").iterdir())
+    versions = kubernetes_versions()
+    failed = False
+    for folder in targets:
+        objects = build(folder)
+        errors = validate_objects(objects, versions)
+        failed = failed or bool(errors)
+        status = "ok" if not errors else f"{len(errors)} errors"
+        click.echo(f"{folder}: {len(objects)} objects, Kubernetes {', '.join(versions)}: {status}")
+        for error in errors:
+            click.echo(f"  {error}")
+    if failed:
+        raise SystemExit(1)
+
+
+@deploy.command("issue-secrets")
+@click.option(
+    "--identity", "identities", multiple=True, required=True,
+    help="ROLE/NAME, or bank/HOST:BANK,... for a host of several banks; repeatable.",
+)  # fmt: skip
+@click.option("--trust-domain", default=DEFAULT_TRUST_DOMAIN, show_default=True)
+def issue_secrets_cmd(identities: tuple[str, ...], trust_domain: str) -> None:
+    """In a cluster's Job: create the CA and identity Secrets that are missing."""
+    try:
+        plan = [parse_identity_arg(value) for value in identities]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--identity") from exc
+    store = InClusterSecrets()
+    created = issue_missing(store, plan, trust_domain)
+    click.echo(f"namespace {store.namespace}: created {', '.join(created) or 'nothing'}")

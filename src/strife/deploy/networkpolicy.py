@@ -1,0 +1,138 @@
+"""NetworkPolicies derived from the authorization tables.
+
+The tables in the service modules say which certificate roles may call which
+methods; the network may carry no more than that. Each serving role admits on
+its gRPC port exactly the roles its own services' methods allow. The methods
+every process serves (health, reflection: `COMMON_METHODS`) are open to any
+role and are left out, so a client reaches gateways and the balancer but never
+a bank, whatever the health service would answer it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from strife.rpc.authz import COMMON_METHODS, AuthzTable
+from strife.security.identity import ROLES
+
+Manifest = dict[str, Any]
+
+ROLE_LABEL = "strife.local/role"
+PART_OF = {"app.kubernetes.io/part-of": "strife"}
+# Prometheus scrapes the metrics port from this namespace.
+MONITORING_NAMESPACE = "monitoring"
+
+
+@dataclass(frozen=True)
+class Served:
+    """What one serving role answers: its table and the gRPC services it registers."""
+
+    table: AuthzTable
+    services: tuple[str, ...]
+
+
+def served_by_role() -> dict[str, Served]:
+    """The tables and services each Strife server process registers."""
+    from strife.balancer.service import SERVICE as BALANCER_SERVICE
+    from strife.balancer.service import authz_table
+    from strife.bank.service import AUTHZ as BANK_AUTHZ
+    from strife.bank.service import SERVICE as BANK_SERVICE
+    from strife.gateway.auth import GATEWAY_SERVICE
+    from strife.gateway.service import AUTHZ as GATEWAY_AUTHZ
+    from strife.gateway.service import COORDINATOR_SERVICE
+
+    return {
+        "balancer": Served(authz_table(), (BALANCER_SERVICE,)),
+        "bank": Served(BANK_AUTHZ, (BANK_SERVICE,)),
+        "gateway": Served(GATEWAY_AUTHZ, (GATEWAY_SERVICE, COORDINATOR_SERVICE)),
+    }
+
+
+def service_method_paths(service: str) -> list[str]:
+    """Every method of a Strife gRPC service, from its generated descriptor."""
+    from strife.v1 import balancer_pb2, bank_pb2, coordinator_pb2, gateway_pb2
+
+    for module in (balancer_pb2, bank_pb2, coordinator_pb2, gateway_pb2):
+        for descriptor in module.DESCRIPTOR.services_by_name.values():
+            if descriptor.full_name == service:
+                return [f"/{service}/{m.name}" for m in descriptor.methods]
+    raise KeyError(f"no generated service {service}")
+
+
+def allowed_callers(served: Mapping[str, Served] | None = None) -> dict[str, frozenset[str]]:
+    """Serving role -> the caller roles its tables allow on at least one of its
+    own methods (not counting health and reflection)."""
+    result: dict[str, frozenset[str]] = {}
+    for role, spec in (served or served_by_role()).items():
+        callers: set[str] = set()
+        for service in spec.services:
+            for method in service_method_paths(service):
+                if method not in COMMON_METHODS:
+                    callers |= spec.table.allowed_roles(method)
+        unknown = callers - ROLES
+        if unknown:
+            raise ValueError(f"{role}: unknown roles {sorted(unknown)}")
+        result[role] = frozenset(callers)
+    return result
+
+
+def network_policies(
+    callers: Mapping[str, frozenset[str]], *, grpc_port: int, metrics_port: int
+) -> list[Manifest]:
+    """A default deny for every Strife pod, then one admitting policy per serving role."""
+    policies: list[Manifest] = [
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": "strife-default-deny", "labels": dict(PART_OF)},
+            "spec": {"podSelector": {"matchLabels": dict(PART_OF)}, "policyTypes": ["Ingress"]},
+        }
+    ]
+    for role in sorted(callers):
+        ingress: list[Manifest] = []
+        if callers[role]:
+            ingress.append(
+                {
+                    "from": [
+                        {
+                            "podSelector": {
+                                "matchExpressions": [
+                                    {
+                                        "key": ROLE_LABEL,
+                                        "operator": "In",
+                                        "values": sorted(callers[role]),
+                                    }
+                                ]
+                            }
+                        }
+                    ],
+                    "ports": [{"protocol": "TCP", "port": grpc_port}],
+                }
+            )
+        ingress.append(
+            {
+                "from": [
+                    {
+                        "namespaceSelector": {
+                            "matchLabels": {"kubernetes.io/metadata.name": MONITORING_NAMESPACE}
+                        }
+                    }
+                ],
+                "ports": [{"protocol": "TCP", "port": metrics_port}],
+            }
+        )
+        policies.append(
+            {
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "NetworkPolicy",
+                "metadata": {"name": f"strife-{role}-ingress", "labels": dict(PART_OF)},
+                "spec": {
+                    "podSelector": {"matchLabels": {ROLE_LABEL: role}},
+                    "policyTypes": ["Ingress"],
+                    "ingress": ingress,
+                },
+            }
+        )
+    return policies
