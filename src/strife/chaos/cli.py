@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import click
 
 from strife.chaos.nemesis import ALL_KINDS
 from strife.observability.logging import configure_logging
+from strife.program import owns_signals
 
 # 300 s at 60 payments/s asked: about 12,000 payments and 120 faults on a
 # 2-core machine (docs/chaos.md).
@@ -92,9 +96,30 @@ def chaos(
     if full:
         config = ChaosConfig(**{**config.__dict__, **FULL})
     configure_logging("console", "error")
-    report = asyncio.run(run_chaos(config, say=lambda line: click.echo(line, err=True)))
+    report = asyncio.run(
+        _cancellable(run_chaos(config, say=lambda line: click.echo(line, err=True)))
+    )
     click.echo(report["headline"])
     click.echo(json.dumps(report["checker"]["violations"] or "no violations"))
     click.echo(f"report: {report['files']['report']}  plot: {report['files']['plot']}")
     if not report["passed"]:
         raise SystemExit(1)
+
+
+async def _cancellable(run: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
+    """Run the chaos test so that SIGTERM stops it the way Ctrl-C does.
+
+    The run owns namespaces, a bridge, tmpfs mounts and child processes; only
+    an unwinding run gives them back. SIGTERM's default action would end the
+    process on the spot and leave them all behind.
+    """
+    task = asyncio.ensure_future(run)
+    if owns_signals():
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, task.cancel)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        click.echo("chaos run stopped by a signal; everything it started is stopped", err=True)
+        raise SystemExit(130) from None

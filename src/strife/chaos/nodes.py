@@ -59,6 +59,7 @@ class Nodes:
         self.network = network
         self.disks: dict[str, Path] = {}  # bank process -> its tmpfs
         self._want_disks = disks
+        self.stopping = False  # once stop() began, nothing is started again
         self.root = topology.data_dir.resolve()
         if network is not None:
             ip = network.add("balancer")
@@ -177,7 +178,7 @@ class Nodes:
 
     async def restart(self, name: str) -> None:
         """Start a stopped process again on its old address, and wait until it serves."""
-        if self.alive(name):
+        if self.alive(name) or self.stopping:
             return
         await self._spawn(self.children[name])
         await self.wait_healthy(name)
@@ -242,6 +243,7 @@ class Nodes:
 
         Returns each process's exit status; None for one that had to be killed.
         """
+        self.stopping = True
         codes: dict[str, int | None] = {}
         for name in reversed(list(self.children)):
             proc = self.children[name].proc

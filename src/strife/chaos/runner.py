@@ -112,11 +112,18 @@ async def _run(
             nemesis = Nemesis(nodes, customers, history, rng, kinds, interval, config.faults)
             load = asyncio.create_task(customers.run(stop, config.payments, config.rate_per_s))
             faults = asyncio.create_task(nemesis.run(stop))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(load), config.duration_s)
-            stop.set()
-            await load
-            await faults
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(load), config.duration_s)
+                stop.set()
+                await load
+                await faults
+            finally:
+                # A run cut short (SIGTERM, an error) must not leave the
+                # nemesis restarting processes after they were stopped.
+                for task in (load, faults):
+                    task.cancel()
+                await asyncio.gather(load, faults, return_exceptions=True)
             await nemesis.settle()
             load_s = history.now()
             say(
