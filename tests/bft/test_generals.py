@@ -273,16 +273,23 @@ def test_six_generals_two_silent_lieutenants_break_om2() -> None:
     assert verdict.agreement and verdict.validity is False and not verdict.guaranteed
 
 
-def test_six_generals_two_traitors_can_also_split_the_loyal_lieutenants() -> None:
-    found = None
-    for seed in range(200):
-        setup = plan(6, 2, seed=seed, traitor_commander=True, m=1, strategy=MIXED)
-        if not run(setup).verdict().agreement:
-            found = setup
-            break
-    assert found is not None
-    decisions = run(found).decisions
-    assert set(decisions.values()) == {A, R}
+def test_six_generals_two_two_faced_lieutenants_split_the_loyal_ones() -> None:
+    """n = 6 = 3m again: telling odd generals ATTACK and even ones RETREAT breaks
+    IC1 as well as IC2."""
+    outcome = run(Setup(n=6, m=2, order=A, traitors={2: Split(), 5: Split()}))
+    assert outcome.decisions == {1: A, 3: A, 4: R}
+    verdict = outcome.verdict()
+    assert not verdict.agreement and verdict.validity is False
+
+
+def test_a_traitorous_commander_and_a_lieutenant_need_om2_not_om1() -> None:
+    """Six generals, a two-faced commander and L1: n > 3m for OM(1), but two
+    traitors are one too many for it, while OM(2) holds (n - 1 = 5 > 3(m - 1))."""
+    traitors: dict[int, Strategy] = {COMMANDER: Split(), 1: Split()}
+    too_few = run(Setup(n=6, m=1, order=A, traitors=traitors))
+    assert too_few.decisions == {2: R, 3: A, 4: R, 5: A}
+    assert not too_few.verdict().agreement
+    assert run(Setup(n=6, m=2, order=A, traitors=traitors)).verdict().agreement
 
 
 def test_four_generals_two_traitors_beat_om1_and_the_checker_says_so() -> None:

@@ -73,6 +73,13 @@ def test_six_generals_two_silent_traitors_exit_1() -> None:
     assert "VIOLATED" in out.splitlines()[-1]
 
 
+def test_six_generals_two_faced_lieutenants_break_agreement() -> None:
+    code, out = invoke("--n", "6", "--traitors", "2", "--strategy", "split")
+    assert code == 1, out
+    assert "IC1 agreement: VIOLATED (2 decide ATTACK, 1 decides RETREAT)" in out
+    assert "IC2 validity:  VIOLATED" in out
+
+
 def test_more_traitors_than_m_is_named_as_the_cause() -> None:
     code, out = invoke("--n", "7", "--traitors", "3", "--m", "1", "--seed", "0")
     assert code == 1, out

@@ -169,7 +169,11 @@ def verdict_lines(outcome: Outcome, verdict: Verdict) -> list[str]:
         ic1 = f"holds ({who} {decided[0] if decided else '-'})"
     else:
         split = Counter(d.name for d in outcome.decisions.values())
-        ic1 = "VIOLATED (" + ", ".join(f"{c} decide {v}" for v, c in sorted(split.items())) + ")"
+        ic1 = (
+            "VIOLATED ("
+            + ", ".join(f"{c} decide{'s' if c == 1 else ''} {v}" for v, c in sorted(split.items()))
+            + ")"
+        )
     if verdict.validity is None:
         ic2 = "not asked (the commander is a traitor)"
     elif verdict.validity:
