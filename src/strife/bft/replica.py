@@ -1,0 +1,640 @@
+"""One PBFT replica as a pure state machine: `handle(event) -> outputs`.
+
+The normal case (Castro and Liskov, OSDI 1999, section 4.2): the primary of
+view v assigns a batch of client requests the next sequence number n in a
+PRE-PREPARE; each backup that accepts it multicasts a PREPARE. A replica holding
+the pre-prepare and 2f matching prepares from distinct backups has *prepared*
+(v, n, d) and multicasts a COMMIT; with 2f+1 matching commits it has
+*committed locally*, and executes n once everything below n is executed.
+Any two quorums of 2f+1 share an honest replica, so no two batches prepare at
+one (v, n), and a batch committed in one view is carried into every later one.
+
+Around it: checkpoints every K sequence numbers that become *stable* with 2f+1
+matching signed CHECKPOINTs and let the log below them go; water marks that
+bound the log; view change when the primary stalls (`carried_over` derives the
+new view); state transfer when a stable checkpoint is beyond what this replica
+executed. Every message is verified against its claimed sender's key before
+anything else looks at it; what fails, or can change nothing, is dropped and
+counted by reason.
+
+Outputs are returned, never performed: the shell sends, replies and sets
+timers. Time never enters except as timer expiries.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import TypeVar
+
+from strife.bft.certificates import (
+    carried_over,
+    signed_by,
+    valid_batch,
+    valid_checkpoint_proof,
+    valid_new_view,
+    valid_view_change,
+)
+from strife.bft.config import Config
+from strife.bft.effects import (
+    Broadcast,
+    CancelTimer,
+    CheckpointTaken,
+    Dropped,
+    Event,
+    Executed,
+    Output,
+    Receive,
+    Send,
+    SendReply,
+    SetTimer,
+    StateInstalled,
+    TimerExpired,
+    ViewEntered,
+)
+from strife.bft.messages import (
+    Checkpoint,
+    ClientRecord,
+    Commit,
+    Message,
+    NewView,
+    Prepare,
+    PreparedCert,
+    PrePrepare,
+    Reply,
+    Request,
+    StateReply,
+    StateRequest,
+    ViewChange,
+    batch_digest,
+    state_digest,
+)
+from strife.bft.signing import Signer, Verifier, replica_identity
+from strife.bft.statemachine import StateMachine
+
+__all__ = ["Replica"]
+
+_M = TypeVar("_M", bound=Message)
+
+_FUTURE_LIMIT = 2048
+"""Messages kept for a view this replica has not entered yet (oldest go first)."""
+_KEPT_PER_SENDER = 3
+"""Checkpoints and view-changes kept per sender above what is settled."""
+
+
+@dataclass
+class _Slot:
+    """One sequence number's agreement in the current view."""
+
+    pre_prepare: PrePrepare | None = None
+    prepares: dict[int, Prepare] = field(default_factory=dict)
+    commits: dict[int, Commit] = field(default_factory=dict)
+    prepared: bool = False
+    committed: bool = False
+
+
+@dataclass(frozen=True)
+class _Stable:
+    seq: int
+    digest: bytes
+    proof: tuple[Checkpoint, ...]
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    seq: int
+    digest: bytes
+    state: bytes
+    clients: tuple[ClientRecord, ...]
+
+
+class Replica:
+    """Replica `replica_id` of a group of `config.n`, executing into `app`."""
+
+    def __init__(
+        self,
+        config: Config,
+        replica_id: int,
+        signer: Signer,
+        verifier: Verifier,
+        app: StateMachine,
+    ) -> None:
+        assert 0 <= replica_id < config.n, replica_id
+        assert signer.identity == replica_identity(replica_id), signer.identity
+        self.config = config
+        self.id = replica_id
+        self._signer = signer
+        self._verifier = verifier
+        self.app = app
+        self.view = 0
+        self.active = True
+        """False from sending a VIEW-CHANGE for `view` until entering it."""
+        self.last_executed = 0
+        self.next_seq = 0
+        self.clients: dict[str, ClientRecord] = {}
+        self.pending: dict[str, Request] = {}
+        self.timeout = config.timeout
+        self.dropped: Counter[str] = Counter()
+        self._assigned: set[tuple[str, int]] = set()
+        self._slots: dict[int, _Slot] = {}
+        self._prepared: dict[int, PreparedCert] = {}
+        self._checkpoints: dict[int, dict[int, Checkpoint]] = {}
+        self._my_checkpoint: Checkpoint | None = None
+        digest = state_digest(app.digest(), ())
+        self.stable = _Stable(0, digest, ())
+        self._snapshots = {0: _Snapshot(0, digest, app.snapshot(), ())}
+        self._view_changes: dict[int, dict[int, ViewChange]] = {}
+        self._my_view_change: ViewChange | None = None
+        self._new_view_sent: set[int] = set()
+        self._escalation_armed = False
+        self.new_view: NewView | None = None
+        self._future: list[PrePrepare | Prepare | Commit] = []
+        self._timers: set[str] = set()
+        self._fetch_attempt = 0
+
+    # -- the one entry point -------------------------------------------------
+
+    def handle(self, event: Event) -> list[Output]:
+        out: list[Output] = []
+        if isinstance(event, Receive):
+            self._receive(event.message, out)
+        else:
+            assert isinstance(event, TimerExpired), event
+            self._timer(event.kind, out)
+        self._propose(out)
+        self._check()
+        return out
+
+    @property
+    def is_primary(self) -> bool:
+        return self.config.primary(self.view) == self.id
+
+    def _check(self) -> None:
+        """Cheap invariants, after every event (our bugs, never a peer's input)."""
+        assert (
+            self.stable.seq <= self.last_executed or self.stable.seq in self._checkpoints_needed()
+        )
+        assert all(self.stable.seq < n <= self.stable.seq + self.config.window for n in self._slots)
+        assert all(n > self.stable.seq for n in self._prepared)
+        assert all(r.timestamp > self._executed_ts(c) for c, r in self.pending.items())
+
+    def _checkpoints_needed(self) -> set[int]:
+        # A stable checkpoint ahead of execution is only ever waiting on a snapshot.
+        return {self.stable.seq} if "state" in self._timers else set()
+
+    def _executed_ts(self, client: str) -> int:
+        record = self.clients.get(client)
+        return 0 if record is None else record.timestamp
+
+    # -- plumbing ------------------------------------------------------------
+
+    def _sign(self, message: _M) -> _M:
+        signed: _M = replace(message, signature=self._signer.sign(message.payload))
+        return signed
+
+    def _drop(self, reason: str, message: Message, out: list[Output]) -> None:
+        self.dropped[reason] += 1
+        out.append(Dropped(reason, message))
+
+    def _set_timer(self, kind: str, after: float, out: list[Output]) -> None:
+        self._timers.add(kind)
+        out.append(SetTimer(kind, after))
+
+    def _cancel_timer(self, kind: str, out: list[Output]) -> None:
+        if kind in self._timers:
+            self._timers.discard(kind)
+            out.append(CancelTimer(kind))
+
+    def _in_window(self, seq: int) -> bool:
+        return self.stable.seq < seq <= self.stable.seq + self.config.window
+
+    def _slot(self, seq: int) -> _Slot:
+        return self._slots.setdefault(seq, _Slot())
+
+    def _receive(self, message: Message, out: list[Output]) -> None:
+        if not signed_by(self._verifier, message):
+            self._drop("bad-signature", message, out)
+            return
+        if not isinstance(message, Request) and message.replica == self.id:
+            self._drop("own-message", message, out)
+            return
+        match message:
+            case Request():
+                self._on_request(message, out)
+            case PrePrepare() | Prepare() | Commit():
+                self._on_agreement(message, out)
+            case Checkpoint():
+                self._on_checkpoint(message, out)
+            case ViewChange():
+                self._on_view_change(message, out)
+            case NewView():
+                self._on_new_view(message, out)
+            case StateRequest():
+                self._on_state_request(message, out)
+            case StateReply():
+                self._on_state_reply(message, out)
+            case Reply():
+                self._drop("reply-to-replica", message, out)
+
+    # -- requests and the normal case ----------------------------------------
+
+    def _on_request(self, request: Request, out: list[Output]) -> None:
+        if len(request.operation) > self.config.max_operation_bytes or request.timestamp < 1:
+            self._drop("bad-request", request, out)
+            return
+        record = self.clients.get(request.client)
+        if record is not None and request.timestamp <= record.timestamp:
+            if request.timestamp == record.timestamp:  # a retry: the same answer again
+                self._reply(record, out)
+            else:
+                self._drop("old-request", request, out)
+            return
+        held = self.pending.get(request.client)
+        if held is not None and held.timestamp >= request.timestamp:
+            self.dropped["repeated-request"] += 1
+            return
+        self.pending[request.client] = request
+        if self.active and "request" not in self._timers:
+            self._set_timer("request", self.timeout, out)
+
+    def _reply(self, record: ClientRecord, out: list[Output]) -> None:
+        reply = Reply(self.view, record.timestamp, record.client, self.id, record.result)
+        out.append(SendReply(self._sign(reply)))
+
+    def _propose(self, out: list[Output]) -> None:
+        """As primary, give waiting requests sequence numbers, a batch at a time."""
+        if not self.active or not self.is_primary:
+            return
+        limit = self.stable.seq + self.config.window
+        while (
+            self.next_seq < limit and self.next_seq - self.last_executed < self.config.max_in_flight
+        ):
+            batch = tuple(
+                r for r in self.pending.values() if (r.client, r.timestamp) not in self._assigned
+            )[: self.config.batch_size]
+            if not batch:
+                return
+            self.next_seq += 1
+            pp = self._sign(
+                PrePrepare(self.view, self.next_seq, batch_digest(batch), batch, self.id)
+            )
+            self._slot(pp.seq).pre_prepare = pp
+            self._assigned.update((r.client, r.timestamp) for r in batch)
+            out.append(Broadcast(pp))
+            self._advance(pp.seq, out)
+
+    def _on_agreement(self, message: PrePrepare | Prepare | Commit, out: list[Output]) -> None:
+        if message.view > self.view or (message.view == self.view and not self.active):
+            self._future.append(message)
+            if len(self._future) > _FUTURE_LIMIT:
+                self._drop("future-overflow", self._future.pop(0), out)
+            return
+        if message.view < self.view:
+            self._drop("old-view", message, out)
+            return
+        if not self._in_window(message.seq):
+            self._drop("out-of-window", message, out)
+            return
+        primary = self.config.primary(self.view)
+        slot = self._slot(message.seq)
+        if isinstance(message, PrePrepare):
+            if message.replica != primary:
+                self._drop("not-primary", message, out)
+                return
+            if slot.pre_prepare is not None:
+                reason = "duplicate" if slot.pre_prepare == message else "equivocation"
+                self._drop(reason, message, out)
+                return
+            if not valid_batch(self.config, self._verifier, message):
+                self._drop("bad-batch", message, out)
+                return
+            self._accept_pre_prepare(message, out)
+        elif isinstance(message, Prepare):
+            if message.replica == primary:
+                self._drop("prepare-from-primary", message, out)
+                return
+            if slot.prepares.setdefault(message.replica, message) != message:
+                self._drop("conflicting-prepare", message, out)
+                return
+        elif slot.commits.setdefault(message.replica, message) != message:
+            self._drop("conflicting-commit", message, out)
+            return
+        self._advance(message.seq, out)
+
+    def _accept_pre_prepare(self, pp: PrePrepare, out: list[Output]) -> None:
+        slot = self._slot(pp.seq)
+        slot.pre_prepare = pp
+        self._assigned.update((r.client, r.timestamp) for r in pp.batch)
+        if not self.is_primary:
+            prepare = self._sign(Prepare(self.view, pp.seq, pp.digest, self.id))
+            slot.prepares[self.id] = prepare
+            out.append(Broadcast(prepare))
+
+    def _advance(self, seq: int, out: list[Output]) -> None:
+        """Move one slot on: prepared -> COMMIT sent -> committed locally -> execute."""
+        slot = self._slots.get(seq)
+        if slot is None or slot.pre_prepare is None:
+            return
+        pp = slot.pre_prepare
+        if not slot.prepared:
+            matching = sorted(
+                (p for p in slot.prepares.values() if p.digest == pp.digest),
+                key=lambda p: p.replica,
+            )
+            if len(matching) < 2 * self.config.f:
+                return
+            slot.prepared = True
+            self._prepared[seq] = PreparedCert(pp, tuple(matching[: 2 * self.config.f]))
+            commit = self._sign(Commit(self.view, seq, pp.digest, self.id))
+            slot.commits[self.id] = commit
+            out.append(Broadcast(commit))
+        if not slot.committed:
+            votes = sum(1 for c in slot.commits.values() if c.digest == pp.digest)
+            if votes < self.config.quorum:
+                return
+            slot.committed = True
+            self._execute(out)
+
+    def _execute(self, out: list[Output]) -> None:
+        """Execute committed batches in sequence order, each request once per client timestamp."""
+        ran = False
+        while (slot := self._slots.get(self.last_executed + 1)) is not None and slot.committed:
+            assert slot.pre_prepare is not None
+            seq = self.last_executed + 1
+            results: list[tuple[Request, bytes]] = []
+            for request in slot.pre_prepare.batch:
+                if request.timestamp <= self._executed_ts(request.client):
+                    continue  # a retry that was ordered twice: it ran the first time
+                result = self.app.execute(request.operation)
+                record = ClientRecord(request.client, request.timestamp, result)
+                self.clients[request.client] = record
+                held = self.pending.get(request.client)
+                if held is not None and held.timestamp <= request.timestamp:
+                    del self.pending[request.client]
+                results.append((request, result))
+                self._reply(record, out)
+            self.last_executed = seq
+            ran = True
+            out.append(Executed(seq, slot.pre_prepare.digest, tuple(results)))
+            if seq % self.config.checkpoint_interval == 0:
+                self._take_checkpoint(seq, out)
+        if ran:
+            self.timeout = self.config.timeout
+            self._restart_request_timer(out)
+
+    def _restart_request_timer(self, out: list[Output]) -> None:
+        self._cancel_timer("request", out)
+        if self.pending and self.active:
+            self._set_timer("request", self.timeout, out)
+
+    # -- checkpoints and garbage collection -----------------------------------
+
+    def _client_table(self) -> tuple[ClientRecord, ...]:
+        return tuple(sorted(self.clients.values(), key=lambda r: r.client))
+
+    def _take_checkpoint(self, seq: int, out: list[Output]) -> None:
+        clients = self._client_table()
+        digest = state_digest(self.app.digest(), clients)
+        self._snapshots[seq] = _Snapshot(seq, digest, self.app.snapshot(), clients)
+        checkpoint = self._sign(Checkpoint(seq, digest, self.id))
+        self._my_checkpoint = checkpoint
+        out.append(CheckpointTaken(seq, digest))
+        out.append(Broadcast(checkpoint))
+        self._record_checkpoint(checkpoint, out)
+
+    def _on_checkpoint(self, checkpoint: Checkpoint, out: list[Output]) -> None:
+        if checkpoint.seq <= self.stable.seq:
+            self.dropped["old-checkpoint"] += 1
+            return
+        if checkpoint.seq % self.config.checkpoint_interval:
+            self._drop("bad-checkpoint", checkpoint, out)
+            return
+        self._record_checkpoint(checkpoint, out)
+
+    def _record_checkpoint(self, checkpoint: Checkpoint, out: list[Output]) -> None:
+        by_replica = self._checkpoints.setdefault(checkpoint.seq, {})
+        if by_replica.setdefault(checkpoint.replica, checkpoint) != checkpoint:
+            self._drop("conflicting-checkpoint", checkpoint, out)
+            return
+        # A peer's checkpoints are kept for its few highest sequence numbers only.
+        mine = sorted(s for s, held in self._checkpoints.items() if checkpoint.replica in held)
+        for seq in mine[:-_KEPT_PER_SENDER]:
+            del self._checkpoints[seq][checkpoint.replica]
+        matching = sorted(
+            (c for c in by_replica.values() if c.state_digest == checkpoint.state_digest),
+            key=lambda c: c.replica,
+        )
+        if len(matching) >= self.config.quorum and checkpoint.seq > self.stable.seq:
+            self._make_stable(checkpoint.seq, checkpoint.state_digest, tuple(matching), out)
+
+    def _make_stable(
+        self, seq: int, digest: bytes, proof: tuple[Checkpoint, ...], out: list[Output]
+    ) -> None:
+        """A certified checkpoint: forget the log below it; fetch its state if behind."""
+        assert seq > self.stable.seq, (seq, self.stable.seq)
+        self.stable = _Stable(seq, digest, proof)
+        self._slots = {n: s for n, s in self._slots.items() if n > seq}
+        self._prepared = {n: c for n, c in self._prepared.items() if n > seq}
+        self._checkpoints = {n: c for n, c in self._checkpoints.items() if n > seq}
+        self._snapshots = {n: s for n, s in self._snapshots.items() if n >= seq}
+        own = self._snapshots.get(seq)
+        if own is not None and own.digest != digest:
+            # 2f+1 replicas certified another state than ours: ours is wrong.
+            self.dropped["diverged-from-certified-state"] += 1
+            del self._snapshots[seq]
+            self.last_executed = min(self.last_executed, seq - 1)
+        self.next_seq = max(self.next_seq, seq)
+        if self.last_executed < seq:
+            self._fetch_attempt = 0
+            self._fetch_state(out)
+
+    # -- state transfer ------------------------------------------------------
+
+    def _fetch_state(self, out: list[Output]) -> None:
+        holders = [c.replica for c in self.stable.proof if c.replica != self.id]
+        assert holders, "a stable checkpoint we did not execute was certified by others"
+        target = holders[self._fetch_attempt % len(holders)]
+        self._fetch_attempt += 1
+        out.append(Send(target, self._sign(StateRequest(self.stable.seq, self.id))))
+        self._set_timer("state", self.timeout, out)
+
+    def _on_state_request(self, request: StateRequest, out: list[Output]) -> None:
+        snapshot = self._snapshots.get(self.stable.seq)
+        if snapshot is None or self.stable.seq < request.seq or self.stable.seq == 0:
+            self._drop("no-snapshot", request, out)
+            return
+        reply = StateReply(
+            snapshot.seq, snapshot.state, snapshot.clients, self.stable.proof, self.id
+        )
+        out.append(Send(request.replica, self._sign(reply)))
+
+    def _on_state_reply(self, reply: StateReply, out: list[Output]) -> None:
+        if reply.seq <= self.last_executed or not reply.proof:
+            self.dropped["unneeded-state"] += 1
+            return
+        digest = reply.proof[0].state_digest
+        if not valid_checkpoint_proof(self.config, self._verifier, reply.seq, digest, reply.proof):
+            self._drop("bad-state-proof", reply, out)
+            return
+        previous = self.app.snapshot()
+        try:
+            self.app.restore(reply.snapshot)
+            installed = state_digest(self.app.digest(), reply.clients) == digest
+        except ValueError:
+            installed = False
+        if not installed:
+            self.app.restore(previous)
+            self._drop("bad-snapshot", reply, out)
+            return
+        self.clients = {record.client: record for record in reply.clients}
+        self.pending = {c: r for c, r in self.pending.items() if r.timestamp > self._executed_ts(c)}
+        self.last_executed = reply.seq
+        clients = self._client_table()
+        self._snapshots[reply.seq] = _Snapshot(reply.seq, digest, reply.snapshot, clients)
+        if reply.seq > self.stable.seq:
+            self._make_stable(reply.seq, digest, reply.proof, out)
+        self._slots = {n: s for n, s in self._slots.items() if n > reply.seq}
+        if self.last_executed >= self.stable.seq:
+            self._cancel_timer("state", out)
+        out.append(StateInstalled(reply.seq, digest))
+        self._execute(out)
+        self._restart_request_timer(out)
+
+    # -- view change ---------------------------------------------------------
+
+    def _timer(self, kind: str, out: list[Output]) -> None:
+        self._timers.discard(kind)
+        if kind == "request":
+            if self.active and self.pending:
+                self._start_view_change(self.view + 1, out)
+        elif kind == "view-change":
+            if not self.active:
+                self.timeout *= 2
+                self._start_view_change(self.view + 1, out)
+        elif kind == "resend":
+            if not self.active and self._my_view_change is not None:
+                out.append(Broadcast(self._my_view_change))
+                self._resend_checkpoint(out)
+                self._set_timer("resend", self.config.timeout, out)
+        elif kind == "state" and self.last_executed < self.stable.seq:
+            self._fetch_state(out)
+
+    def _resend_checkpoint(self, out: list[Output]) -> None:
+        # A checkpoint whose messages were lost would pin the high water mark.
+        mine = self._my_checkpoint
+        if mine is not None and mine.seq > self.stable.seq:
+            out.append(Broadcast(mine))
+
+    def _start_view_change(self, view: int, out: list[Output]) -> None:
+        assert view > self.view, (view, self.view)
+        self.view = view
+        self.active = False
+        self._slots.clear()
+        self._assigned.clear()
+        self._escalation_armed = False
+        vc = self._sign(
+            ViewChange(
+                view,
+                self.stable.seq,
+                self.stable.digest,
+                self.stable.proof,
+                tuple(self._prepared[n] for n in sorted(self._prepared)),
+                self.id,
+            )
+        )
+        self._my_view_change = vc
+        self._cancel_timer("request", out)
+        self._cancel_timer("view-change", out)
+        out.append(Broadcast(vc))
+        self._resend_checkpoint(out)
+        self._set_timer("resend", self.config.timeout, out)
+        self._record_view_change(vc, out)
+
+    def _on_view_change(self, vc: ViewChange, out: list[Output]) -> None:
+        if vc.view < self.view or (vc.view == self.view and self.active):
+            # The sender is behind: our new view, if we have one, brings it here.
+            if self.active and self.new_view is not None and self.new_view.view >= vc.view:
+                out.append(Send(vc.replica, self.new_view))
+            else:
+                self.dropped["old-view-change"] += 1
+            return
+        if not valid_view_change(self.config, self._verifier, vc):
+            self._drop("bad-view-change", vc, out)
+            return
+        self._record_view_change(vc, out)
+
+    def _record_view_change(self, vc: ViewChange, out: list[Output]) -> None:
+        by_replica = self._view_changes.setdefault(vc.view, {})
+        if by_replica.setdefault(vc.replica, vc) != vc:
+            self._drop("conflicting-view-change", vc, out)
+            return
+        views = sorted(v for v, held in self._view_changes.items() if vc.replica in held)
+        for view in views[:-_KEPT_PER_SENDER]:
+            del self._view_changes[view][vc.replica]
+        # f+1 replicas ahead of us include an honest one: join the lowest view they want.
+        ahead = {
+            r: v for v, held in sorted(self._view_changes.items(), reverse=True)
+            if v > self.view for r in held
+        }  # fmt: skip
+        ahead.pop(self.id, None)
+        if len(ahead) >= self.config.weak:
+            self._start_view_change(min(ahead.values()), out)
+            return
+        if self.active:
+            return
+        gathered = self._view_changes.get(self.view, {})
+        if len(gathered) < self.config.quorum:
+            return
+        if not self._escalation_armed:
+            self._escalation_armed = True
+            self._set_timer("view-change", self.timeout, out)
+        if self.is_primary and self.view not in self._new_view_sent:
+            self._send_new_view(gathered, out)
+
+    def _send_new_view(self, gathered: dict[int, ViewChange], out: list[Output]) -> None:
+        chosen = tuple(gathered[r] for r in sorted(gathered)[: self.config.quorum])
+        _, carried = carried_over(self.config, chosen)
+        pre_prepares = tuple(
+            self._sign(PrePrepare(self.view, seq, digest, batch, self.id))
+            for seq, digest, batch in carried
+        )
+        nv = self._sign(NewView(self.view, chosen, pre_prepares, self.id))
+        self._new_view_sent.add(self.view)
+        out.append(Broadcast(nv))
+        self._enter_view(nv, out)
+
+    def _on_new_view(self, nv: NewView, out: list[Output]) -> None:
+        if nv.view < self.view or (nv.view == self.view and self.active):
+            self.dropped["old-new-view"] += 1
+            return
+        if not valid_new_view(self.config, self._verifier, nv):
+            self._drop("bad-new-view", nv, out)
+            return
+        self._enter_view(nv, out)
+
+    def _enter_view(self, nv: NewView, out: list[Output]) -> None:
+        self.view = nv.view
+        self.active = True
+        self.new_view = nv
+        self._escalation_armed = False
+        self._cancel_timer("view-change", out)
+        self._cancel_timer("resend", out)
+        self._slots.clear()
+        self._assigned.clear()
+        self._view_changes = {v: held for v, held in self._view_changes.items() if v > nv.view}
+        low = max(vc.stable_seq for vc in nv.view_changes)
+        if low > self.stable.seq:
+            source = next(vc for vc in nv.view_changes if vc.stable_seq == low)
+            self._make_stable(low, source.stable_digest, source.checkpoint_proof, out)
+        self.next_seq = max([self.stable.seq, low] + [pp.seq for pp in nv.pre_prepares])
+        out.append(ViewEntered(nv.view))
+        for pp in nv.pre_prepares:
+            if self._in_window(pp.seq):
+                self._accept_pre_prepare(pp, out)
+        buffered, self._future = self._future, []
+        for message in buffered:
+            if message.view >= self.view:
+                self._on_agreement(message, out)
+        for seq in sorted(self._slots):
+            self._advance(seq, out)
+        self._restart_request_timer(out)
