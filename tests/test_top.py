@@ -96,7 +96,7 @@ def test_rates_gauges_and_picks_from_two_scrapes() -> None:
     gw, lb, bank = snap.rows
     assert (gw.role, lb.role) == ("gateway", "balancer")
     assert gw.rpc_per_s == 100.0  # health checks are not counted
-    assert (gw.rpc_in_flight, gw.open_2pc, gw.in_doubt) == (3, 2, 1)
+    assert (gw.rpc_in_flight, gw.open_2pc, gw.in_doubt, gw.unsettled) == (3, 2, None, 1)
     assert gw.commit_ms == pytest.approx(2.0)
     assert gw.rss_bytes == 50 * 2**20
     assert not bank.up and bank.error == "refused" and bank.restarts == 2
@@ -105,10 +105,11 @@ def test_rates_gauges_and_picks_from_two_scrapes() -> None:
     p50, p99 = snap.latency_ms
     assert p50 == pytest.approx(10.0)
     assert p99 == pytest.approx(10.0)  # above the last finite bound: that bound
-    assert [(p.instance, p.total, p.per_s, p.share) for p in snap.picks] == [
-        ("gw-1", 16, 3.0, 0.75),
-        ("gw-2", 12, 1.0, 0.25),
+    assert [(p.instance, p.total, p.per_s) for p in snap.picks] == [
+        ("gw-1", 16, 3.0),
+        ("gw-2", 12, 1.0),
     ]
+    assert [p.share for p in snap.picks] == pytest.approx([16 / 28, 12 / 28])
 
 
 def test_a_restarted_process_counts_from_zero() -> None:
@@ -143,7 +144,7 @@ def test_the_text_and_rich_screens_show_every_process() -> None:
     text = as_text(snap)
     lines = text.splitlines()
     header = next(line for line in lines if line.startswith("process"))
-    for column in ("rpc/s", "in flight", "2pc open", "in doubt", "commit ms", "rss MiB"):
+    for column in ("rpc/s", "in flight", "2pc open", "in doubt", "unsettled", "commit ms"):
         assert column in header
     assert any(line.startswith("bank-alpha") and "DOWN" in line for line in lines)
     assert any(line.startswith("gw ") and "50.0" in line for line in lines)  # RSS MiB
@@ -152,6 +153,7 @@ def test_the_text_and_rich_screens_show_every_process() -> None:
     console.print(as_rich(snap, "strife top"))
     drawn = console.export_text()
     assert "bank-alpha" in drawn and "DOWN" in drawn and "gw-2" in drawn and "25%" in drawn
+    assert "rss MiB" in drawn
 
 
 def test_targets_from_a_cluster_state_and_from_options(tmp_path: Path) -> None:
@@ -243,7 +245,7 @@ def test_top_once_against_a_running_cluster(tmp_path: Path) -> None:
     assert set(rows) == {"balancer", "bank-alpha", "bank-beta", "gateway-gw-1", "gateway-gw-2"}
     for name, cells in rows.items():
         assert cells[2] == "up", out
-        assert float(cells[8]) > 10, f"{name}: RSS {cells[8]} MiB"  # rss MiB
+        assert float(cells[9]) > 10, f"{name}: RSS {cells[9]} MiB"  # rss MiB
     assert sum(float(rows[g][3]) for g in ("gateway-gw-1", "gateway-gw-2")) > 0, out  # rpc/s
     assert any(line.strip().startswith("gw-") and "%" in line for line in lines), out
     assert again.returncode == 0, again.stderr

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
 
 COLUMNS = (
-    "process", "role", "state", "rpc/s", "in flight", "2pc open", "in doubt",
+    "process", "role", "state", "rpc/s", "in flight", "2pc open", "in doubt", "unsettled",
     "commit ms", "rss MiB", "restarts",
 )  # fmt: skip
 BAR_WIDTH = 30
@@ -25,7 +25,7 @@ def _num(value: float | None, digits: int = 1) -> str:
 
 def _cells(row: ProcessRow) -> tuple[str, ...]:
     if not row.up:
-        return (row.name, row.role or "?", "DOWN", *("-",) * 6, str(row.restarts))
+        return (row.name, row.role or "?", "DOWN", *("-",) * 7, str(row.restarts))
     return (
         row.name,
         row.role or "?",
@@ -34,6 +34,7 @@ def _cells(row: ProcessRow) -> tuple[str, ...]:
         _num(row.rpc_in_flight, 0),
         _num(row.open_2pc, 0),
         _num(row.in_doubt, 0),
+        _num(row.unsettled, 0),
         _num(row.commit_ms, 2),
         _num(None if row.rss_bytes is None else row.rss_bytes / 2**20),
         str(row.restarts),
@@ -68,7 +69,7 @@ def as_text(snap: Snapshot) -> str:
             for i, (c, w) in enumerate(zip(row, widths, strict=True))
         )
         lines.append("  ".join(padded).rstrip())
-    lines += ["", "balancer picks of gateways (share of the interval's picks):"]
+    lines += ["", "balancer picks of gateways (rate over the interval, share of all picks):"]
     if not snap.picks:
         lines.append("  none yet")
     picks = [_pick_cells(pick) for pick in snap.picks]

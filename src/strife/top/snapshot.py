@@ -33,9 +33,10 @@ class ProcessRow:
     rpc_in_flight: float | None = None
     # Gateway: payments it is deciding or delivering. Bank: legs prepared (funds held).
     open_2pc: float | None = None
-    # Bank: prepared legs past the in-doubt timeout. Gateway: payments some bank
-    # has not acknowledged yet.
+    # Bank: prepared legs past the in-doubt timeout, asked about at their coordinator.
     in_doubt: float | None = None
+    # Gateway: decided (or undecided) payments some bank has not acknowledged yet.
+    unsettled: float | None = None
     rss_bytes: float | None = None
     commit_ms: float | None = None  # mean COMMIT (WAL write + fsync) over the interval
     restarts: int = 0
@@ -48,7 +49,7 @@ class Pick:
     instance: str
     total: float
     per_s: float
-    share: float  # of the interval's picks, or of all picks when none fell in it
+    share: float  # of all picks: clients keep a pick, so an interval holds few
 
 
 @dataclass(frozen=True)
@@ -133,10 +134,10 @@ def _row(before: Scrape | None, after: Scrape, seconds: float) -> ProcessRow:
     old = before.samples if before else None
     commits = increase(old, samples, "strife_storage_commit_seconds_count")
     commit_s = increase(old, samples, "strife_storage_commit_seconds_sum")
-    open_2pc = in_doubt = None
+    open_2pc = in_doubt = unsettled = None
     if role == "gateway":
         open_2pc = samples.get("strife_gateway_payments_in_flight")
-        in_doubt = samples.get("strife_gateway_payments_unsettled")
+        unsettled = samples.get("strife_gateway_payments_unsettled")
     elif role == "bank":
         open_2pc = samples.get("strife_bank_prepared_transfers")
         in_doubt = samples.get("strife_bank_in_doubt_transfers")
@@ -148,6 +149,7 @@ def _row(before: Scrape | None, after: Scrape, seconds: float) -> ProcessRow:
         rpc_in_flight=samples.get("strife_rpc_in_flight"),
         open_2pc=open_2pc,
         in_doubt=in_doubt,
+        unsettled=unsettled,
         rss_bytes=samples.get("process_resident_memory_bytes"),
         commit_ms=1000 * commit_s / commits if old is not None and commits > 0 else None,
         restarts=target.restarts,
@@ -163,7 +165,6 @@ def _picks(before: Scrape | None, after: Scrape, seconds: float, service: str) -
         instance = labels["picked"]
         grown = increase(old, after.samples, "strife_balancer_picks_total", **labels)
         rows.append((instance, total, grown if old is not None else 0.0))
-    recent = sum(grown for _, _, grown in rows)
     overall = sum(total for _, total, _ in rows)
     return sorted(
         (
@@ -171,7 +172,7 @@ def _picks(before: Scrape | None, after: Scrape, seconds: float, service: str) -
                 instance=instance,
                 total=total,
                 per_s=grown / seconds if seconds > 0 else 0.0,
-                share=(grown / recent) if recent else (total / overall if overall else 0.0),
+                share=total / overall if overall else 0.0,
             )
             for instance, total, grown in rows
         ),
