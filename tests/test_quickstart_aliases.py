@@ -62,7 +62,7 @@ def test_quickstart_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 def test_help_spells_the_gateway_one_way(command: list[str]) -> None:
     from click.testing import CliRunner
 
-    from strife.client.cli import main
+    from strife.cli import main
 
     shown = CliRunner().invoke(main, [*command, "--help"]).output
     assert "--gateway " in shown and "--gateway-addr" not in shown
@@ -72,7 +72,7 @@ def test_help_spells_the_gateway_one_way(command: list[str]) -> None:
 def test_both_spellings_reach_the_command(spelling: str) -> None:
     from click.testing import CliRunner
 
-    from strife.client.cli import main
+    from strife.cli import main
 
     # Given a gateway, the command gets as far as looking for the client identity.
     before = CliRunner().invoke(main, [spelling, "127.0.0.1:1", "balance", "--certs", "none"])

@@ -53,6 +53,10 @@ def claim() -> None:
     """This process is a Strife program: its servers handle SIGTERM/SIGINT themselves."""
     global _claimed
     _claimed = True
+    # Strife programs start children only by fork+exec, never fork alone, so
+    # gRPC's fork handlers have nothing to protect. Set here, for programs
+    # only: a library must not change its host's environment.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 
 def owns_signals() -> bool:

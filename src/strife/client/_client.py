@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -58,14 +59,25 @@ from strife.v1 import gateway_pb2, gateway_pb2_grpc, money_pb2
 
 _log = get_logger("strife.client")
 
-OUTBOX_DEPTH = Gauge(
-    "strife_client_outbox_unsettled", "Queued (PENDING or IN_FLIGHT) payments, last counted"
-)
-OUTCOMES = Counter(
-    "strife_client_payment_outcomes",
-    "Outbox entries settled, by state and reason",
-    ["state", "reason"],
-)
+
+@functools.cache
+def _metrics() -> tuple[Gauge, Counter]:
+    """The client's metrics, registered in the default registry on first use.
+
+    Registering at import would put Strife's metrics into every program that
+    merely imports the library (and clash with a host that registers the
+    same names itself); a program that runs a client exports them.
+    """
+    depth = Gauge(
+        "strife_client_outbox_unsettled", "Queued (PENDING or IN_FLIGHT) payments, last counted"
+    )
+    outcomes = Counter(
+        "strife_client_payment_outcomes",
+        "Outbox entries settled, by state and reason",
+        ["state", "reason"],
+    )
+    return depth, outcomes
+
 
 MAX_PAGE_SIZE = 200  # the banks' own page limit
 MAX_DESCRIPTION_CHARS = 256  # the gateway's limit
@@ -608,7 +620,7 @@ class StrifeClient:
         self._check_open()
         session = self._auth.session
         depth = await self._outbox.unsettled(session.customer_id if session else None)
-        OUTBOX_DEPTH.set(depth)
+        _metrics()[0].set(depth)
         return depth
 
     async def _drain_result(self, report: DrainReport) -> DrainResult:
@@ -622,7 +634,7 @@ class StrifeClient:
     def _recorded(self, entries: list[OutboxEntry]) -> None:
         for entry in entries:
             if entry.settled:
-                OUTCOMES.labels(str(entry.state), entry.reason).inc()
+                _metrics()[1].labels(str(entry.state), entry.reason).inc()
                 self._notifier.publish(PaymentResult.of(entry))
             waiter = self._waiters.get(entry.id)
             if waiter is not None and not waiter.done() and entry.state != EntryState.IN_FLIGHT:

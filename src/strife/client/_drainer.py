@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
 import random
 from collections.abc import Awaitable, Callable, Sequence
@@ -33,6 +32,7 @@ from typing import IO, Protocol
 import grpc
 
 from strife.client._exceptions import LoginRequired
+from strife.client._lockfile import try_lock, unlock
 from strife.client._models import (
     EntryState,
     OutboxEntry,
@@ -141,9 +141,7 @@ class DrainLock:
             return True
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(self.path, "a+b")  # noqa: SIM115 - held open for the lock's lifetime
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        if not try_lock(handle):
             handle.close()
             return False
         handle.truncate(0)
@@ -155,7 +153,7 @@ class DrainLock:
     def release(self) -> None:
         handle, self._file = self._file, None
         if handle is not None:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            unlock(handle)
             handle.close()
 
 

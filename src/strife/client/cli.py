@@ -1,4 +1,6 @@
-"""`strife`: the customer command line, built on `strife.client`.
+"""The customer commands of `strife`, built on `strife.client` alone.
+
+The `strife` program (`strife.cli`) adds the operator's commands to these.
 
 Every command first tries to deliver the profile's outbox (and says what
 settled, on stderr), then does its own work. `--json` prints one JSON
@@ -26,7 +28,6 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from strife.chaos.cli import chaos as chaos_command
 from strife.client._auth import Credentials, Session
 from strife.client._client import ClientConfig, DrainResult, StrifeClient
 from strife.client._exceptions import ClientError, LoginRequired
@@ -49,12 +50,9 @@ from strife.client._profile import (
     save_config,
     save_session,
 )
-from strife.cluster.cli import cluster as cluster_group
-from strife.cluster.demo import demo as demo_command
 from strife.errors import StrifeError
 from strife.money import MoneyError
 from strife.observability.logging import configure_logging
-from strife.program import entry as program_entry
 from strife.rpc.server import install_stop_signals
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -753,12 +751,3 @@ def watch(until_empty: bool, timeout_s: float | None, **options: Any) -> None:
     code = _run(settings, body)
     if code:
         sys.exit(code)
-
-
-main.add_command(cluster_group)
-main.add_command(chaos_command)
-main.add_command(demo_command)
-
-
-# The console script: this process is the program (signals, uvloop).
-entry = program_entry(main)
