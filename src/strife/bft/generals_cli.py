@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import click
 
@@ -29,6 +29,7 @@ from strife.bft.generals import (
     run,
     strategy_names,
 )
+from strife.bft.generals_signed import SignedOutcome, run_signed
 
 EXIT_VIOLATED = 1
 # A round printed message by message while it has at most this many relaying paths;
@@ -156,10 +157,11 @@ def _bound(n: int, m: int, traitors: int) -> str:
     return f"{relation}, {count}"
 
 
-def verdict_lines(outcome: Outcome, verdict: Verdict) -> list[str]:
-    setup = outcome.setup
-    decided = sorted({d.name for d in outcome.decisions.values()})
-    loyal = len(outcome.votes)
+def verdict_lines(
+    setup: Setup, decisions: Mapping[int, Order], verdict: Verdict, signed: bool = False
+) -> list[str]:
+    decided = sorted({d.name for d in decisions.values()})
+    loyal = len(decisions)
     if verdict.agreement:
         who = (
             f"all {loyal} loyal lieutenants decide"
@@ -168,7 +170,7 @@ def verdict_lines(outcome: Outcome, verdict: Verdict) -> list[str]:
         )
         ic1 = f"holds ({who} {decided[0] if decided else '-'})"
     else:
-        split = Counter(d.name for d in outcome.decisions.values())
+        split = Counter(d.name for d in decisions.values())
         ic1 = (
             "VIOLATED ("
             + ", ".join(f"{c} decide{'s' if c == 1 else ''} {v}" for v, c in sorted(split.items()))
@@ -184,7 +186,21 @@ def verdict_lines(outcome: Outcome, verdict: Verdict) -> list[str]:
         ic2 = (
             f"VIOLATED (the loyal commander ordered {setup.order.name}; not every lieutenant obeys)"
         )
-    return [f"IC1 agreement: {ic1}", f"IC2 validity:  {ic2}", _conclusion(setup, verdict)]
+    conclusion = _signed_conclusion(setup, verdict) if signed else _conclusion(setup, verdict)
+    return [f"IC1 agreement: {ic1}", f"IC2 validity:  {ic2}", conclusion]
+
+
+def _signed_conclusion(setup: Setup, verdict: Verdict) -> str:
+    m, t = setup.m, len(setup.traitors)
+    if verdict.holds:
+        if verdict.guaranteed:
+            return f"verdict: OK (at most m traitors: SM({m}) guarantees both, whatever n)"
+        return f"verdict: OK this time, though {t} traitors > m={m}"
+    if not verdict.guaranteed:
+        return (
+            f"verdict: VIOLATED, as the bound allows ({t} traitors > m={m}: SM({m}) tolerates {m})"
+        )
+    return f"verdict: VIOLATED with at most m traitors: a bug in SM({m})"
 
 
 def _conclusion(setup: Setup, verdict: Verdict) -> str:
@@ -220,8 +236,48 @@ def report_lines(outcome: Outcome, mode: str = "auto", transport: str = "memory"
         "",
         *vote_lines(outcome),
         "",
-        *verdict_lines(outcome, verdict),
+        *verdict_lines(outcome.setup, outcome.decisions, verdict),
     ]
+
+
+def signed_report_lines(outcome: SignedOutcome) -> list[str]:
+    """SM(m)'s rounds, one line per signed value and chain with its receivers
+    (`*` an order its commander did not give, `!` a forgery, dropped), then
+    each loyal lieutenant's set of orders."""
+    setup = outcome.setup
+    n, m, t = setup.n, setup.m, len(setup.traitors)
+    traitors = ", ".join(f"{name(g)} ({s.name})" for g, s in sorted(setup.traitors.items()))
+    forged = sum(1 for r in outcome.rounds for msg in r if not msg.valid)
+    lines = [
+        f"SM({m}) with n={n}, signed messages: C "
+        f"{'is loyal and orders' if setup.is_loyal(COMMANDER) else 'is a traitor; its order is'} "
+        f"{setup.order.name}",
+        f"traitors: {traitors or 'none'} (seed {setup.seed})",
+        f"bound: {t} traitor{'s' if t != 1 else ''} {'<=' if t <= m else '>'} m={m} (any n)",
+        f"messages: {' + '.join(str(len(r)) for r in outcome.rounds)} in {m + 1} rounds, "
+        f"{forged} forged",
+        "reading: `A  C>L1 -> L2 L3` is L1 passing C's signed ATTACK, countersigned, to L2 "
+        "and L3; * not the commander's order, ! a forgery (dropped)",
+        "",
+    ]
+    for k, messages in enumerate(outcome.rounds, start=1):
+        lines.append(f"round {k}: {len(messages)} messages")
+        groups: dict[tuple[Order, tuple[int, ...], bool], list[int]] = {}
+        for msg in messages:
+            key = (msg.order.value, msg.order.signers, msg.valid)
+            groups.setdefault(key, []).append(msg.receiver)
+        for (value, signers, valid), receivers in groups.items():
+            mark = "!" if not valid else "*" if value is not setup.order else " "
+            chain = ">".join(name(g) for g in signers)
+            lines.append(f"  {letter(value)}{mark} {chain} -> {' '.join(map(name, receivers))}")
+    lines += [
+        "",
+        "orders each loyal lieutenant saw validly signed (one: obey it; none or two: RETREAT):",
+    ]
+    for g, seen in sorted(outcome.seen.items()):
+        shown = ", ".join(sorted(letter(v) for v in seen))
+        lines.append(f"  {name(g):<4} V={{{shown}}} -> {outcome.decisions[g].name}")
+    return [*lines, "", *verdict_lines(setup, outcome.decisions, outcome.verdict(), signed=True)]
 
 
 Runner = Callable[[Setup], Outcome]
@@ -298,6 +354,11 @@ def _runner(transport: str, round_timeout_s: float) -> Runner:
     show_default=True,
     help="Over gRPC: how long a general waits in a round for a peer that sends nothing.",
 )
+@click.option(
+    "--signed",
+    is_flag=True,
+    help="Run SM(m), the signed-messages algorithm, instead of OM(m) (in memory).",
+)
 def generals(
     n: int,
     traitors: int,
@@ -309,6 +370,7 @@ def generals(
     mode: str,
     transport: str,
     round_timeout_s: float,
+    signed: bool,
 ) -> None:
     """Lamport, Shostak and Pease's oral-messages algorithm OM(m), with traitors."""
     try:
@@ -323,6 +385,14 @@ def generals(
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
+    if signed:
+        if transport != "memory":
+            raise click.UsageError("--signed runs in memory only")
+        signed_outcome = run_signed(setup)
+        click.echo("\n".join(signed_report_lines(signed_outcome)))
+        if not signed_outcome.verdict().holds:
+            raise SystemExit(EXIT_VIOLATED)
+        return
     outcome = _runner(transport, round_timeout_s)(setup)
     click.echo("\n".join(report_lines(outcome, mode, transport)))
     if not outcome.verdict().holds:
