@@ -393,15 +393,20 @@ class Outcome:
         return Verdict(len(decided) <= 1, validity, self.setup.guaranteed)
 
 
-def outcome_of(setup: Setup, messages: Sequence[Message]) -> Outcome:
-    """Decisions of the loyal lieutenants from the message tree as delivered."""
+def by_round(setup: Setup, messages: Sequence[Message]) -> list[list[Message]]:
     rounds: list[list[Message]] = [[] for _ in range(setup.m + 1)]
-    heard: dict[int, dict[Path, Order | None]] = {g: {} for g in setup.lieutenants}
     for msg in messages:
         rounds[msg.round - 1].append(msg)
+    return rounds
+
+
+def outcome_of(setup: Setup, messages: Sequence[Message]) -> Outcome:
+    """Decisions of the loyal lieutenants from the message tree as delivered."""
+    heard: dict[int, dict[Path, Order | None]] = {g: {} for g in setup.lieutenants}
+    for msg in messages:
         heard[msg.receiver][msg.path] = msg.value
     votes = {g: decide(setup.n, setup.m, g, heard[g]) for g in setup.loyal_lieutenants}
-    return Outcome(setup, rounds, votes)
+    return Outcome(setup, by_round(setup, messages), votes)
 
 
 def run(setup: Setup) -> Outcome:

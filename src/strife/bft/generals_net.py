@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path as FsPath
 from typing import Any
 
@@ -45,8 +46,10 @@ from strife.bft.generals import (
     Outcome,
     Path,
     Setup,
+    Vote,
+    by_round,
+    decide,
     expected_paths,
-    outcome_of,
     outgoing,
     slots,
 )
@@ -99,6 +102,39 @@ def encode_batch(round_: int, messages: Iterable[Message]) -> bytes:
         if msg.value is not None
     ]
     return json.dumps({"round": round_, "values": values}).encode()
+
+
+@dataclass(frozen=True)
+class Report:
+    """What a general heard, by path, and its decision (None: the commander)."""
+
+    heard: dict[Path, Order]
+    vote: Vote | None
+
+    def to_json(self) -> dict[str, Any]:
+        vote = None
+        if self.vote is not None:
+            vote = {
+                "direct": self.vote.direct.value,
+                "relayed": {str(g): v.value for g, v in self.vote.relayed.items()},
+                "decision": self.vote.decision.value,
+            }
+        heard = [{"path": list(p), "value": v.value} for p, v in sorted(self.heard.items())]
+        return {"heard": heard, "vote": vote}
+
+    @classmethod
+    def from_json(cls, general: int, body: Mapping[str, Any]) -> Report:
+        heard = {tuple(item["path"]): Order(item["value"]) for item in body["heard"]}
+        raw = body["vote"]
+        vote = None
+        if raw is not None:
+            vote = Vote(
+                lieutenant=general,
+                direct=Order(raw["direct"]),
+                relayed={int(g): Order(v) for g, v in raw["relayed"].items()},
+                decision=Order(raw["decision"]),
+            )
+        return cls(heard, vote)
 
 
 class General:
@@ -206,8 +242,8 @@ class General:
         if self._batches[round_] >= self.senders(round_):
             self._complete[round_].set()
 
-    async def play(self, peers: Mapping[int, str]) -> dict[Path, Order]:
-        """Send and relay for m + 1 rounds; what this general heard, by path."""
+    async def play(self, peers: Mapping[int, str]) -> Report:
+        """Send and relay for m + 1 rounds, then decide (a lieutenant)."""
         channels = {
             g: grpc.aio.secure_channel(address, self.tls.channel_credentials())
             for g, address in peers.items()
@@ -216,7 +252,7 @@ class General:
         try:
             if self.me == COMMANDER:
                 await self._send(channels, 1, outgoing(self.setup, COMMANDER, (), self.setup.order))
-                return {}
+                return Report({}, None)
             for k in range(1, self.setup.m + 2):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._complete[k].wait(), self.round_timeout_s)
@@ -229,7 +265,8 @@ class General:
                         )
                     ]
                     await self._send(channels, k + 1, relays)
-            return dict(self.heard)
+            heard = dict(self.heard)
+            return Report(heard, decide(self.setup.n, self.setup.m, self.me, heard))
         finally:
             await asyncio.gather(*(c.close() for c in channels.values()))
 
@@ -254,10 +291,19 @@ async def _tell(channel: grpc.aio.Channel, batch: bytes) -> bytes:
     return await call(batch, timeout=RPC_TIMEOUT_S)
 
 
-def outcome_from_heard(setup: Setup, heard: Mapping[int, Mapping[Path, Order]]) -> Outcome:
-    """The message tree as the receivers got it, and the loyal lieutenants' decisions."""
-    messages = [Message(path, r, heard.get(r, {}).get(path)) for path, r in slots(setup.n, setup.m)]
-    return outcome_of(setup, messages)
+def outcome_from_reports(setup: Setup, reports: Mapping[int, Report]) -> Outcome:
+    """The message tree as the receivers got it, and each loyal lieutenant's
+    decision as it made it."""
+    messages = [
+        Message(path, r, reports[r].heard.get(path) if r in reports else None)
+        for path, r in slots(setup.n, setup.m)
+    ]
+    votes = {
+        g: vote
+        for g in setup.loyal_lieutenants
+        if g in reports and (vote := reports[g].vote) is not None
+    }
+    return Outcome(setup, by_round(setup, messages), votes)
 
 
 async def run_in_loop(setup: Setup, round_timeout_s: float = ROUND_TIMEOUT_S) -> Outcome:
@@ -268,10 +314,10 @@ async def run_in_loop(setup: Setup, round_timeout_s: float = ROUND_TIMEOUT_S) ->
         general.configure(setup, round_timeout_s)
     try:
         peers = {g.me: await g.start() for g in generals}
-        heard = await asyncio.gather(*(g.play(peers) for g in generals))
+        reports = await asyncio.gather(*(g.play(peers) for g in generals))
     finally:
         await asyncio.gather(*(g.stop() for g in generals))
-    return outcome_from_heard(setup, dict(enumerate(heard)))
+    return outcome_from_reports(setup, dict(enumerate(reports)))
 
 
 # --------------------------------------------------------------------- processes
@@ -348,11 +394,7 @@ def run_processes(setup: Setup, round_timeout_s: float = ROUND_TIMEOUT_S) -> Out
                 if p.poll() is None:
                     p.kill()
                     p.wait()
-    heard = {
-        g: {tuple(item["path"]): Order(item["value"]) for item in report["heard"]}
-        for g, report in reports.items()
-    }
-    return outcome_from_heard(setup, heard)
+    return outcome_from_reports(setup, {g: Report.from_json(g, r) for g, r in reports.items()})
 
 
 async def _serve(me: int, folder: str) -> None:
@@ -364,11 +406,10 @@ async def _serve(me: int, folder: str) -> None:
     general.configure(setup_from_json(start["setup"]), float(start["round_timeout_s"]))
     try:
         peers = {int(g): a for g, a in start["peers"].items()}
-        heard = await general.play(peers)
+        report = await general.play(peers)
     finally:
         await general.stop()
-    report = [{"path": list(p), "value": v.value} for p, v in sorted(heard.items())]
-    print(json.dumps({"heard": report}), flush=True)
+    print(json.dumps(report.to_json()), flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
