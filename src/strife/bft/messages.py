@@ -44,25 +44,45 @@ __all__ = [
 DOMAIN = b"strife-bft/v1/"
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _names(cls: type) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
+
+
 def _encode(value: object) -> object:
-    if isinstance(value, bool):  # a bool is an int to Python; never one of ours
-        raise TypeError("booleans are not part of the encoding")
-    if isinstance(value, int | str) or value is None:
+    """Ints and strings as they are, bytes as hex, tuples as lists, messages as objects."""
+    kind = type(value)
+    if kind is int or kind is str or value is None:
         return value
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, tuple):
-        return [_encode(item) for item in value]
+    if kind is bytes:
+        return value.hex()  # type: ignore[attr-defined]
+    if kind is tuple:
+        return [_encode(item) for item in value]  # type: ignore[attr-defined]
+    if isinstance(value, _Encoded):
+        return value.encoded
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    raise TypeError(f"cannot encode {type(value).__name__}")
+        return {name: _encode(getattr(value, name)) for name in _names(kind)}
+    raise TypeError(f"cannot encode {kind.__name__}")  # a bool, a float: never ours
 
 
 def _canonical(value: object) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
-class _Signed:
+class _Encoded:
+    """Mix-in: a message's encoding, computed once (messages nest, and are immutable)."""
+
+    @cached_property
+    def encoded(self) -> dict[str, object]:
+        return {name: _encode(getattr(self, name)) for name in _names(type(self))}
+
+
+class _Signed(_Encoded):
     """Mix-in: the payload a message's sender signs, computed once per message."""
 
     KIND: ClassVar[str]
@@ -71,9 +91,7 @@ class _Signed:
     @cached_property
     def payload(self) -> bytes:
         body = {
-            f.name: _encode(getattr(self, f.name))
-            for f in dataclasses.fields(self)  # type: ignore[arg-type]
-            if f.name != "signature"
+            name: _encode(getattr(self, name)) for name in _names(type(self)) if name != "signature"
         }
         return DOMAIN + self.KIND.encode() + b"\n" + _canonical(body)
 
@@ -150,7 +168,7 @@ class Checkpoint(_Signed):
 
 
 @dataclass(frozen=True)
-class PreparedCert:
+class PreparedCert(_Encoded):
     """Proof that a batch prepared: its pre-prepare and 2f matching prepares from backups."""
 
     pre_prepare: PrePrepare

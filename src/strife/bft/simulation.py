@@ -84,6 +84,17 @@ class Scenario:
     def settled_at(self) -> float:
         return max(self.gst, self.partition[2] if self.partition is not None else 0.0)
 
+    def replay_command(self) -> str:
+        command = f"python -m strife.bft.simulation --seed {self.seed}"
+        drawn = draw(self.seed)
+        if self.faulty != drawn.faulty:
+            command += " --faulty " + ",".join(f"{r}={b}" for r, b in self.faulty)
+        if self.signatures == "ed25519" != drawn.signatures:
+            command += " --ed25519"
+        if replace(self, faulty=drawn.faulty, signatures=drawn.signatures) != drawn:
+            command += "  (other fields set by hand: see the world above)"
+        return command
+
     def describe(self) -> str:
         c = self.config
         faulty = " ".join(f"{r}={b}" for r, b in self.faulty) or "none"
@@ -138,7 +149,7 @@ def draw(seed: int) -> Scenario:
         duplicate=rng.choice((0.0, 0.05, 0.2)),
         delay_max=rng.choice((0.01, 0.1, 0.4)),
         gst=rng.uniform(0.0, 5.0),
-        signatures="ed25519" if seed % 10 == 0 else "keyed-hash",
+        signatures="ed25519" if seed % 50 == 0 else "keyed-hash",
     )
 
 
@@ -156,6 +167,8 @@ class Result:
     unfinished: int
     installs: int
     dropped: Counter[str]
+    last_executed: tuple[int, ...]
+    """Per replica, the last sequence number it executed (or installed)."""
     trace: list[str] = field(default_factory=list)
 
     @property
@@ -181,7 +194,7 @@ class Result:
         if self.trace:
             lines.append(f"  the last {len(self.trace)} events:")
             lines += [f"    {line}" for line in self.trace]
-        lines.append(f"  replay: python -m strife.bft.simulation --seed {self.scenario.seed}")
+        lines.append(f"  replay: {self.scenario.replay_command()}")
         return "\n".join(lines)
 
 
@@ -448,6 +461,7 @@ def run(scenario: Scenario, *, trace: int = 0) -> Result:
         unfinished=len(world.unfinished()),
         installs=world.installs,
         dropped=world.dropped,
+        last_executed=tuple(r.last_executed for r in world.replicas),
         trace=list(world.trace or ()),
     )
 
