@@ -11,6 +11,7 @@ import grpc
 import pytest
 from click.testing import CliRunner
 
+from strife.bft import generals_net
 from strife.bft.generals import COMMANDER, Order, Scripted, Setup, Silent, plan, run
 from strife.bft.generals_cli import generals
 from strife.bft.generals_net import (
@@ -163,3 +164,13 @@ def test_the_command_plays_the_rounds_over_grpc(transport: str) -> None:
     assert "played over gRPC with mutual TLS" in result.output
     assert "C>L3 -> L1:R* L2:R*" in result.output
     assert "verdict: OK" in result.output
+
+
+def test_a_process_run_past_its_deadline_is_killed_not_waited_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(generals_net, "PROCESS_DEADLINE_S", 0.0)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="exited early"):
+        run_processes(plan(4, 1, seed=1, strategy="flip"), round_timeout_s=0.01)
+    assert time.monotonic() - started < PATIENT_S

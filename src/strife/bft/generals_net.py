@@ -30,6 +30,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path as FsPath
@@ -66,7 +67,8 @@ TRUST_DOMAIN = "generals.strife.local"
 ROLE = "bank"
 ROUND_TIMEOUT_S = 2.0
 RPC_TIMEOUT_S = 10.0
-PROCESS_START_TIMEOUT_S = 30.0
+# A process run that has not finished by then (plus its rounds' timeouts) is killed.
+PROCESS_DEADLINE_S = 60.0
 
 
 def general_name(general: int) -> str:
@@ -346,6 +348,13 @@ def setup_from_json(body: Mapping[str, Any]) -> Setup:
     )
 
 
+def _kill_all(procs: Mapping[int, subprocess.Popen[str]]) -> None:
+    for p in list(procs.values()):
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def _read_line(proc: subprocess.Popen[str]) -> dict[str, Any]:
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -362,6 +371,11 @@ def run_processes(setup: Setup, round_timeout_s: float = ROUND_TIMEOUT_S) -> Out
     body = setup_to_json(setup)
     _, tls = issue_identities(setup.n)
     procs: dict[int, subprocess.Popen[str]] = {}
+    # A general that hangs would block the reads below: past the deadline all
+    # are killed, their pipes close and the read fails.
+    deadline_s = PROCESS_DEADLINE_S + (setup.m + 1) * round_timeout_s
+    watchdog = threading.Timer(deadline_s, _kill_all, args=(procs,))
+    watchdog.start()
     with tempfile.TemporaryDirectory(prefix="strife-generals-") as tmp:
         try:
             for g in range(setup.n):
@@ -388,12 +402,10 @@ def run_processes(setup: Setup, round_timeout_s: float = ROUND_TIMEOUT_S) -> Out
                 p.stdin.close()
             reports = {g: _read_line(p) for g, p in procs.items()}
             for p in procs.values():
-                p.wait(timeout=PROCESS_START_TIMEOUT_S)
+                p.wait(timeout=deadline_s)
         finally:
-            for p in procs.values():
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
+            watchdog.cancel()
+            _kill_all(procs)
     return outcome_from_reports(setup, {g: Report.from_json(g, r) for g, r in reports.items()})
 
 
