@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
 
+from strife.backoff import Backoff, Jitter, Pace
 from strife.bank.ledger import LedgerError, Transfer, TransferState
 from strife.bank.store import BankStore
 from strife.errors import StrifeError
@@ -34,11 +34,9 @@ _log = get_logger("strife.bank.resolver")
 CoordinatorLookup = Callable[[str], Awaitable[str | None]]
 
 
-@dataclass
-class _Doubt:
-    since: float
-    attempts: int = 0
-    next_at: float = 0.0
+@dataclass(slots=True)
+class _Doubt(Pace):
+    since: float = 0.0
 
 
 class Resolver:
@@ -58,9 +56,11 @@ class Resolver:
         self._pool = pool
         self._lookup = lookup
         self._in_doubt_s = in_doubt_s
-        self._max_backoff_s = max_backoff_s
-        self._rpc_timeout_s = rpc_timeout_s
         self._tick_s = tick_s if tick_s is not None else min(1.0, max(0.05, in_doubt_s / 4))
+        # Twice the tick after the first unanswered question, doubling, capped;
+        # drawn from the `random` module, which the simulation seeds.
+        self._backoff = Backoff(2 * self._tick_s, max_backoff_s, jitter=Jitter.HALF)
+        self._rpc_timeout_s = rpc_timeout_s
         self._clock = clock
         self._doubts: dict[str, _Doubt] = {}
         self.resolved = 0
@@ -128,7 +128,7 @@ class Resolver:
             transfer_id=transfer.transfer_id,
             coordinator=transfer.coordinator,
             decision="COMMIT" if decision == coordinator_pb2.DECISION_COMMIT else "ABORT",
-            attempts=doubt.attempts + 1,
+            attempts=doubt.failures + 1,
         )
 
     async def _ask(self, transfer: Transfer) -> int | None:
@@ -155,9 +155,7 @@ class Resolver:
         return int(reply.decision)
 
     def _back_off(self, doubt: _Doubt) -> None:
-        doubt.attempts += 1
-        cap = min(self._max_backoff_s, self._tick_s * 2**doubt.attempts)
-        doubt.next_at = self._clock() + random.uniform(cap / 2, cap)
+        doubt.failed(self._backoff, self._clock())
 
 
 def static_lookup(addresses: dict[str, str]) -> CoordinatorLookup:

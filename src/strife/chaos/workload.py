@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 
+from strife.backoff import Backoff
 from strife.chaos.history import ANSWER, FAIL, INVOKE, OK, UNKNOWN, History, Intent
 from strife.client import (
     ClientConfig,
@@ -44,6 +45,7 @@ STATUS = {
     gateway_pb2.PAYMENT_STATUS_ABORTED: "ABORTED",
 }
 LOGIN_ATTEMPTS = 40
+LOGIN_BACKOFF = Backoff(0.1, 2.0)
 
 
 def client_config() -> ClientConfig:
@@ -110,7 +112,7 @@ class Customers:
             try:
                 session = await payer.client.login()
             except (StrifeError, ClientError):
-                await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
+                await asyncio.sleep(LOGIN_BACKOFF.delay_s(attempt + 1))
                 continue
             payer.customer_id = session.customer_id
             return

@@ -25,6 +25,7 @@ import tenacity
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
+from strife.backoff import Backoff, Jitter
 from strife.observability.logging import get_logger
 
 _log = get_logger("strife.client.retry")
@@ -67,22 +68,18 @@ class RetryPolicy:
         if self.base < 1:
             raise ValueError("base must be at least 1")
 
+    @property
+    def backoff(self) -> Backoff:
+        """The shared backoff this policy is: full jitter under the ceiling."""
+        return Backoff(self.initial_s, self.cap_s, self.base, Jitter.FULL)
+
     def ceiling_s(self, attempt: int) -> float:
         """The upper bound of the delay after the `attempt`-th failure (1-based)."""
-        if attempt < 1:
-            raise ValueError("attempts count from 1")
-        # min() on the exponent first: base**attempt overflows long before it matters.
-        exponent = min(attempt - 1, 1024)
-        try:
-            grown = self.initial_s * self.base**exponent
-        except OverflowError:
-            grown = self.cap_s
-        return min(self.cap_s, grown)
+        return self.backoff.ceiling_s(attempt)
 
     def delay_s(self, attempt: int, rng: random.Random, hint_s: float = 0.0) -> float:
         """Full jitter under the ceiling, raised to the server's hint, never above the cap."""
-        jittered = rng.uniform(0.0, self.ceiling_s(attempt))
-        return min(self.cap_s, max(jittered, hint_s))
+        return min(self.cap_s, max(self.backoff.delay_s(attempt, rng), hint_s))
 
     def wait(self, rng: random.Random | None = None) -> wait_base:
         """This policy as a tenacity wait strategy."""

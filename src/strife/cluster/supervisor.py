@@ -27,6 +27,7 @@ from typing import Any
 
 from grpc_health.v1 import health_pb2
 
+from strife.backoff import Backoff
 from strife.cluster.seeds import seed_file
 from strife.cluster.topology import Topology
 from strife.rpc.channels import ChannelPool, Peer, health_stub
@@ -37,8 +38,9 @@ STATE_FILE = "cluster.json"
 TARGETS_FILE = "prometheus-targets.json"
 START_TIMEOUT_S = 30.0
 GRACE_S = 5.0
-BACKOFF_START_S = 0.5
-BACKOFF_MAX_S = 30.0
+# A crashing child is restarted after 0.5 s, then 1 s, 2 s, ... up to 30 s;
+# one that ran for STABLE_AFTER_S starts again from 0.5 s.
+RESTART_BACKOFF = Backoff(0.5, 30.0)
 STABLE_AFTER_S = 30.0
 
 Say = Callable[[str], None]
@@ -239,17 +241,17 @@ class Supervisor:
         self._write_state()
 
     async def _watch(self, child: Child) -> None:
-        backoff_s = BACKOFF_START_S
+        failures = 0
         while True:
             assert child.proc is not None
             code = await child.proc.wait()
             if child.stopping:
                 return
             lived_s = time.monotonic() - child.started_at
-            backoff_s = BACKOFF_START_S if lived_s > STABLE_AFTER_S else backoff_s
+            failures = 1 if lived_s > STABLE_AFTER_S else failures + 1
+            backoff_s = RESTART_BACKOFF.delay_s(failures)
             self.say(f"{child.name} exited with {code}; restarting in {backoff_s:.1f}s")
             await asyncio.sleep(backoff_s)
-            backoff_s = min(BACKOFF_MAX_S, backoff_s * 2)
             try:
                 await self._spawn(child)
                 await self._wait_healthy(child)

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import grpc
 
+from strife.backoff import Backoff, Pace
 from strife.errors import Reason, from_rpc_error
 from strife.faults import failpoint
 from strife.gateway.banks import Banks
@@ -134,12 +135,6 @@ class _Run:
     task: asyncio.Task[PaymentRecord]
 
 
-@dataclass(slots=True)
-class _Backoff:
-    attempts: int = 0
-    next_at: float = 0.0
-
-
 class PaymentCoordinator:
     def __init__(self, config: CoordinatorConfig, store: GatewayStore, banks: Banks) -> None:
         self.config = config
@@ -159,7 +154,10 @@ class PaymentCoordinator:
         self._on_outcome: Callable[[PaymentRecord], None] | None = None
         # The settler's patience, per payment: one bank that refuses to answer
         # must not hold back the settlement of every other payment.
-        self._backoff: dict[str, _Backoff] = {}
+        self._backoff: dict[str, Pace] = {}
+        # Twice the pass interval after its first failure, doubling, capped.
+        interval_s = config.settle_interval_s
+        self._settle_backoff = Backoff(2 * interval_s, max(config.settle_backoff_max_s, interval_s))
         # Every call to a bank server goes through its address's breaker.
         self.circuits = Circuits("bank", config.breaker)
         # Payments not yet acknowledged by every bank, as of the settler's last pass.
@@ -671,7 +669,7 @@ class PaymentCoordinator:
         now = asyncio.get_running_loop().time()
         listed = await self.store.unsettled()
         self.unsettled = len(listed)
-        due = [r for r in listed if self._backoff.get(r.transfer_id, _Backoff()).next_at <= now]
+        due = [r for r in listed if self._backoff.get(r.transfer_id, Pace()).next_at <= now]
         results = await asyncio.gather(*(self._settle(r.transfer_id) for r in due))
         for record, done in zip(due, results, strict=True):
             self._note_attempt(record.transfer_id, done, now)
@@ -681,11 +679,7 @@ class PaymentCoordinator:
         if done:
             self._backoff.pop(transfer_id, None)
             return
-        backoff = self._backoff.setdefault(transfer_id, _Backoff())
-        backoff.attempts += 1
-        cap_s = max(self.config.settle_backoff_max_s, self.config.settle_interval_s)
-        delay_s = min(cap_s, self.config.settle_interval_s * 2 ** min(backoff.attempts, 16))
-        backoff.next_at = now + delay_s
+        self._backoff.setdefault(transfer_id, Pace()).failed(self._settle_backoff, now)
 
     async def _settle(self, transfer_id: str) -> bool:
         if transfer_id in self._delivering:

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from strife.backoff import Backoff
 from strife.errors import from_rpc_error
 from strife.loadgen._model import Outcome, Payment
 from strife.rpc.channels import ChannelPool, Peer
@@ -37,6 +38,7 @@ T = TypeVar("T")
 
 READ_CONCURRENCY = 16
 READ_ATTEMPTS = 5
+READ_BACKOFF = Backoff(0.2, 1.6)  # 0.2, 0.4, 0.8, 1.6 s between the five reads
 PAGE_SIZE = 200  # the bank's maximum page
 MAX_LINES = 5_000_000
 SETTLE_POLL_S = 0.25
@@ -166,7 +168,7 @@ class Auditor:
                 if exc.code() not in _TRANSIENT or attempt == READ_ATTEMPTS - 1:
                     raise AuditError(f"bank {bank}: {from_rpc_error(exc)}") from exc
                 refresh = True
-                await asyncio.sleep(0.2 * 2**attempt)
+                await asyncio.sleep(READ_BACKOFF.delay_s(attempt + 1))
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _book(self, ref: Ref, with_sequence: bool) -> Book:

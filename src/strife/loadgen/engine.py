@@ -24,6 +24,7 @@ from typing import Any
 
 import grpc
 
+from strife.backoff import Backoff, Jitter
 from strife.errors import StrifeError, from_rpc_error
 from strife.loadgen._model import Customer, Outcome, Payment
 from strife.loadgen.config import LoadConfig
@@ -35,8 +36,7 @@ from strife.v1 import gateway_pb2, gateway_pb2_grpc, money_pb2
 GATEWAY = "gateway"
 LOGIN_ATTEMPTS = 6
 TOKEN_MARGIN_S = 30.0
-BACKOFF_BASE_S = 0.05
-BACKOFF_CAP_S = 1.0
+BACKOFF = Backoff(0.05, 1.0, jitter=Jitter.FULL)
 DIRECTORY_REFRESH_S = 1.0
 RESOLVE_CONCURRENCY = 16
 RESOLVE_PAUSE_S = 1.0
@@ -403,11 +403,12 @@ class Engine:
         self.counters.errors[key] += 1
 
     async def _backoff(self, attempt: int, retry_after_s: float | None, deadline: float) -> None:
-        """Full jitter, capped; the server's RetryInfo when it gave one."""
+        """Full jitter, capped (`attempt` counts from 0); the server's RetryInfo
+        when it gave one, spread above it so the retries do not arrive together."""
         if retry_after_s is not None and retry_after_s > 0:
             delay_s = retry_after_s * self._rng.uniform(1.0, 1.5)
         else:
-            delay_s = self._rng.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt))
+            delay_s = BACKOFF.delay_s(attempt + 1, self._rng)
         await asyncio.sleep(max(0.0, min(delay_s, deadline - self._clock())))
 
     # ---------------------------------------------------------- login, gateway
@@ -473,5 +474,5 @@ class Engine:
                     )
                     self.counters.logins_by_gateway[name] += 1
                     return
-                await self._backoff(attempt, None, self._clock() + BACKOFF_CAP_S)
+                await self._backoff(attempt, None, self._clock() + BACKOFF.cap_s)
             raise LoadError(f"login as {customer.username} failed {LOGIN_ATTEMPTS} times: {last}")

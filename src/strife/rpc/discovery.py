@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 
+from strife.backoff import Backoff, Jitter
 from strife.errors import Reason, StrifeError, Unavailable, from_rpc_error
 from strife.observability.logging import get_logger
 from strife.observability.metrics import IN_FLIGHT, SERVED
@@ -365,8 +366,9 @@ class Heartbeat:
         return self._interval_s * self._rng.uniform(0.5, 1.0)
 
     def _refused_delay_s(self, failures: int) -> float:
-        ceiling = min(self._refused_backoff_cap_s, self._interval_s * 2.0 ** min(failures, 30))
-        return ceiling * self._rng.uniform(0.5, 1.0)
+        # Built per failure: the interval is the balancer's, and may have changed.
+        policy = Backoff(2 * self._interval_s, self._refused_backoff_cap_s, jitter=Jitter.HALF)
+        return policy.delay_s(failures, self._rng)
 
 
 # --- finding instances ---------------------------------------------------------

@@ -27,6 +27,7 @@ from typing import Any, cast
 
 import grpc
 
+from strife.backoff import Backoff, Jitter
 from strife.errors import Reason, from_rpc_error
 from strife.gateway.service import transfer_id_for
 from strife.gateway.tokens import Claims
@@ -39,6 +40,7 @@ from strife.simulation.trace import Trace
 from strife.v1 import gateway_pb2, money_pb2
 
 MAX_ATTEMPTS = 60
+RETRY_BACKOFF = Backoff(0.01, 1.0, jitter=Jitter.FULL)
 # Errors after which the same key is sent again (or asked about again).
 _ASK_AGAIN = {Reason.REQUEST_IN_PROGRESS, Reason.PAYMENT_NOT_FOUND}
 _RETRY_SAME_KEY = {
@@ -107,7 +109,7 @@ class Client:
 
     async def _pursue(self, intent: Intent) -> None:
         key, transfer_id = self._new_key(intent)
-        backoff = 0.01
+        delays = RETRY_BACKOFF.delays(self._rng)
         for _ in range(MAX_ATTEMPTS):
             answers = await self._attempt(intent, key, transfer_id)
             then = _next_step(answers)
@@ -119,10 +121,9 @@ class Client:
                 return
             if then == "new-key":  # transient abort: it did not happen; pay again
                 key, transfer_id = self._new_key(intent)
-                backoff = 0.01
+                delays = RETRY_BACKOFF.delays(self._rng)
                 continue
-            await asyncio.sleep(self._rng.uniform(0, backoff))
-            backoff = min(1.0, backoff * 2)
+            await asyncio.sleep(next(delays))
         self._trace(self.name, f"intent {intent.intent_id} given up")
 
     async def _attempt(self, intent: Intent, key: str, transfer_id: str) -> list[Answer]:
