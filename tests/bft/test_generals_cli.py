@@ -105,6 +105,9 @@ def test_bad_usage_exits_2() -> None:
     assert "at least one traitor" in out
     code, _ = invoke("--n", "7", "--strategy", "bribe")
     assert code == 2
+    code, out = invoke("--n", "16", "--traitors", "5")
+    assert code == 2
+    assert "OM(5) among 16 generals is 3,999,675 messages" in out
 
 
 def test_the_group_runs_generals() -> None:

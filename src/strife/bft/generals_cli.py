@@ -28,6 +28,7 @@ from strife.bft.generals import (
     plan,
     run,
     strategy_names,
+    total_messages,
 )
 from strife.bft.generals_signed import SignedOutcome, run_signed
 
@@ -35,6 +36,9 @@ EXIT_VIOLATED = 1
 # A round printed message by message while it has at most this many relaying paths;
 # beyond it, one line per sender.
 FULL_TRACE_PATHS = 40
+# OM(m) grows as n^(m+1): 13 generals under OM(4) are 108,384 messages, 16 under
+# OM(5) nearly four million.
+MAX_MESSAGES = 200_000
 
 
 def letter(value: Order | None) -> str:
@@ -302,13 +306,19 @@ def _runner(transport: str, round_timeout_s: float) -> Runner:
     show_default=True,
     help="Generals, the commander included.",
 )
-@click.option("--traitors", type=click.IntRange(min=0), default=2, show_default=True)
+@click.option(
+    "--traitors",
+    type=click.IntRange(min=0),
+    default=2,
+    show_default=True,
+    help="How many generals lie, picked by the seed.",
+)
 @click.option(
     "--m",
     "m",
     type=click.IntRange(min=0),
     default=None,
-    help="Rounds of OM(m) minus one. [default: --traitors]",
+    help="The m of OM(m): the traitors it is built for (m + 1 rounds). [default: --traitors]",
 )
 @click.option(
     "--seed",
@@ -321,6 +331,7 @@ def _runner(transport: str, round_timeout_s: float) -> Runner:
     type=click.Choice([o.value for o in Order]),
     default=Order.ATTACK.value,
     show_default=True,
+    help="The commander's order (a traitorous commander may send others).",
 )
 @click.option("--traitor-commander", is_flag=True, help="The commander is one of the traitors.")
 @click.option(
@@ -372,7 +383,11 @@ def generals(
     round_timeout_s: float,
     signed: bool,
 ) -> None:
-    """Lamport, Shostak and Pease's oral-messages algorithm OM(m), with traitors."""
+    """Lamport, Shostak and Pease's oral-messages algorithm OM(m), with traitors.
+
+    Prints each round's messages, each loyal lieutenant's majority vote and
+    whether IC1 (agreement) and IC2 (validity) hold; exits 1 when they do not.
+    """
     try:
         setup = plan(
             n,
@@ -385,6 +400,12 @@ def generals(
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
+    slots = total_messages(setup.n, setup.m)
+    if not signed and slots > MAX_MESSAGES:
+        raise click.UsageError(
+            f"OM({setup.m}) among {setup.n} generals is {slots:,} messages; "
+            f"at most {MAX_MESSAGES:,} here (a smaller --m, or --signed)"
+        )
     if signed:
         if transport != "memory":
             raise click.UsageError("--signed runs in memory only")
