@@ -21,7 +21,7 @@ from strife.observability import context as request_context
 from strife.rpc.authz import AuthzTable, service_methods
 from strife.security.passwords import HashingBusyError, verify_password_async
 from strife.security.throttle import FailureWindow
-from strife.storage.sqlite import QueueFullError, WriterFailedError
+from strife.storage.status import STORAGE_FAILURES, abort_storage_failure
 from strife.v1 import bank_pb2, money_pb2
 
 SERVICE = "strife.v1.BankService"
@@ -343,18 +343,8 @@ class BankServicer:
             outcome: Outcome = await call
         except LedgerError as exc:
             await _ledger_abort(context, exc)
-        except QueueFullError:
-            await abort(
-                context,
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                Reason.QUEUE_FULL,
-                "the bank's write queue is full; retry with backoff",
-                retry_delay_s=0.05,
-            )
-        except WriterFailedError:
-            await abort(
-                context, grpc.StatusCode.UNAVAILABLE, Reason.INTERNAL, "bank storage is failing"
-            )
+        except STORAGE_FAILURES as exc:
+            await abort_storage_failure(context, exc, "bank")
         if outcome.transfer.state == TransferState.ABORTED and not aborted_is_success:
             await _ledger_abort(context, abort_error(outcome.transfer))
         request_context.note(replay=outcome.replayed or None)
@@ -410,15 +400,8 @@ async def require_coordinator(context: AnyContext, coordinator: str) -> None:
 async def storage_failure(context: AnyContext, results: Sequence[Outcome | BaseException]) -> None:
     """A batch fails as a whole only when storage does; anything else unexpected raises."""
     for result in results:
-        if isinstance(result, QueueFullError):
-            await abort(
-                context, grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.QUEUE_FULL,
-                "the bank's write queue is full; retry with backoff", retry_delay_s=0.05,
-            )  # fmt: skip
-        if isinstance(result, WriterFailedError):
-            await abort(
-                context, grpc.StatusCode.UNAVAILABLE, Reason.INTERNAL, "bank storage is failing"
-            )
+        if isinstance(result, STORAGE_FAILURES):
+            await abort_storage_failure(context, result, "bank")
         if isinstance(result, BaseException) and not isinstance(result, LedgerError):
             raise result
 

@@ -27,7 +27,7 @@ from strife.money import MoneyError, check_amount, check_currency
 from strife.observability import context as request_context
 from strife.observability.logging import get_logger
 from strife.rpc.authz import AuthzTable, service_methods
-from strife.storage.sqlite import QueueFullError, WriterFailedError
+from strife.storage.status import STORAGE_FAILURES, abort_storage_failure
 from strife.v1 import bank_pb2, coordinator_pb2, gateway_pb2, gateway_pb2_grpc, money_pb2
 from strife.v1 import coordinator_pb2_grpc as _coordinator_grpc
 
@@ -217,13 +217,8 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
                 context, grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.TOO_MANY_IN_FLIGHT,
                 "too many payments in flight at this gateway", retry_delay_s=0.05,
             )  # fmt: skip
-        except QueueFullError:
-            await abort(
-                context, grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.QUEUE_FULL,
-                "the gateway's write queue is full", retry_delay_s=0.05,
-            )  # fmt: skip
-        except WriterFailedError:
-            await abort(context, grpc.StatusCode.UNAVAILABLE, Reason.INTERNAL, "storage failing")
+        except STORAGE_FAILURES as exc:
+            await abort_storage_failure(context, exc, "gateway")
         if replayed:
             request_context.note(replay=True)
         if result.state == PaymentState.PENDING:
