@@ -274,6 +274,12 @@ def test_every_metric_the_dashboard_queries_exists_in_a_running_cluster(tmp_path
                 "balancer", "bank-alpha", "bank-beta", "gateway-gw-1", "gateway-gw-2",
             }  # fmt: skip
             assert all(c["metrics"] for c in children), children
+            targets_file = Path(state["root"]) / "prometheus-targets.json"
+            targets = json.loads(targets_file.read_text())
+            assert sorted((t["labels"]["process"], t["targets"]) for t in targets) == sorted(
+                (c["name"], [c["metrics"]]) for c in children
+            )
+            assert {t["labels"]["role"] for t in targets} == {"balancer", "bank", "gateway"}
             exposition = Exposition()
             for child in children:
                 exposition.add(scrape(child["metrics"]))
@@ -281,6 +287,7 @@ def test_every_metric_the_dashboard_queries_exists_in_a_running_cluster(tmp_path
     finally:
         client_metrics.shutdown()
         client_metrics.server_close()
+    assert not targets_file.exists(), "a stopped cluster leaves no scrape targets behind"
 
     # The counts behind the panels moved: payments were counted as decided,
     # the balancer picked gateways, and commits were timed.

@@ -153,7 +153,7 @@ def test_the_text_and_rich_screens_show_every_process() -> None:
     console.print(as_rich(snap, "strife top"))
     drawn = console.export_text()
     assert "bank-alpha" in drawn and "DOWN" in drawn and "gw-2" in drawn and "25%" in drawn
-    assert "rss MiB" in drawn
+    assert "MiB" in drawn and "settled" in drawn  # two-line headings
 
 
 def test_targets_from_a_cluster_state_and_from_options(tmp_path: Path) -> None:
@@ -201,6 +201,19 @@ def test_top_marks_a_process_that_does_not_answer(tmp_path: Path) -> None:
     assert any(
         line.startswith("gateway-gw-9") and "DOWN" in line for line in result.output.splitlines()
     )
+
+
+def test_the_live_view_draws_until_interrupted(monkeypatch: pytest.MonkeyPatch) -> None:
+    from strife.rpc.addresses import free_port
+
+    def interrupt(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("strife.top.cli.time.sleep", interrupt)
+    result = CliRunner().invoke(top, ["--target", f"gateway-gw-9=127.0.0.1:{free_port()}"])
+    assert result.exit_code == 0, result.output
+    assert "strife top · 1 processes" in result.output
+    assert "gateway-gw-9" in result.output and "DOWN" in result.output
 
 
 async def _pay_until(state: dict[str, Any], outbox: Path, done: subprocess.Popen[str]) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +11,7 @@ import click
 
 from strife.cluster.topology import TopologyError, default_topology, load_topology
 from strife.top.render import as_rich, as_text
-from strife.top.scrape import scrape_all
+from strife.top.scrape import Scrape, scrape_all
 from strife.top.snapshot import snapshot
 from strife.top.targets import NoTargets, Target, from_cluster_state, from_options
 
@@ -80,26 +81,26 @@ def top(
     state file (`strife cluster up`), or the addresses given with --target.
     """
     discover = _discovery(config, data_dir, given)
-    before = scrape_all(_targets(discover), timeout_s)
     if once:
+        first = scrape_all(_targets(discover), timeout_s)
         time.sleep(interval_s)
-        after = scrape_all(_targets(discover), timeout_s)
-        click.echo(as_text(snapshot(before, after)), nl=False)
+        click.echo(as_text(snapshot(first, scrape_all(_targets(discover), timeout_s))), nl=False)
         return
-    from rich.console import Console
-    from rich.live import Live
-
-    console = Console()
-    with Live(console=console, auto_refresh=False, transient=False) as live:
-        try:
-            while True:
-                time.sleep(interval_s)
-                after = scrape_all(_targets(discover), timeout_s)
-                title = f"strife top · {len(after)} processes · {time.strftime('%H:%M:%S')}"
-                live.update(as_rich(snapshot(before, after), title), refresh=True)
-                before = after
-        except KeyboardInterrupt:
-            pass
+    try:
+        from rich.live import Live
+    except ModuleNotFoundError as exc:
+        raise click.ClickException(
+            f"the live view needs {exc.name}: pip install 'strife[loadgen]' (or use --once)"
+        ) from exc
+    with contextlib.suppress(KeyboardInterrupt), Live(auto_refresh=False) as live:
+        before: list[Scrape] = []
+        while True:
+            after = scrape_all(_targets(discover), timeout_s)
+            title = f"strife top · {len(after)} processes · {time.strftime('%H:%M:%S')}"
+            # The first screen has the gauges; rates need a second scrape.
+            live.update(as_rich(snapshot(before, after), title), refresh=True)
+            before = after
+            time.sleep(interval_s)
 
 
 def entry() -> None:

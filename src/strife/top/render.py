@@ -16,6 +16,10 @@ COLUMNS = (
     "process", "role", "state", "rpc/s", "in flight", "2pc open", "in doubt", "unsettled",
     "commit ms", "rss MiB", "restarts",
 )  # fmt: skip
+RICH_HEADINGS = (
+    "process", "role", "state", "rpc/s", "in\nflight", "2pc\nopen", "in\ndoubt",
+    "un-\nsettled", "commit\nms", "rss\nMiB", "re-\nstarts",
+)  # fmt: skip
 BAR_WIDTH = 30
 
 
@@ -84,19 +88,27 @@ def as_text(snap: Snapshot) -> str:
 
 
 def as_rich(snap: Snapshot, title: str) -> RenderableType:
+    from rich import box
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=title, title_justify="left", expand=False)
-    for i, column in enumerate(COLUMNS):
-        table.add_column(column, justify="left" if i < 3 else "right", no_wrap=True)
+    # Fits 80 columns: light rules, a space between columns, two-line headings.
+    table = Table(
+        title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
+        padding=0,
+    )  # fmt: skip
+    for i, heading in enumerate(RICH_HEADINGS):
+        table.add_column(heading, justify="left" if i < 3 else "right", no_wrap=True)
     for row in snap.rows:
         style = "bold red" if not row.up else ("yellow" if row.in_doubt else "")
         table.add_row(*_cells(row), style=style)
-    picks = Table(title="balancer picks of gateways", title_justify="left")
+    picks = Table(
+        title="balancer picks of gateways", title_justify="left", box=box.SIMPLE_HEAD,
+        show_edge=False, padding=(0, 1, 0, 0),
+    )  # fmt: skip
     for column in ("gateway", "picks", "rate", "share", ""):
         picks.add_column(column, justify="left" if column in ("gateway", "") else "right")
     for pick in snap.picks:
         picks.add_row(*_pick_cells(pick), Text(_bar(pick), style="cyan"))
-    return Group(Text(headline(snap), style="bold"), table, picks)
+    return Group(Text(headline(snap), style="bold"), table, Text(""), picks)

@@ -6,6 +6,7 @@ costs its timeout, not everyone's.
 
 from __future__ import annotations
 
+import http.client
 import time
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
@@ -68,7 +69,7 @@ def fetch(target: Target, timeout_s: float) -> Scrape:
         with urllib.request.urlopen(target.url, timeout=timeout_s) as reply:
             body = reply.read(MAX_BODY_BYTES).decode("utf-8", errors="replace")
         return Scrape(target, started, parse(body))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, http.client.HTTPException) as exc:
         return Scrape(target, started, None, error=str(getattr(exc, "reason", exc)))
 
 
