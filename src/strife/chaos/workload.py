@@ -289,6 +289,7 @@ class Customers:
     async def ask_gateways(self, gateways: dict[str, str]) -> dict[str, dict[str, str]]:
         """GetPayment for every key at every gateway: key -> gateway -> status."""
         assert self.pool is not None
+        pool = self.pool
         tokens = {p.customer_id: p.client.session for p in self.payers}
         answers: dict[str, dict[str, str]] = {}
         limit = asyncio.Semaphore(64)
@@ -297,7 +298,7 @@ class Customers:
             session = tokens.get(intent.customer_id)
             if session is None:
                 return
-            stub = gateway_pb2_grpc.PaymentGatewayStub(self.pool.get(address))  # type: ignore[union-attr]
+            stub = gateway_pb2_grpc.PaymentGatewayStub(pool.get(address))
             metadata = (("authorization", f"Bearer {session.access_token}"),)
             async with limit:
                 for attempt in range(5):

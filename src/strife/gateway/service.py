@@ -7,7 +7,7 @@ import hashlib
 import re
 import uuid
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import grpc
 
@@ -28,7 +28,14 @@ from strife.observability import context as request_context
 from strife.observability.logging import get_logger
 from strife.rpc.authz import AuthzTable, service_methods
 from strife.storage.status import STORAGE_FAILURES, abort_storage_failure
-from strife.v1 import bank_pb2, coordinator_pb2, gateway_pb2, gateway_pb2_grpc, money_pb2
+from strife.v1 import (
+    bank_pb2,
+    bank_pb2_grpc,
+    coordinator_pb2,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    money_pb2,
+)
 from strife.v1 import coordinator_pb2_grpc as _coordinator_grpc
 
 COORDINATOR_SERVICE = "strife.v1.Coordinator"
@@ -353,10 +360,11 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
             ref.bank, ref.account_id, self.coordinator.config.decision_timeout_s
         )
 
-    async def _bank(self, context: AnyContext, bank: str) -> Any:
+    async def _bank(self, context: AnyContext, bank: str) -> bank_pb2_grpc.BankServiceAsyncStub:
         """The stub for `bank`'s server; its server may host others, so every
         request sent on it names `bank`."""
-        stub = await self.coordinator.stub(bank)  # behind the server's circuit breaker
+        # Behind the server's circuit breaker: a GuardedStub, called as the stub it wraps.
+        stub: bank_pb2_grpc.BankServiceAsyncStub | None = await self.coordinator.stub(bank)
         if stub is None:
             await abort(
                 context, grpc.StatusCode.NOT_FOUND, Reason.BANK_NOT_FOUND,

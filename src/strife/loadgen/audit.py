@@ -155,7 +155,9 @@ class Auditor:
         self._clock = clock
         self._slots = asyncio.Semaphore(READ_CONCURRENCY)
 
-    async def _call(self, bank: str, call: Callable[[Any], Awaitable[T]]) -> T:
+    async def _call(
+        self, bank: str, call: Callable[[bank_pb2_grpc.BankServiceAsyncStub], Awaitable[T]]
+    ) -> T:
         """One read at `bank`, retried on transient errors with a fresh address."""
         refresh = False
         for attempt in range(READ_ATTEMPTS):
@@ -206,8 +208,11 @@ class Auditor:
                 bank=bank, account_id=account, page_size=PAGE_SIZE, page_token=token
             )
 
-            def read(stub: Any, request: Any = request) -> Awaitable[Any]:
-                return stub.GetTransactionHistory(request, timeout=self._timeout_s)  # type: ignore[no-any-return]
+            def read(
+                stub: bank_pb2_grpc.BankServiceAsyncStub,
+                request: bank_pb2.BankHistoryRequest = request,
+            ) -> Awaitable[bank_pb2.BankHistoryResponse]:
+                return stub.GetTransactionHistory(request, timeout=self._timeout_s)
 
             page = await self._call(bank, read)
             for entry in page.entries:

@@ -166,7 +166,8 @@ class ChannelPool:
         self._credentials = None
         self._trust_domain = _certs.DEFAULT_TRUST_DOMAIN
         if not insecure:
-            material = TlsMaterial.load(certs)  # type: ignore[arg-type]
+            assert certs is not None  # refused above unless insecure
+            material = TlsMaterial.load(certs)
             self._credentials = material.channel_credentials()
             own = material.spiffe_id()
             with contextlib.suppress(ValueError):

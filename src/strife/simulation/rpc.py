@@ -13,10 +13,11 @@ from collections.abc import Sequence
 from typing import Any, NoReturn, TypeVar
 
 import grpc
+from google.protobuf.message import Message as Proto
 
 from strife.errors import make_status
 
-Message = TypeVar("Message")
+Message = TypeVar("Message", bound=Proto)
 
 
 class RpcAbort(Exception):
@@ -75,5 +76,5 @@ def rpc_error(code: grpc.StatusCode, reason: str, message: str) -> grpc.aio.AioR
 def copied(message: Message) -> Message:
     """What the other side receives: a copy, as if serialised (never a shared object)."""
     duplicate: Message = type(message)()
-    duplicate.CopyFrom(message)  # type: ignore[attr-defined]
+    duplicate.CopyFrom(message)
     return duplicate
