@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from strife.rpc.addresses import free_port as free_port
 from strife.rpc.channels import ChannelPool
@@ -106,7 +105,7 @@ def cluster(
                 env=(bank_env or {}).get(bank),
             )  # fmt: skip
             result.banks[bank] = process.start()
-            stack.callback(lambda b=bank: result.banks[b].stop())
+            stack.callback(_stopper(result.banks, bank))
         for name, port in ports.items():
             process = ServiceProcess(
                 "strife-gateway",
@@ -115,8 +114,13 @@ def cluster(
                 env=gateway_env,
             )
             result.gateways[name] = process.start()
-            stack.callback(lambda n=name: result.gateways[n].stop())
+            stack.callback(_stopper(result.gateways, name))
         yield result
+
+
+def _stopper(processes: dict[str, ServiceProcess], name: str) -> Callable[[], object]:
+    """Stops whichever process is `name` by then (a test may have replaced it)."""
+    return lambda: processes[name].stop()
 
 
 class Customer:
@@ -126,7 +130,7 @@ class Customer:
         self.stub = gateway_pb2_grpc.PaymentGatewayStub(pool.get(address))
         self.token = ""
 
-    async def login(self, username: str, bank: str = "alpha") -> Any:
+    async def login(self, username: str, bank: str = "alpha") -> gateway_pb2.LoginResponse:
         reply = await self.stub.Login(
             gateway_pb2.LoginRequest(username=username, password=PASSWORDS[username], bank=bank),
             timeout=TIMEOUT_S,
@@ -141,7 +145,7 @@ class Customer:
     async def pay(
         self, key: str, source: tuple[str, str], target: tuple[str, str], amount_minor: int,
         currency: str = "USD",
-    ) -> Any:  # fmt: skip
+    ) -> gateway_pb2.ProcessPaymentResponse:  # fmt: skip
         return await self.stub.ProcessPayment(
             gateway_pb2.ProcessPaymentRequest(
                 idempotency_key=key,
@@ -164,8 +168,8 @@ class Customer:
         b = reply.balance
         return b.balance.amount_minor, b.held.amount_minor, b.available.amount_minor
 
-    async def history(self, bank: str, account: str) -> list[Any]:
-        entries: list[Any] = []
+    async def history(self, bank: str, account: str) -> list[money_pb2.LedgerEntry]:
+        entries: list[money_pb2.LedgerEntry] = []
         token = ""
         while True:
             page = await self.stub.GetTransactionHistory(

@@ -9,8 +9,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TextIO
 
 BIN = Path(sys.executable).parent
 START_TIMEOUT_S = 20.0
@@ -116,12 +117,12 @@ def _parse(line: str) -> dict[str, object]:
     return value if isinstance(value, dict) else {}
 
 
-def _copy(source: object, sink: object) -> None:
+def _copy(source: Iterable[str], sink: TextIO) -> None:
     try:
-        for line in source:  # type: ignore[attr-defined]
-            sink.write(line)  # type: ignore[attr-defined]
-            sink.flush()  # type: ignore[attr-defined]
+        for line in source:
+            sink.write(line)
+            sink.flush()
     except ValueError:
         pass
     finally:
-        sink.close()  # type: ignore[attr-defined]
+        sink.close()

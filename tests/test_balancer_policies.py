@@ -306,6 +306,7 @@ def test_chooser_forgets_a_service_with_an_empty_pool() -> None:
 
 def test_unknown_policy_is_refused() -> None:
     with pytest.raises(ValueError):
+        # A name outside PolicyName on purpose: refused at run time (from a flag or a file).
         Chooser("fastest")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         make_policy("fastest", random.Random())  # type: ignore[arg-type]
@@ -318,11 +319,11 @@ def test_unknown_policy_is_refused() -> None:
     seed=st.integers(0, 2**32),
 )
 def test_a_choice_is_always_a_candidate_and_not_excluded_when_avoidable(
-    policy: str, loads: list[int], excluded: set[int], seed: int
+    policy: PolicyName, loads: list[int], excluded: set[int], seed: int
 ) -> None:
     pool = [View(f"i{n}", in_flight=load) for n, load in enumerate(loads)]
     exclude = {f"i{n}" for n in excluded}
-    chosen = make_policy(policy, random.Random(seed)).choose(pool, exclude)  # type: ignore[arg-type]
+    chosen = make_policy(policy, random.Random(seed)).choose(pool, exclude)
     assert chosen in pool
     if any(v.instance not in exclude for v in pool):
         assert chosen.instance not in exclude

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from strife.rpc.channels import ChannelPool
@@ -15,10 +16,10 @@ from .support import running_server
 DEADLINE_S = 15.0
 
 
-async def _until(predicate: object, what: str) -> None:
+async def _until(predicate: Callable[[], Awaitable[bool]], what: str) -> None:
     """Poll a condition with a bounded deadline (the bank resolves on its own clock)."""
     deadline = time.monotonic() + DEADLINE_S
-    while not await predicate():  # type: ignore[operator]
+    while not await predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.05)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 
 import grpc
 import pytest
@@ -17,7 +17,7 @@ from .processes import ServiceProcess
 
 
 @pytest.fixture(scope="module")
-def bank(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> ServiceProcess:  # type: ignore[misc]
+def bank(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     with bank_process(pki, tmp_path_factory.mktemp("bank")) as process:
         yield process
 
@@ -28,9 +28,9 @@ async def gw(pki: Pki, bank: ServiceProcess) -> AsyncIterator[BankClient]:
         yield BankClient(pool, bank.address)
 
 
-async def expect_error(call: object, code: grpc.StatusCode, reason: str) -> None:
+async def expect_error(call: Awaitable[object], code: grpc.StatusCode, reason: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call  # type: ignore[misc]
+        await call
     error = from_rpc_error(caught.value)
     assert (error.code, error.reason) == (code, reason), error
 

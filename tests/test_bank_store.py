@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,8 +24,8 @@ def _rows(tmp_path: Path) -> list[SeedRow]:
     return load_seed(write_seed(tmp_path / "seed.json"), bank="alpha")
 
 
-async def _open(tmp_path: Path, **config: object) -> BankStore:
-    store = await BankStore.open(StoreConfig(path=tmp_path / "bank.db", **config))  # type: ignore[arg-type]
+async def _open(tmp_path: Path, **config: Any) -> BankStore:
+    store = await BankStore.open(StoreConfig(path=tmp_path / "bank.db", **config))
     return store
 
 

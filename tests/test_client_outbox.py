@@ -11,6 +11,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -21,6 +22,7 @@ from strife.client import (
     IdempotencyKeyReused,
     InsufficientFunds,
     LoginRequired,
+    OutboxEntry,
     OutboxFull,
     Payment,
     PaymentStatus,
@@ -65,8 +67,8 @@ class FakeGateway:
     async def target(self) -> str:
         return self.address
 
-    async def process_payment(self, entry: object, address: str) -> Payment:
-        key = entry.idempotency_key  # type: ignore[attr-defined]
+    async def process_payment(self, entry: OutboxEntry, address: str) -> Payment:
+        key = entry.idempotency_key
         self.sent.append(key)
         script = self.scripts.get(key)
         if script is None:
@@ -116,11 +118,11 @@ async def outbox(tmp_path: Path) -> AsyncIterator[Outbox]:
 
 
 def drainer_for(
-    outbox: Outbox, fake: FakeGateway, tmp_path: Path, sleeps: Sleeps | None = None, **kw: object
+    outbox: Outbox, fake: FakeGateway, tmp_path: Path, sleeps: Sleeps | None = None, **kw: Any
 ) -> Drainer:
     return Drainer(
         outbox, fake, DrainLock(tmp_path / "outbox.lock"),
-        policy=RetryPolicy(initial_s=0.01, cap_s=0.08), sleep=sleeps or Sleeps(), **kw,  # type: ignore[arg-type]
+        policy=RetryPolicy(initial_s=0.01, cap_s=0.08), sleep=sleeps or Sleeps(), **kw,
     )  # fmt: skip
 
 
@@ -320,7 +322,7 @@ async def test_in_flight_after_a_crash_is_looked_up_before_any_resend(
 
 
 async def test_in_flight_stays_in_flight_while_nobody_can_say(
-    outbox: Outbox, tmp_path: Path
+    outbox: Outbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake = FakeGateway()
     entry, _ = await outbox.add(intent(), new_idempotency_key())
@@ -329,7 +331,7 @@ async def test_in_flight_stays_in_flight_while_nobody_can_say(
     async def down(key: str, address: str) -> Payment:
         raise unavailable()
 
-    fake.get_payment = down  # type: ignore[method-assign]
+    monkeypatch.setattr(fake, "get_payment", down)
     with pytest.raises(PassIncomplete):
         await drainer_for(outbox, fake, tmp_path).pass_once()
     assert fake.sent == []

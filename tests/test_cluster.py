@@ -12,6 +12,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from strife.cluster.seeds import account_of, password_of
 from strife.rpc.channels import ChannelPool
@@ -35,13 +36,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _wait_state(root: Path, proc: subprocess.Popen[bytes]) -> dict[str, object]:
+def _wait_state(root: Path, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
     deadline = time.monotonic() + UP_TIMEOUT_S
     while not (root / "cluster.json").exists():
         assert proc.poll() is None, "cluster up exited early"
         assert time.monotonic() < deadline, "cluster never came up"
         time.sleep(0.1)
-    state: dict[str, object] = json.loads((root / "cluster.json").read_text())
+    state: dict[str, Any] = json.loads((root / "cluster.json").read_text())
     return state
 
 
@@ -85,7 +86,7 @@ def test_cluster_up_serves_restarts_and_goes_down(tmp_path: Path) -> None:
     pids: list[int] = []
     try:
         state = _wait_state(root, up)
-        children = {c["name"]: c for c in state["children"]}  # type: ignore[attr-defined]
+        children = {c["name"]: c for c in state["children"]}
         pids = [int(c["pid"]) for c in children.values()]
         assert set(children) == {"balancer", "bank-alpha", "bank-beta", "gateway-gw-1"}
         assert state["balancer"] == children["balancer"]["address"] == f"127.0.0.1:{port}"

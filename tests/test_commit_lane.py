@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from strife.storage import sqlite as storage
-from strife.storage.sqlite import CommitLane, GroupCommitWriter, Writes, connect
+from strife.storage.sqlite import CommitLane, Database, GroupCommitWriter, Writes, connect
 
 INSERT = "INSERT INTO t (v) VALUES (?)"
 
 
-async def _database(path: Path) -> tuple[object, sqlite3.Connection]:
-    conn = await connect(path, any_thread=True)
+async def _database(path: Path) -> tuple[Database, sqlite3.Connection]:
+    conn = await connect(path)
     await conn.execute("CREATE TABLE t (v INTEGER NOT NULL UNIQUE)")
     return conn, sqlite3.connect(path)
 
@@ -47,7 +47,7 @@ async def test_writers_of_one_turn_commit_in_one_hop_each_in_its_own_file(
     monkeypatch.setattr(storage, "_write_batches", counted)
     lane = CommitLane()
     opened = [await _database(tmp_path / f"bank-{n}.db") for n in range(3)]
-    writers = [GroupCommitWriter(conn, lane=lane) for conn, _ in opened]  # type: ignore[arg-type]
+    writers = [GroupCommitWriter(conn, lane=lane) for conn, _ in opened]
     tasks = [writer.start() for writer in writers]
     try:
         results = await asyncio.gather(*(w.submit(insert(n)) for n, w in enumerate(writers)))
@@ -73,6 +73,6 @@ async def test_writers_of_one_turn_commit_in_one_hop_each_in_its_own_file(
             if not task.done():
                 await writer.close()
         for conn, reader in opened:
-            await conn.close()  # type: ignore[attr-defined]
+            await conn.close()
             reader.close()
         lane.close()

@@ -130,6 +130,7 @@ def coordinator(
     config = CoordinatorConfig(
         name="gw-1", reply_after=reply_after, max_in_flight=max_in_flight, decision_timeout_s=5
     )
+    # The fake has what the coordinator calls of `Banks`, not the class itself.
     return PaymentCoordinator(config, store, banks)  # type: ignore[arg-type]
 
 
@@ -296,6 +297,7 @@ async def test_prepares_queue_behind_one_call_and_keep_their_deadline(
     beta = banks.by_name["beta"]
     beta.votes.clear()
     config = CoordinatorConfig(name="gw-1", max_in_flight=16, prepare_timeout_s=0.3)
+    # The fake has what the coordinator calls of `Banks`, not the class itself.
     coord = PaymentCoordinator(config, store, banks)  # type: ignore[arg-type]
 
     # Beta holds the first call: all three payments time out in prepare...

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -20,17 +20,26 @@ from strife.errors import (
 )
 
 
+@dataclass(frozen=True)
+class PlainStatus:
+    """A status without trailers: what a call that failed without ErrorInfo ends with."""
+
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[()] = ()
+
+
 class FakeRpcError(grpc.RpcError):
     """What a client sees: code, details and trailers of a finished call."""
 
-    def __init__(self, status: Any) -> None:
+    def __init__(self, status: grpc.Status | PlainStatus) -> None:
         self._status = status
 
     def code(self) -> grpc.StatusCode:
-        return self._status.code  # type: ignore[no-any-return]
+        return self._status.code
 
     def details(self) -> str:
-        return self._status.details  # type: ignore[no-any-return]
+        return self._status.details
 
     def trailing_metadata(self) -> Any:
         return self._status.trailing_metadata
@@ -71,7 +80,7 @@ def test_retry_info_is_carried() -> None:
     ],
 )
 def test_classes(code: grpc.StatusCode, reason: str, cls: type, retryable: bool) -> None:
-    plain = SimpleNamespace(code=code, details="m", trailing_metadata=())
+    plain = PlainStatus(code, "m")
     status = make_status(code, reason, "m") if reason else plain
     error = from_rpc_error(FakeRpcError(status))
     assert type(error) is cls

@@ -70,6 +70,7 @@ class Coordinator:
 
 def servicer(server: RecordingBank) -> GatewayServicer:
     banks = SharedServer(server)
+    # Fakes with only what the reads and Login call (this servicer never pays).
     return GatewayServicer(
         store=None,  # type: ignore[arg-type]
         coordinator=Coordinator(banks),  # type: ignore[arg-type]

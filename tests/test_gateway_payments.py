@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
 
 import grpc
@@ -49,9 +49,9 @@ async def customer(pool: ChannelPool, c: Cluster, username: str, gw: str = "gw-1
     return client
 
 
-async def expect_error(call: object, code: grpc.StatusCode, reason: str) -> None:
+async def expect_error(call: Awaitable[object], code: grpc.StatusCode, reason: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call  # type: ignore[misc]
+        await call
     error = from_rpc_error(caught.value)
     assert (error.code, error.reason) == (code, reason), error
 

@@ -219,6 +219,7 @@ def test_add_account_refuses_duplicates_and_bad_balances(ledger: Ledger) -> None
             account_id="n", customer_id="c", currency="EUR", balance_minor=MAX_AMOUNT_MINOR + 1
         )
     with refused(ledger, ErrorKind.INVALID_ARGUMENT, Reason.INVALID_AMOUNT):
+        # A float on purpose: refused at run time, whatever the caller's types say.
         ledger.add_account(account_id="n", customer_id="c", currency="EUR", balance_minor=1.5)  # type: ignore[arg-type]
     with refused(ledger, ErrorKind.INVALID_ARGUMENT, Reason.INVALID_CURRENCY):
         ledger.add_account(account_id="n", customer_id="c", currency="euro")
@@ -680,6 +681,7 @@ def test_a_ledger_rebuilt_from_persisted_changes_is_the_same(ledger: Ledger) -> 
 
 
 def test_rows_from_the_store_may_carry_plain_strings() -> None:
+    # Plain strings where the types say Leg and TransferState: what a row read back holds.
     posting = Posting("a", "DEBIT", 5, "EUR", "x")  # type: ignore[arg-type]
     transfer = Transfer("t", FP, "PREPARED", GW, [posting], False)  # type: ignore[arg-type]
     assert posting.leg is Leg.DEBIT

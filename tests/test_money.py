@@ -61,6 +61,7 @@ def test_parse_refuses(text: str, currency: str, reason: str) -> None:
 
 def test_money_refuses_floats_and_bools() -> None:
     with pytest.raises(MoneyError):
+        # Wrong types on purpose: what an untyped caller may pass is refused at run time.
         Money(12.5, "USD")  # type: ignore[arg-type]
     with pytest.raises(MoneyError):
         check_amount(True)

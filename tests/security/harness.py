@@ -107,7 +107,7 @@ def running_world(pki: Pki, root: Path) -> Iterator[World]:
 
 
 @contextmanager
-def _patched_seed(rows: list[tuple[str, ...]]) -> Iterator[None]:
+def _patched_seed(rows: Sequence[tuple[str, ...]]) -> Iterator[None]:
     import pytest
 
     with pytest.MonkeyPatch.context() as patch:

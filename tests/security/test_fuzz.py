@@ -42,6 +42,7 @@ def scalar(field: FieldDescriptor) -> st.SearchStrategy[Any]:
     if t in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
         return st.floats(allow_nan=True, allow_infinity=True, width=64)
     if t == FieldDescriptor.TYPE_ENUM:
+        assert field.enum_type is not None  # an enum field always has its enum
         known = [v.number for v in field.enum_type.values]
         return st.one_of(st.sampled_from(known), st.integers(*INT32))
     bounds = INT64 if t == FieldDescriptor.TYPE_INT64 else INT32
@@ -144,7 +145,8 @@ def stub_for(s: Session, target: Target) -> Callable[..., Any]:
         "bank": lambda: s.bank_stub(pool),
         "balancer": lambda: s.balancer_stub(pool),
     }[target.service]()
-    return getattr(stub, target.method)  # type: ignore[no-any-return]
+    method: Callable[..., Any] = getattr(stub, target.method)
+    return method
 
 
 def examples(target: Target) -> list[Any]:
