@@ -18,8 +18,10 @@ from strife.bft.config import Config
 from strife.bft.messages import (
     EMPTY_BATCH_DIGEST,
     Checkpoint,
+    Commit,
     Message,
     NewView,
+    Prepare,
     PrePrepare,
     Reply,
     Request,
@@ -187,8 +189,33 @@ class Forge(_Base):
         return out
 
 
+class Collude(_Base):
+    """Votes for every proposal it sees, conflicting ones included: a PREPARE and a
+    COMMIT, validly signed, for each pre-prepare (an equivocating primary's accomplice)."""
+
+    name = "collude"
+
+    def __init__(self, config: Config, replica: int, signer: Signer, rng: random.Random) -> None:
+        super().__init__(config, replica, signer, rng)
+        self.seen: list[PrePrepare] = []
+
+    def hears(self, message: Message) -> bool:
+        if isinstance(message, PrePrepare):
+            self.seen.append(message)
+        return True
+
+    def speaks(self, wires: Sequence[Wire]) -> list[Wire]:
+        out = list(wires)
+        seen, self.seen = self.seen, []
+        for pp in seen:
+            for vote in (Prepare, Commit):
+                message = self.resign(vote(pp.view, pp.seq, pp.digest, self.replica))
+                out += [Wire(r, message) for r in range(self.config.n) if r != self.replica]
+        return out
+
+
 BEHAVIOURS: dict[str, type[_Base]] = {
-    b.name: b for b in (Silent, Equivocate, Lie, Slow, Forge)
+    b.name: b for b in (Silent, Equivocate, Lie, Slow, Forge, Collude)
 }  # fmt: skip
 
 
