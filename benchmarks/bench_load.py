@@ -97,7 +97,7 @@ TARGETS = {
 # --- the echo baseline ----------------------------------------------------------
 
 
-async def _echo(request: bytes, _context: Any) -> bytes:
+async def _echo(request: bytes, _context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
     return request
 
 
