@@ -61,7 +61,7 @@ def test_three_generals_exit_1_and_blame_the_bound() -> None:
     assert "IC2 validity:  VIOLATED (the loyal commander ordered ATTACK" in out
     assert out.rstrip().endswith(
         "verdict: VIOLATED, as the bound allows "
-        "(n=3 <= 3m=3: no oral-messages algorithm survives m traitors)"
+        "(n=3 <= 3m=3: no oral-messages algorithm can guarantee both against m traitors)"
     )
 
 

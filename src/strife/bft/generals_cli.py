@@ -215,7 +215,9 @@ def _conclusion(setup: Setup, verdict: Verdict) -> str:
         return f"verdict: OK this time, though nothing guarantees it ({_bound(n, m, t)})"
     reasons = []
     if n <= 3 * m:
-        reasons.append(f"n={n} <= 3m={3 * m}: no oral-messages algorithm survives m traitors")
+        reasons.append(
+            f"n={n} <= 3m={3 * m}: no oral-messages algorithm can guarantee both against m traitors"
+        )
     if t > m:
         reasons.append(f"{t} traitors > m={m}: OM({m}) tolerates at most {m}")
     if reasons:
