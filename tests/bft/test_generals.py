@@ -141,6 +141,7 @@ def test_plan_picks_traitors_from_the_seed() -> None:
     [
         ({"n": 7, "traitors": 8}, "traitors must be between"),
         ({"n": 7, "traitors": 0, "traitor_commander": True}, "at least one traitor"),
+        ({"n": 4, "traitors": 4}, "include the commander"),
         ({"n": 7, "traitors": 1, "strategy": "bribe"}, "unknown strategy"),
         ({"n": 1, "traitors": 0}, "n must be at least 2"),
     ],

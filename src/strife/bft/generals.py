@@ -247,6 +247,8 @@ def plan(
         raise ValueError(f"traitors must be between 0 and n={n}, not {traitors}")
     if traitor_commander and traitors == 0:
         raise ValueError("a traitorous commander needs at least one traitor")
+    if traitors == n and not traitor_commander:
+        raise ValueError(f"{n} traitors among {n} generals include the commander")
     if strategy != MIXED and strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}: one of {', '.join(strategy_names())}")
     rng = random.Random(f"plan/{seed}")
