@@ -5,6 +5,7 @@ nothing else."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import grpc
 import pytest
@@ -33,7 +34,7 @@ def _server(pki: Pki, health_listen: str = "127.0.0.1:0") -> StrifeServer:
 
 async def _status(port: int, service: str = "") -> int:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
+        stub: Any = health_pb2_grpc.HealthStub(channel)
         answer = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=TIMEOUT_S)
         return int(answer.status)
 

@@ -14,7 +14,7 @@ from strife.deploy.kustomize import build
 from strife.deploy.networkpolicy import ROLE_LABEL, Served, allowed_callers, served_by_role
 from strife.deploy.render import GRPC_PORT, METRICS_PORT
 from strife.rpc.authz import COMMON_METHODS, AuthzTable
-from strife.security.identity import ROLES, SERVICE_ROLES
+from strife.security.certs import ROLES, SERVICE_ROLES
 
 REPO = Path(__file__).resolve().parents[1]
 OVERLAYS = REPO / "deploy" / "kubernetes" / "overlays"
@@ -75,14 +75,14 @@ def _pod_labels(objects: list[Manifest], role: str) -> dict[str, str]:
 
 
 def _allowed_by_tables() -> set[tuple[str, str]]:
-    """(caller, callee) pairs, straight from `AuthzTable.permits` over every method."""
+    """(caller, callee) pairs, straight from `AuthzTable.allowed_roles` over every method."""
     pairs = set()
     for callee, served in served_by_role().items():
         for service in served.services:
             for method in networkpolicy.service_method_paths(service):
                 if method in COMMON_METHODS:
                     continue
-                pairs |= {(r, callee) for r in ROLES if served.table.permits(method, r)}
+                pairs |= {(r, callee) for r in ROLES if r in served.table.allowed_roles(method)}
     return pairs
 
 

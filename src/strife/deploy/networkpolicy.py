@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from strife.rpc.authz import COMMON_METHODS, AuthzTable
-from strife.security.identity import ROLES
+from strife.security.certs import ROLES
 
 Manifest = dict[str, Any]
 
@@ -71,7 +71,7 @@ def allowed_callers(served: Mapping[str, Served] | None = None) -> dict[str, fro
             for method in service_method_paths(service):
                 if method not in COMMON_METHODS:
                     callers |= spec.table.allowed_roles(method)
-        unknown = callers - ROLES
+        unknown = callers.difference(ROLES)
         if unknown:
             raise ValueError(f"{role}: unknown roles {sorted(unknown)}")
         result[role] = frozenset(callers)
