@@ -166,13 +166,15 @@ def verdict_lines(
 ) -> list[str]:
     decided = sorted({d.name for d in decisions.values()})
     loyal = len(decisions)
-    if verdict.agreement:
+    if verdict.agreement and loyal == 0:
+        ic1 = "holds (no loyal lieutenant to disagree)"
+    elif verdict.agreement:
         who = (
-            f"all {loyal} loyal lieutenants decide"
-            if loyal != 1
-            else "the loyal lieutenant decides"
+            "the loyal lieutenant decides"
+            if loyal == 1
+            else f"all {loyal} loyal lieutenants decide"
         )
-        ic1 = f"holds ({who} {decided[0] if decided else '-'})"
+        ic1 = f"holds ({who} {decided[0]})"
     else:
         split = Counter(d.name for d in decisions.values())
         ic1 = (
