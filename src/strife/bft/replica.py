@@ -592,7 +592,10 @@ class Replica:
             self._send_new_view(gathered, out)
 
     def _send_new_view(self, gathered: dict[int, ViewChange], out: list[Output]) -> None:
-        chosen = tuple(gathered[r] for r in sorted(gathered)[: self.config.quorum])
+        # Our own view-change first: it carries our stable checkpoint, from which
+        # we will go on proposing.
+        order = sorted(gathered, key=lambda r: (r != self.id, r))
+        chosen = tuple(gathered[r] for r in order[: self.config.quorum])
         _, carried = carried_over(self.config, chosen)
         pre_prepares = tuple(
             self._sign(PrePrepare(self.view, seq, digest, batch, self.id))
