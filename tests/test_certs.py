@@ -79,9 +79,20 @@ def test_bad_trust_domain_rejected(domain: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "uri", ["https://strife.local/bank/a", "spiffe://strife.local/bank", "spiffe://d/x/a"]
+    "uri",
+    [
+        "https://strife.local/bank/a",
+        "spiffe://strife.local/bank",
+        "spiffe://d/x/a",
+        "spiffe://strife.local/bank/",
+        "spiffe://strife.local/bank/a/b",
+        "spiffe://strife.local/bank/-a",
+        "spiffe://strife.local/bank/" + "x" * 64,
+        "spiffe://Strife.Local/bank/a",
+    ],
 )
 def test_parse_spiffe_id_rejects(uri: str) -> None:
+    """The rules `spiffe_id` issues by; verified peers are read by the same."""
     with pytest.raises(ValueError):
         certs.parse_spiffe_id(uri)
 

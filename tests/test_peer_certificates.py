@@ -82,6 +82,8 @@ CASES = [
      None),
     ("one URI SAN", [x509.UniformResourceIdentifier(ADMIN)],
      PeerIdentity("strife.local", "admin", "root")),
+    ("a name strife-certs never issues",
+     [x509.UniformResourceIdentifier("spiffe://strife.local/admin/-root")], None),
 ]  # fmt: skip
 
 

@@ -36,7 +36,7 @@ from strife.observability import context as request_context
 from strife.observability.logging import get_logger
 from strife.rpc.authz import ANY_ROLE, AuthzTable, service_methods
 from strife.rpc.server import ServerConfig, StrifeServer
-from strife.security.identity import SERVICE_ROLES
+from strife.security.certs import SERVICE_ROLES
 from strife.v1 import balancer_pb2, balancer_pb2_grpc
 
 SERVICE = "strife.v1.LoadBalancer"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from strife.security.identity import ROLES
+from strife.security.certs import ROLES
 
 ANY_ROLE = frozenset(ROLES)
 
@@ -29,7 +29,7 @@ class AuthzTable:
 
     def allow(self, method: str, roles: Iterable[str]) -> None:
         allowed = frozenset(roles)
-        unknown = allowed - ROLES
+        unknown = allowed - ANY_ROLE
         if unknown or not method.startswith("/"):
             raise ValueError(f"bad rule {method!r}: {sorted(unknown)}")
         self._rules[method] = allowed

@@ -9,8 +9,13 @@ from typing import Any, TypeVar
 import click
 
 from strife.observability.logging import configure_logging
-from strife.rpc.server import DEFAULT_TRUST_DOMAIN, ServerConfig
-from strife.security.certs import cert_from_pem, missing_identity_hosts, spiffe_id_of
+from strife.rpc.server import ServerConfig
+from strife.security.certs import (
+    DEFAULT_TRUST_DOMAIN,
+    cert_from_pem,
+    missing_identity_hosts,
+    spiffe_id_of,
+)
 from strife.security.tls import TlsFiles, TlsMaterial
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -30,11 +30,10 @@ from strife.rpc.authz import AuthzTable
 from strife.rpc.channels import MAX_MESSAGE_BYTES
 from strife.rpc.interceptors import CallCheck, ServerGuard
 from strife.rpc.limits import connection_cap, raise_open_files_limit
+from strife.security.certs import DEFAULT_TRUST_DOMAIN
 from strife.security.tls import TlsFiles, TlsMaterial
 
 _log = get_logger("strife.server")
-
-DEFAULT_TRUST_DOMAIN = "strife.local"
 
 
 class AddressInUseError(OSError):

@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-ROLES = frozenset({"gateway", "bank", "balancer", "client", "admin"})
-SERVICE_ROLES = frozenset({"gateway", "bank", "balancer"})
+from strife.security.certs import parse_spiffe_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,16 +41,6 @@ class VerifiedPeer:
 
     identity: PeerIdentity | None
     cert_sha256: str
-
-
-def parse_spiffe_id(uri: str) -> PeerIdentity | None:
-    """`spiffe://domain/role/name` with a known role, else None."""
-    if not uri.startswith("spiffe://"):
-        return None
-    parts = uri[len("spiffe://") :].split("/")
-    if len(parts) != 3 or not all(parts) or parts[1] not in ROLES:
-        return None
-    return PeerIdentity(trust_domain=parts[0], role=parts[1], name=parts[2])
 
 
 def cert_thumbprint(der: bytes) -> str:
@@ -77,10 +66,13 @@ def identity_of_certificate(cert: x509.Certificate, trust_domain: str) -> PeerId
         return None
     if len(uris) != 1:
         return None
-    identity = parse_spiffe_id(uris[0])
-    if identity is None or identity.trust_domain != trust_domain:
+    try:  # the rules strife-certs issues by: a known role, a plain name
+        parsed = parse_spiffe_id(uris[0])
+    except ValueError:
         return None
-    return identity
+    if parsed.trust_domain != trust_domain:
+        return None
+    return PeerIdentity(*parsed)
 
 
 def peer_of_pem(pem: bytes, trust_domain: str) -> VerifiedPeer | None:
