@@ -19,6 +19,7 @@ from strife.errors import AnyContext, Reason, abort
 from strife.faults import failpoint, failpoint_async
 from strife.observability import context as request_context
 from strife.rpc.authz import AuthzTable, service_methods
+from strife.rpc.limits import MAX_PAGE_SIZE
 from strife.security.passwords import HashingBusyError, verify_password_async
 from strife.security.throttle import FailureWindow
 from strife.storage.status import STORAGE_FAILURES, abort_storage_failure
@@ -26,7 +27,6 @@ from strife.v1 import bank_pb2, money_pb2
 
 SERVICE = "strife.v1.BankService"
 DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 200
 MAX_CREDENTIAL_CHARS = 256
 # Failed password checks per username at this bank, from every gateway replica
 # and every caller together (docs/security.md).

@@ -54,6 +54,7 @@ from strife.money import check_amount, check_currency
 from strife.observability.logging import get_logger
 from strife.rpc.channels import ANY_GATEWAY, ChannelPool, health_stub
 from strife.rpc.discovery import BalancerClient
+from strife.rpc.limits import MAX_DESCRIPTION_CHARS, MAX_PAGE_SIZE
 from strife.storage.sqlite import Synchronous
 from strife.v1 import gateway_pb2, gateway_pb2_grpc, money_pb2
 
@@ -79,8 +80,6 @@ def _metrics() -> tuple[Gauge, Counter]:
     return depth, outcomes
 
 
-MAX_PAGE_SIZE = 200  # the banks' own page limit
-MAX_DESCRIPTION_CHARS = 256  # the gateway's limit
 _TOKEN_REASONS = frozenset(
     {"TOKEN_EXPIRED", "TOKEN_INVALID", "TOKEN_MISSING", "TOKEN_NOT_BOUND_TO_PEER"}
 )

@@ -27,6 +27,7 @@ from strife.money import MoneyError, check_amount, check_currency
 from strife.observability import context as request_context
 from strife.observability.logging import get_logger
 from strife.rpc.authz import AuthzTable, service_methods
+from strife.rpc.limits import MAX_DESCRIPTION_CHARS
 from strife.storage.status import STORAGE_FAILURES, abort_storage_failure
 from strife.v1 import (
     bank_pb2,
@@ -40,7 +41,6 @@ from strife.v1 import coordinator_pb2_grpc as _coordinator_grpc
 
 COORDINATOR_SERVICE = "strife.v1.Coordinator"
 BANK_TIMEOUT_S = 2.0
-MAX_DESCRIPTION_CHARS = 256
 _KEY = re.compile(r"[A-Za-z0-9._:-]{16,255}")
 _TRANSFER_NAMESPACE = uuid.UUID("6f1c1a52-3d4e-4f0b-9a55-5a1d3c2b7e10")
 

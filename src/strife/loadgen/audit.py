@@ -31,6 +31,7 @@ from strife.errors import from_rpc_error
 from strife.loadgen._model import Outcome, Payment
 from strife.rpc.channels import ChannelPool, Peer
 from strife.rpc.discovery import BalancerClient
+from strife.rpc.limits import MAX_PAGE_SIZE
 from strife.v1 import bank_pb2, bank_pb2_grpc
 
 Ref = tuple[str, str]
@@ -39,7 +40,6 @@ T = TypeVar("T")
 READ_CONCURRENCY = 16
 READ_ATTEMPTS = 5
 READ_BACKOFF = Backoff(0.2, 1.6)  # 0.2, 0.4, 0.8, 1.6 s between the five reads
-PAGE_SIZE = 200  # the bank's maximum page
 MAX_LINES = 5_000_000
 SETTLE_POLL_S = 0.25
 EXAMPLES = 10
@@ -205,7 +205,7 @@ class Auditor:
         token = ""
         while True:
             request = bank_pb2.BankHistoryRequest(
-                bank=bank, account_id=account, page_size=PAGE_SIZE, page_token=token
+                bank=bank, account_id=account, page_size=MAX_PAGE_SIZE, page_token=token
             )
 
             def read(

@@ -1,4 +1,5 @@
-"""The process's open-file limit, and how many connections a server takes.
+"""The process's open-file limit, how many connections a server takes, and
+the sizes the wire accepts.
 
 Every connection is a file descriptor, and so is every database file, log
 and outgoing channel. A server raises its soft RLIMIT_NOFILE to the hard
@@ -24,6 +25,11 @@ MAX_OPEN_FILES_ENV = "STRIFE_MAX_OPEN_FILES"
 # channels and the listener's next accept.
 MIN_RESERVED_FILES = 64
 MAX_RESERVED_FILES = 1024
+
+# Enforced by the servers, and checked by the client before it sends, so a
+# request that would be refused fails where it is made.
+MAX_PAGE_SIZE = 200  # entries in one page of a bank's history
+MAX_DESCRIPTION_CHARS = 256  # a payment's description, at the gateway
 
 
 def raise_open_files_limit() -> int | None:
