@@ -111,8 +111,15 @@ def test_seed_rejects_bad_rows(tmp_path: Path) -> None:
         "bank,customer_id,username,display_name,password,account_id,currency,opening_balance\n"
         "alpha,c1,u1,U,pw,a1,USD,1.005\n"
     )
-    with pytest.raises(SeedError, match="minor units"):
+    with pytest.raises(SeedError, match="2 decimal places"):
         load_seed(bad)
+    for amount in ("1e3", "-5", "NaN", "1_000"):  # what Decimal takes and a payment may not
+        bad.write_text(
+            "bank,customer_id,username,display_name,password,account_id,currency,opening_balance\n"
+            f"alpha,c1,u1,U,pw,a1,USD,{amount}\n"
+        )
+        with pytest.raises(SeedError, match=f"opening balance '{amount}': not a plain positive"):
+            load_seed(bad)
     bad.write_text(
         "bank,customer_id,username,display_name,password,account_id,currency,opening_balance\n"
         "alpha,c1,u1,U,pw,a1,USD,1.00\nalpha,c2,u1,U,pw,a2,USD,1.00\n"

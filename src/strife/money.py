@@ -89,11 +89,12 @@ class Money:
 _PLAIN_DECIMAL = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 
 
-def parse_amount(text: str, currency: str) -> int:
+def parse_amount(text: str, currency: str, *, allow_zero: bool = False) -> int:
     """Plain decimal text ("12.34") to minor units, refusing anything that would round.
 
     Signs, exponents, underscores, NaN and infinities are refused, and so is
-    anything with more decimals than the currency has ("12.345" USD).
+    anything with more decimals than the currency has ("12.345" USD). Zero is
+    refused too, unless `allow_zero` (an opening balance, not a payment).
     """
     exponent = CURRENCY_EXPONENTS[check_currency(currency)]
     cleaned = text.strip()
@@ -110,6 +111,8 @@ def parse_amount(text: str, currency: str) -> int:
         raise MoneyError(
             "INVALID_AMOUNT", f"{currency} has {exponent} decimal places; {text!r} has more"
         )
+    if allow_zero and minor == 0:
+        return 0
     return check_amount(int(minor), currency)
 
 

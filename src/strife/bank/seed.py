@@ -2,8 +2,8 @@
 
 One row per account, with the columns
 `bank, customer_id, username, display_name, password, account_id, currency,
-opening_balance`. `opening_balance` is decimal text in the currency's units
-("1000.00"); `password` is plain text (hashed on load) or already a scrypt hash.
+opening_balance`. `opening_balance` is plain decimal text in the currency's
+units ("1000.00", never "1e3"); `password` is plain text (hashed on load) or already a scrypt hash.
 JSON is either a list of such objects or `{"accounts": [...]}`. A bank loads
 only its own rows.
 """
@@ -13,11 +13,10 @@ from __future__ import annotations
 import csv
 import json
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from strife.money import CURRENCY_EXPONENTS, MAX_AMOUNT_MINOR
+from strife.money import MoneyError, parse_amount
 
 COLUMNS = (
     "bank",
@@ -48,19 +47,13 @@ class SeedRow:
 
 
 def opening_minor(text: str, currency: str) -> int:
-    """Exact decimal text to minor units; zero is a valid opening balance."""
-    if currency not in CURRENCY_EXPONENTS:
-        raise SeedError(f"unsupported currency {currency!r}")
+    """Decimal text to minor units by the rules every typed amount follows
+    (`money.parse_amount`: no exponents, signs or rounding); zero is a valid
+    opening balance."""
     try:
-        value = Decimal(text.strip() or "0").scaleb(CURRENCY_EXPONENTS[currency])
-    except InvalidOperation:
-        raise SeedError(f"not a decimal amount: {text!r}") from None
-    if not value.is_finite() or value != value.to_integral_value():
-        raise SeedError(f"{text!r} is not a whole number of {currency} minor units")
-    minor = int(value)
-    if not 0 <= minor <= MAX_AMOUNT_MINOR:
-        raise SeedError(f"opening balance out of range: {text!r}")
-    return minor
+        return parse_amount(text, currency, allow_zero=True)
+    except MoneyError as exc:
+        raise SeedError(f"opening balance {text!r}: {exc}") from None
 
 
 def _row(raw: dict[str, Any], where: str) -> SeedRow:
