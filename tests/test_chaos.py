@@ -14,19 +14,6 @@ from strife.chaos.history import FAIL, OK, History
 from strife.chaos.runner import ChaosConfig, run_chaos
 from strife.gateway.service import transfer_id_for
 
-# What chaos runs have found in Strife and is not fixed yet (docs/chaos.md,
-# "Findings"). A run showing only these is an expected failure; any other
-# violation fails the test.
-KNOWN_FINDINGS = {
-    # A payment whose gateway was SIGKILLed mid-commit left PENDING, its holds
-    # and PREPARED transfers kept, long after every fault healed.
-    "nothing_pending_at_gateways",
-    "no_hold_left",
-    "no_prepared_left",
-    "outboxes_drained",
-}
-
-
 def _history_with_one_intent(keys: list[str], answer: str) -> History:
     history = History()
     intent = history.new_intent(
@@ -104,10 +91,5 @@ def test_a_chaos_run_with_partitions_passes_its_checker(tmp_path: Path) -> None:
     assert report["payments"]["intents"] >= 300
     assert net.leftovers(report["network_tag"]) == []
     assert Path(report["files"]["plot"]).stat().st_size > 0
-    violations = report["checker"]["violations"]
-    assert not set(violations) - KNOWN_FINDINGS, report["checker"]
-    if violations:
-        pytest.xfail(
-            f"known findings only: {violations}; examples: {report['checker']['examples']}"
-        )
+    assert report["checker"]["violations"] == {}, report["checker"]
     assert report["passed"]
