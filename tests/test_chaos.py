@@ -14,6 +14,7 @@ from strife.chaos.history import FAIL, OK, History
 from strife.chaos.runner import ChaosConfig, run_chaos
 from strife.gateway.service import transfer_id_for
 
+
 def _history_with_one_intent(keys: list[str], answer: str) -> History:
     history = History()
     intent = history.new_intent(
