@@ -3,51 +3,20 @@ or several banks' behind one port (`--bank`, see docs/bank.md)."""
 
 from __future__ import annotations
 
-import asyncio
-import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import click
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from prometheus_client import Gauge, Histogram
 
-from strife.bank.host import BankHost
-from strife.bank.resolver import Resolver, cancel, registry_lookup, static_lookup
+from strife.bank.process import BankProcess, BankSettings
 from strife.bank.seed import SeedError, SeedRow, load_seed
-from strife.bank.service import AUTHZ, SERVICE, BankServicer
-from strife.bank.store import BankIdentity, BankStore, StoreConfig
-from strife.observability.logging import get_logger
 from strife.program import entry as program_entry
-from strife.rpc.channels import ChannelPool
 from strife.rpc.cli import named_addresses, require_identity_hosts, server_config, server_options
-from strife.rpc.discovery import BalancerClient, Heartbeat
-from strife.rpc.server import AddressInUseError, StrifeServer, run
-from strife.security.passwords import PASSWORD_CHECKS, hash_password
+from strife.rpc.serving import run_process
+from strife.security.passwords import PASSWORD_CHECKS
 from strife.security.tls import TlsFiles, TlsMaterial
-from strife.storage.sqlite import CommitLane, StorageError, watch_file
-from strife.v1 import bank_pb2_grpc
-
-BATCH_SIZE = Histogram(
-    "strife_bank_group_commit_batch_size",
-    "Operations committed per SQLite transaction",
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
-)
-PREPARED = Gauge(
-    "strife_bank_prepared_transfers",
-    "Legs voted YES and not yet decided: their funds are held",
-    ["bank"],
-)
-IN_DOUBT = Gauge(
-    "strife_bank_in_doubt_transfers",
-    "Prepared legs undecided past --in-doubt-timeout, being asked about at their coordinator",
-    ["bank"],
-)
-_log = get_logger("strife.bank")
-# How often each database file's identity is checked (one stat).
-WATCH_INTERVAL_S = 1.0
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -133,150 +102,28 @@ def main(**options: Any) -> None:
         seeds = {bank: _seed_rows(options["seeds"], bank) for bank in banks}
     except (SeedError, OSError, ValueError) as exc:
         raise click.ClickException(f"seed: {exc}") from exc
-    coordinators = named_addresses(options["coordinators"])
-    own = _bank_identities(banks, name, config.certs, options["bank_certs"])
     if config.certs is not None and banks != (name,):
         # Gateways dial each bank by its name: this host's certificate must say
         # it serves them all, or their handshakes fail.
         require_identity_hosts(config.certs, serves=banks)
-    cluster = _cluster_id(config.certs)
+    settings = BankSettings(
+        name=name,
+        banks=banks,
+        databases=dbs,
+        identities=_bank_identities(banks, name, config.certs, options["bank_certs"]),
+        seeds=seeds,
+        cluster=_cluster_id(config.certs),
+        coordinators=named_addresses(options["coordinators"]),
+        balancer=options["balancer"],
+        synchronous=options["synchronous"],
+        max_batch=options["max_batch"],
+        max_queue=options["max_queue"],
+        resident_transfers=options["resident_transfers"],
+        in_doubt_s=options["in_doubt_s"],
+        init=options["init"],
+    )
 
-    # Several banks' writers share one commit thread (CommitLane): a call that
-    # reaches five banks then costs one thread hop, not five.
-    lane = CommitLane() if len(banks) > 1 else None
-
-    async def open_bank(bank: str) -> BankStore:
-        store = await BankStore.open(
-            StoreConfig(
-                path=dbs[bank],
-                synchronous=options["synchronous"],
-                max_batch=options["max_batch"],
-                max_queue=options["max_queue"],
-                # A memory budget for the process, not for each bank it serves.
-                resident_transfers=options["resident_transfers"] // len(banks),
-                identity=BankIdentity(bank, cluster),
-                init=options["init"],
-            ),
-            on_batch=BATCH_SIZE.observe,
-            lane=lane,
-        )
-        try:
-            opened = await store.seed(seeds[bank], hash_password)
-        except BaseException:
-            await store.close()
-            raise
-        _log.info("seeded", bank=bank, accounts_opened=opened)
-        return store
-
-    async def serve() -> None:
-        try:
-            stores = await _open_all(banks, open_bank)
-        except StorageError as exc:
-            _log.error("storage_failed", error=str(exc), detail="not starting")
-            sys.exit(1)
-        try:
-            code = await serve_banks(stores)
-        finally:
-            # Every store, failed or not: an open connection's thread would
-            # keep the process alive after it stopped serving.
-            await asyncio.gather(*(store.close() for store in stores.values()))
-            if lane is not None:
-                lane.close()
-        if code:
-            sys.exit(code)
-
-    async def serve_banks(stores: dict[str, BankStore]) -> int:
-        """Serve until asked to stop (0) or until storage fails (1)."""
-        server = StrifeServer(config, AUTHZ)
-        check = not config.insecure
-        servicers = {b: BankServicer(b, s, check_coordinator=check) for b, s in stores.items()}
-        host = BankHost(servicers, check_coordinator=check)
-        server.add_service(
-            SERVICE, lambda s: bank_pb2_grpc.add_BankServiceServicer_to_server(host, s)
-        )
-        requested = server.install_signal_handlers()
-        try:
-            await server.start()
-        except AddressInUseError as exc:
-            _log.error("listen_failed", address=config.listen, error=str(exc))
-            return 1
-        _log.info("banks_hosted", name=name, banks=list(banks), address=server.address)
-        # Each bank speaks for itself: the balancer lets only a bank's own
-        # certificate register it, and a coordinator sees which bank asks.
-        pools = {bank: ChannelPool(own[bank], insecure=config.insecure) for bank in banks}
-        heartbeats: list[Heartbeat] = []
-        resolvers: list[asyncio.Task[None]] = []
-        for bank, store in stores.items():
-            lookup = static_lookup(coordinators)
-            if options["balancer"]:
-                # One registration per bank, all at the shared address: gateways
-                # find banks by name, and batch by address.
-                heartbeat = Heartbeat(
-                    pools[bank], options["balancer"], service="bank", instance=bank,
-                    address=server.address,
-                )  # fmt: skip
-                await heartbeat.start()
-                heartbeats.append(heartbeat)
-                balancer = BalancerClient(pools[bank], options["balancer"])
-                lookup = registry_lookup(balancer, coordinators)
-            runner = Resolver(store, pools[bank], lookup, in_doubt_s=options["in_doubt_s"])
-            _export(runner, bank)
-            resolvers.append(asyncio.create_task(runner.run(), name=f"resolver-{bank}"))
-        stop_wait = asyncio.create_task(requested.wait())
-        writers = [store.writer_task for store in stores.values()]
-        # A database deleted or replaced under a running bank: what it
-        # acknowledges from then on would be gone at its next start.
-        watches = {
-            bank: asyncio.create_task(_watch(store), name=f"db-watch-{bank}")
-            for bank, store in stores.items()
-        }
-        await asyncio.wait(
-            {stop_wait, *writers, *watches.values()}, return_when=asyncio.FIRST_COMPLETED
-        )
-        failed = [bank for bank, store in stores.items() if store.writer_task.done()]
-        lost = {bank: task.result() for bank, task in watches.items() if task.done()}
-        await asyncio.gather(*(heartbeat.stop() for heartbeat in heartbeats))
-        await server.stop()
-        for resolver in resolvers:
-            await cancel(resolver)
-        for watch in watches.values():
-            watch.cancel()
-        await asyncio.gather(*watches.values(), return_exceptions=True)
-        stop_wait.cancel()
-        await asyncio.gather(*(pool.close() for pool in pools.values()))
-        if failed:
-            # The healthy banks close cleanly; the failed one recovers from disk.
-            _log.error(
-                "storage_failed",
-                banks=failed,
-                error="; ".join(repr(stores[bank].writer_failure) for bank in failed),
-                detail="stopping; state is recovered from disk on restart",
-            )
-            return 1
-        if lost:
-            _log.error(
-                "database_lost",
-                banks=sorted(lost),
-                error="; ".join(lost.values()),
-                detail="stopping; restore the database before starting again",
-            )
-            return 1
-        return 0
-
-    run(serve)
-
-
-def _export(resolver: Resolver, bank: str) -> None:
-    """The resolver's counts of its last pass, read whenever /metrics is scraped."""
-    PREPARED.labels(bank).set_function(lambda: resolver.prepared)
-    IN_DOUBT.labels(bank).set_function(lambda: resolver.in_doubt)
-
-
-async def _watch(store: BankStore) -> str:
-    identity = store.file_identity
-    if identity is None:  # gone already
-        return f"database {store.config.path} was deleted"
-    return await watch_file(store.config.path, identity, WATCH_INTERVAL_S)
+    run_process(lambda: BankProcess(config, settings), listen=config.listen, logger="strife.bank")
 
 
 def _cluster_id(certs: Path | TlsFiles | None) -> str:
@@ -313,20 +160,6 @@ def _seed_rows(paths: tuple[Path, ...], bank: str) -> list[SeedRow]:
     if len({row.account_id for row in rows}) != len(rows):
         raise SeedError(f"an account of bank {bank!r} is listed in more than one seed file")
     return rows
-
-
-async def _open_all(
-    banks: tuple[str, ...], open_bank: Callable[[str], Awaitable[BankStore]]
-) -> dict[str, BankStore]:
-    """Every bank's store, opened and seeded side by side; if one cannot open,
-    the others are closed again and its error raised."""
-    results = await asyncio.gather(*(open_bank(bank) for bank in banks), return_exceptions=True)
-    stores = {b: r for b, r in zip(banks, results, strict=True) if isinstance(r, BankStore)}
-    failure = next((r for r in results if isinstance(r, BaseException)), None)
-    if failure is not None:
-        await asyncio.gather(*(store.close() for store in stores.values()))
-        raise failure
-    return stores
 
 
 # The console script: this process is the program (signals, uvloop).
