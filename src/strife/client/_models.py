@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
-from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
@@ -41,11 +40,6 @@ def parse_amount_text(text: str, currency: str) -> int:
 def amount_text(amount_minor: int, currency: str) -> str:
     """Minor units back to the decimal text a person reads."""
     return format_amount(amount_minor, currency)
-
-
-def decimal_amount(amount_minor: int, currency: str) -> Decimal:
-    """The amount as an exact `Decimal`, for callers who compute with it."""
-    return Decimal(format_amount(amount_minor, currency))
 
 
 @dataclass(frozen=True, slots=True, order=True)

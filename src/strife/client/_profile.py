@@ -83,12 +83,6 @@ def load_session(folder: Path) -> Session | None:
     return session
 
 
-def forget_token(folder: Path) -> None:
-    session = load_session(folder)
-    if session is not None:
-        save_session(folder, session.without_token())
-
-
 def save_config(folder: Path, config: dict[str, Any]) -> None:
     _write_private(folder / "config.json", json.dumps(config, indent=2, sort_keys=True))
 

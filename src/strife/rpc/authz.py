@@ -37,9 +37,6 @@ class AuthzTable:
     def allowed_roles(self, method: str) -> frozenset[str]:
         return self._rules.get(method, frozenset())
 
-    def permits(self, method: str, role: str) -> bool:
-        return role in self._rules.get(method, ())
-
 
 def service_methods(service_full_name: str, methods: Iterable[str]) -> list[str]:
     return [f"/{service_full_name}/{m}" for m in methods]
