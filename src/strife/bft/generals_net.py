@@ -348,11 +348,37 @@ def setup_from_json(body: Mapping[str, Any]) -> Setup:
     )
 
 
-def _kill_all(procs: Mapping[int, subprocess.Popen[str]]) -> None:
-    for p in list(procs.values()):
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+class _Children:
+    """The generals' processes, killed together by the deadline's timer thread
+    or when the run ends; one started after the deadline is killed at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.procs: dict[int, subprocess.Popen[str]] = {}
+        self.expired = False
+
+    def add(self, general: int, proc: subprocess.Popen[str]) -> None:
+        with self._lock:
+            self.procs[general] = proc
+            if self.expired:
+                _kill(proc)
+
+    def expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for proc in self.procs.values():
+                _kill(proc)
+
+    def kill(self) -> None:
+        with self._lock:
+            for proc in self.procs.values():
+                _kill(proc)
+
+
+def _kill(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
 
 
 def _read_line(proc: subprocess.Popen[str]) -> dict[str, Any]:
@@ -365,16 +391,21 @@ def _read_line(proc: subprocess.Popen[str]) -> dict[str, Any]:
     return value
 
 
-def run_processes(setup: Setup, round_timeout_s: float = ROUND_TIMEOUT_S) -> Outcome:
+def run_processes(
+    setup: Setup, round_timeout_s: float = ROUND_TIMEOUT_S, deadline_s: float | None = None
+) -> Outcome:
     """One process per general: each starts its server and says where; then
-    each is told its peers, plays its rounds and reports what it heard."""
+    each is told its peers, plays its rounds and reports what it heard and
+    decided. Past `deadline_s` (by default a minute more than the rounds'
+    timeouts) every general is killed and TimeoutError raised."""
     body = setup_to_json(setup)
     _, tls = issue_identities(setup.n)
-    procs: dict[int, subprocess.Popen[str]] = {}
+    if deadline_s is None:
+        deadline_s = PROCESS_DEADLINE_S + (setup.m + 1) * round_timeout_s
+    children = _Children()
     # A general that hangs would block the reads below: past the deadline all
     # are killed, their pipes close and the read fails.
-    deadline_s = PROCESS_DEADLINE_S + (setup.m + 1) * round_timeout_s
-    watchdog = threading.Timer(deadline_s, _kill_all, args=(procs,))
+    watchdog = threading.Timer(deadline_s, children.expire)
     watchdog.start()
     with tempfile.TemporaryDirectory(prefix="strife-generals-") as tmp:
         try:
@@ -387,13 +418,15 @@ def run_processes(setup: Setup, round_timeout_s: float = ROUND_TIMEOUT_S) -> Out
                     (certs.TLS_KEY, tls[g].key),
                 ):
                     (folder / filename).write_bytes(pem)
-                procs[g] = subprocess.Popen(
+                proc = subprocess.Popen(
                     [sys.executable, "-m", "strife.bft.generals_net", str(g), str(folder)],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     text=True,
                     env={**os.environ, "PYTHONUNBUFFERED": "1"},
                 )
+                children.add(g, proc)
+            procs = children.procs
             peers = {str(g): _read_line(p)["address"] for g, p in procs.items()}
             start = json.dumps({"setup": body, "peers": peers, "round_timeout_s": round_timeout_s})
             for p in procs.values():
@@ -401,11 +434,13 @@ def run_processes(setup: Setup, round_timeout_s: float = ROUND_TIMEOUT_S) -> Out
                 p.stdin.write(start + "\n")
                 p.stdin.close()
             reports = {g: _read_line(p) for g, p in procs.items()}
-            for p in procs.values():
-                p.wait(timeout=deadline_s)
+        except (RuntimeError, OSError) as exc:
+            if children.expired:
+                raise TimeoutError(f"the generals did not finish in {deadline_s:g} s") from exc
+            raise
         finally:
             watchdog.cancel()
-            _kill_all(procs)
+            children.kill()
     return outcome_from_reports(setup, {g: Report.from_json(g, r) for g, r in reports.items()})
 
 
