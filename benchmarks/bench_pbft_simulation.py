@@ -65,6 +65,7 @@ def main() -> int:
     events = 0
     behaviours: Counter[str] = Counter()
     views = installs = partitions = 0
+    slowest_after_settled = 0.0
     failed = []
     started = time.perf_counter()
     for seed in range(args.first, args.first + args.seeds):
@@ -77,6 +78,7 @@ def main() -> int:
         views += result.views > 0
         installs += result.installs > 0
         partitions += result.scenario.partition is not None
+        slowest_after_settled = max(slowest_after_settled, result.done_after_settled_s)
         if not result.ok:
             failed.append(seed)
             print(result.report(), file=sys.stderr)
@@ -95,6 +97,7 @@ def main() -> int:
         "seeds_with_a_view_change": views,
         "seeds_with_a_state_transfer": installs,
         "seeds_with_a_partition": partitions,
+        "slowest_finish_after_gst_virtual_s": round(slowest_after_settled, 2),
         "byzantine_replicas_by_behaviour": dict(sorted(behaviours.items())),
         "failed": failed,
         "python": platform.python_version(),

@@ -171,16 +171,12 @@ class Replica:
 
     def _check(self) -> None:
         """Cheap invariants, after every event (our bugs, never a peer's input)."""
-        assert (
-            self.stable.seq <= self.last_executed or self.stable.seq in self._checkpoints_needed()
-        )
+        # A stable checkpoint ahead of execution is always being fetched.
+        assert self.stable.seq <= self.last_executed or "state" in self._timers
         assert all(self.stable.seq < n <= self.stable.seq + self.config.window for n in self._slots)
         assert all(n > self.stable.seq for n in self._prepared)
         assert all(r.timestamp > self._executed_ts(c) for c, r in self.pending.items())
-
-    def _checkpoints_needed(self) -> set[int]:
-        # A stable checkpoint ahead of execution is only ever waiting on a snapshot.
-        return {self.stable.seq} if "state" in self._timers else set()
+        assert self.active or self._my_view_change is not None
 
     def _executed_ts(self, client: str) -> int:
         record = self.clients.get(client)

@@ -169,6 +169,8 @@ class Result:
     dropped: Counter[str]
     last_executed: tuple[int, ...]
     """Per replica, the last sequence number it executed (or installed)."""
+    done_after_settled_s: float
+    """From GST (or the partition's end, if later) to the last client's last result."""
     trace: list[str] = field(default_factory=list)
 
     @property
@@ -462,6 +464,9 @@ def run(scenario: Scenario, *, trace: int = 0) -> Result:
         installs=world.installs,
         dropped=world.dropped,
         last_executed=tuple(r.last_executed for r in world.replicas),
+        done_after_settled_s=max(
+            [0.0] + [c.done_at - scenario.settled_at for c in world.clients if c.done_at]
+        ),
         trace=list(world.trace or ()),
     )
 
