@@ -2,7 +2,7 @@
 
 Exit status 0 when the loyal lieutenants agree and obey a loyal commander,
 1 when they do not (the last line says whether n <= 3m or too many traitors
-explains it), 2 for bad usage.
+explains it), 2 for bad usage, 3 when a run over gRPC could not be completed.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from strife.bft.generals import (
 from strife.bft.generals_signed import SignedOutcome, run_signed
 
 EXIT_VIOLATED = 1
+EXIT_RUN_FAILED = 3
 # A round printed message by message while it has at most this many relaying paths;
 # beyond it, one line per sender.
 FULL_TRACE_PATHS = 40
@@ -418,7 +419,11 @@ def generals(
         if not signed_outcome.verdict().holds:
             raise SystemExit(EXIT_VIOLATED)
         return
-    outcome = _runner(transport, round_timeout_s)(setup)
+    try:
+        outcome = _runner(transport, round_timeout_s)(setup)
+    except (TimeoutError, RuntimeError, OSError) as exc:
+        click.echo(f"error: the generals' run failed: {exc}", err=True)
+        raise SystemExit(EXIT_RUN_FAILED) from exc
     click.echo("\n".join(report_lines(outcome, mode, transport)))
     if not outcome.verdict().holds:
         raise SystemExit(EXIT_VIOLATED)
