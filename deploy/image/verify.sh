@@ -40,8 +40,8 @@ trap cleanup EXIT
 env_of_image=$(podman image inspect "$image" --format '{{range .Config.Env}}{{.}} {{end}}')
 in_image() {
     # shellcheck disable=SC2086
-    chroot --userspec=10001:10001 "$root" /usr/bin/env -i $env_of_image HOME=/var/lib/strife \
-        sh -c 'cd /var/lib/strife && exec "$@"' sh "$@"
+    chroot --userspec=10001:10001 "$root" /usr/bin/env -i --chdir=/var/lib/strife \
+        $env_of_image HOME=/var/lib/strife "$@"
 }
 
 for script in strife strife-bank strife-gateway strife-balancer strife-certs strife-loadgen; do
@@ -57,7 +57,12 @@ mkdir -p "$root/tmp/verify" && chown 10001:10001 "$root/tmp/verify"
 in_image strife-certs dev --out /tmp/verify/certs >/dev/null || fail "strife-certs dev"
 echo "strife-certs dev: identities issued inside the image"
 
-in_image strife-balancer --certs /tmp/verify/certs/balancer --listen "127.0.0.1:$port" \
+# Not through in_image: a function in the background is a subshell, and $!
+# must be the server itself (chroot and env exec into it) for SIGTERM to reach it.
+# shellcheck disable=SC2086
+chroot --userspec=10001:10001 "$root" /usr/bin/env -i --chdir=/var/lib/strife \
+    $env_of_image HOME=/var/lib/strife \
+    strife-balancer --certs /tmp/verify/certs/balancer --listen "127.0.0.1:$port" \
     --health-listen "127.0.0.1:$health" >"$root/tmp/verify/balancer.log" 2>&1 &
 pid=$!
 i=0
