@@ -17,6 +17,7 @@ from rich.console import Console
 from strife.client import StrifeClient
 from strife.cluster.seeds import account_of, password_of
 from strife.top.cli import top
+from strife.top.registry import list_registered
 from strife.top.render import as_rich, as_text
 from strife.top.scrape import Scrape, parse
 from strife.top.snapshot import quantile, snapshot
@@ -191,6 +192,12 @@ def test_top_without_a_cluster_says_so(tmp_path: Path) -> None:
     assert "no cluster running" in result.output
 
 
+def test_top_asks_a_balancer_only_with_an_identity() -> None:
+    result = CliRunner().invoke(top, ["--balancer", "127.0.0.1:7400", "--once"])
+    assert result.exit_code == 2
+    assert "--balancer needs --certs" in result.output
+
+
 def test_top_marks_a_process_that_does_not_answer(tmp_path: Path) -> None:
     from strife.rpc.addresses import free_port
 
@@ -245,6 +252,8 @@ def test_top_once_against_a_running_cluster(tmp_path: Path) -> None:
                 watch.wait()
         assert watch.returncode == 0, err
         assert committed > 0
+        certs = Path(state["root"]) / "certs" / "client-default"
+        registered = asyncio.run(list_registered(state["balancer"], certs, 7402))
         given = [f"{c['name']}={c['metrics']}" for c in state["children"]]
         again = subprocess.run(
             [sys.executable, "-m", "strife.top", "--once", "--interval", "0.5",
@@ -263,3 +272,11 @@ def test_top_once_against_a_running_cluster(tmp_path: Path) -> None:
     assert any(line.strip().startswith("gw-") and "%" in line for line in lines), out
     assert again.returncode == 0, again.stderr
     assert again.stdout.count(" up ") == 5, again.stdout
+    # The registry names every bank and gateway; /metrics is on the agreed port of its host.
+    assert [(t.name, t.role, t.metrics) for t in registered] == [
+        ("balancer", "balancer", "127.0.0.1:7402"),
+        ("bank-alpha", "bank", "127.0.0.1:7402"),
+        ("bank-beta", "bank", "127.0.0.1:7402"),
+        ("gateway-gw-1", "gateway", "127.0.0.1:7402"),
+        ("gateway-gw-2", "gateway", "127.0.0.1:7402"),
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Callable
@@ -18,21 +19,41 @@ from strife.top.targets import NoTargets, Target, from_cluster_state, from_optio
 Discover = Callable[[], list[Target]]
 
 
-def _discovery(config: Path | None, data_dir: Path | None, given: tuple[str, ...]) -> Discover:
-    """Addresses given are fixed; a local cluster's are read again before every
-    scrape, so restarts (new pids, restart counts) show up."""
+def _discovery(
+    config: Path | None,
+    data_dir: Path | None,
+    given: tuple[str, ...],
+    registry: tuple[str, Path | None, int] | None,
+) -> Discover:
+    """Addresses given are fixed; the registry and a local cluster's state are
+    read again before every scrape, so restarts and new replicas show up."""
     if given:
         try:
             fixed = from_options(given)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--target") from exc
         return lambda: fixed
+    if registry is not None:
+        balancer, certs, port = registry
+        if certs is None:
+            raise click.UsageError("--balancer needs --certs: an identity the balancer accepts")
+        return lambda: _registered(balancer, certs, port)
     try:
         topology = load_topology(config) if config else default_topology()
     except TopologyError as exc:
         raise click.ClickException(str(exc)) from exc
     root = (data_dir or topology.data_dir).resolve()
     return lambda: from_cluster_state(root)
+
+
+def _registered(balancer: str, certs: Path, port: int) -> list[Target]:
+    from strife.errors import StrifeError
+    from strife.top.registry import list_registered
+
+    try:
+        return asyncio.run(list_registered(balancer, certs, port))
+    except StrifeError as exc:
+        raise NoTargets(f"the balancer at {balancer} did not answer: {exc}") from exc
 
 
 def _targets(discover: Discover) -> list[Target]:
@@ -56,6 +77,19 @@ def _targets(discover: Discover) -> list[Target]:
     help="A process's /metrics address, instead of a local cluster's; repeatable.",
 )  # fmt: skip
 @click.option(
+    "--balancer", default=None, metavar="HOST:PORT",
+    help="Find the banks and gateways in this balancer's registry instead; each serves "
+    "/metrics on --metrics-port of its registered host.",
+)  # fmt: skip
+@click.option(
+    "--certs", type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="With --balancer: an identity folder to ask it with (e.g. a client's).",
+)  # fmt: skip
+@click.option(
+    "--metrics-port", type=click.IntRange(1, 65535), default=7402, show_default=True,
+    help="With --balancer: the port every process serves /metrics on.",
+)  # fmt: skip
+@click.option(
     "--interval", "interval_s", type=click.FloatRange(min=0.2), default=2.0, show_default=True,
     help="Seconds between scrapes; rates are over this interval.",
 )  # fmt: skip
@@ -71,6 +105,9 @@ def top(
     config: Path | None,
     data_dir: Path | None,
     given: tuple[str, ...],
+    balancer: str | None,
+    certs: Path | None,
+    metrics_port: int,
     interval_s: float,
     timeout_s: float,
     once: bool,
@@ -78,9 +115,11 @@ def top(
     """Per process RPC rate, in flight, in doubt, RSS, and the balancer's picks.
 
     Reads every process's Prometheus /metrics: a local cluster's from its
-    state file (`strife cluster up`), or the addresses given with --target.
+    state file (`strife cluster up`), the addresses given with --target, or
+    those of the processes in a balancer's registry (--balancer).
     """
-    discover = _discovery(config, data_dir, given)
+    registry = (balancer, certs, metrics_port) if balancer else None
+    discover = _discovery(config, data_dir, given, registry)
     if once:
         first = scrape_all(_targets(discover), timeout_s)
         time.sleep(interval_s)
