@@ -30,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from strife.client import StrifeClient
 from strife.cluster.seeds import account_of, password_of
+from strife.observability.metrics import REGISTRY as STRIFE_METRICS
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "strife.json"
 UP_TIMEOUT_S = 60.0
@@ -265,7 +266,9 @@ def test_the_dashboard_is_a_grafana_dashboard_over_a_prometheus_variable() -> No
 
 
 def test_every_metric_the_dashboard_queries_exists_in_a_running_cluster(tmp_path: Path) -> None:
-    client_metrics, _thread = start_http_server(0, addr="127.0.0.1")
+    # The client library keeps its metrics in Strife's registry; this test
+    # process exports them as an application embedding the client would.
+    client_metrics, _thread = start_http_server(0, addr="127.0.0.1", registry=STRIFE_METRICS)
     try:
         with cluster_up(tmp_path) as state:
             asyncio.run(make_payments(state, tmp_path / "outbox"))

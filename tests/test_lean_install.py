@@ -62,7 +62,7 @@ def test_importing_the_client_leaves_its_host_alone() -> None:
         before = set(REGISTRY._names_to_collectors)
         import strife.client.cli
         added = sorted(
-            n for n in set(REGISTRY._names_to_collectors) - before if n.startswith("strife_client")
+            n for n in set(REGISTRY._names_to_collectors) - before if n.startswith("strife_")
         )
         heavy = sorted(
             m for m in sys.modules

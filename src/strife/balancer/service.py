@@ -34,6 +34,7 @@ from strife.balancer.registry import (
 from strife.errors import AnyContext, Reason, abort
 from strife.observability import context as request_context
 from strife.observability.logging import get_logger
+from strife.observability.metrics import REGISTRY as METRICS
 from strife.rpc.authz import ANY_ROLE, AuthzTable, service_methods
 from strife.rpc.server import ServerConfig, StrifeServer
 from strife.security.certs import SERVICE_ROLES
@@ -47,7 +48,10 @@ _log = get_logger("strife.balancer")
 # Its label is `picked`, not `instance`: Prometheus gives every target an
 # `instance` label of its own, which would rename ours.
 PICKS = Counter(
-    "strife_balancer_picks", "Instances chosen by GetBestServer's policy", ["service", "picked"]
+    "strife_balancer_picks",
+    "Instances chosen by GetBestServer's policy",
+    ["service", "picked"],
+    registry=METRICS,
 )
 
 POLICY_BY_ENUM: dict[int, PolicyName] = {

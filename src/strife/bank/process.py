@@ -24,6 +24,7 @@ from strife.bank.seed import SeedRow
 from strife.bank.service import AUTHZ, SERVICE, BankServicer
 from strife.bank.store import BankIdentity, BankStore, StoreConfig
 from strife.observability.logging import get_logger
+from strife.observability.metrics import REGISTRY as METRICS
 from strife.rpc.channels import ChannelPool
 from strife.rpc.discovery import BalancerClient, Heartbeat
 from strife.rpc.server import ServerConfig, StrifeServer
@@ -36,16 +37,19 @@ BATCH_SIZE = Histogram(
     "strife_bank_group_commit_batch_size",
     "Operations committed per SQLite transaction",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+    registry=METRICS,
 )
 PREPARED = Gauge(
     "strife_bank_prepared_transfers",
     "Legs voted YES and not yet decided: their funds are held",
     ["bank"],
+    registry=METRICS,
 )
 IN_DOUBT = Gauge(
     "strife_bank_in_doubt_transfers",
     "Prepared legs undecided past --in-doubt-timeout, being asked about at their coordinator",
     ["bank"],
+    registry=METRICS,
 )
 _log = get_logger("strife.bank")
 # How often each database file's identity is checked (one stat).

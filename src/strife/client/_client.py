@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import random
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +51,7 @@ from strife.client._router import GatewayRouter
 from strife.errors import NotFound, StrifeError, Unauthenticated, Unavailable, from_rpc_error
 from strife.money import check_amount, check_currency
 from strife.observability.logging import get_logger
+from strife.observability.metrics import REGISTRY as METRICS
 from strife.rpc.channels import ANY_GATEWAY, ChannelPool, health_stub
 from strife.rpc.discovery import BalancerClient
 from strife.rpc.limits import MAX_DESCRIPTION_CHARS, MAX_PAGE_SIZE
@@ -61,23 +61,17 @@ from strife.v1 import gateway_pb2, gateway_pb2_grpc, money_pb2
 _log = get_logger("strife.client")
 
 
-@functools.cache
-def _metrics() -> tuple[Gauge, Counter]:
-    """The client's metrics, registered in the default registry on first use.
-
-    Registering at import would put Strife's metrics into every program that
-    merely imports the library (and clash with a host that registers the
-    same names itself); a program that runs a client exports them.
-    """
-    depth = Gauge(
-        "strife_client_outbox_unsettled", "Queued (PENDING or IN_FLIGHT) payments, last counted"
-    )
-    outcomes = Counter(
-        "strife_client_payment_outcomes",
-        "Outbox entries settled, by state and reason",
-        ["state", "reason"],
-    )
-    return depth, outcomes
+OUTBOX_DEPTH = Gauge(
+    "strife_client_outbox_unsettled",
+    "Queued (PENDING or IN_FLIGHT) payments, last counted",
+    registry=METRICS,
+)
+OUTCOMES = Counter(
+    "strife_client_payment_outcomes",
+    "Outbox entries settled, by state and reason",
+    ["state", "reason"],
+    registry=METRICS,
+)
 
 
 _TOKEN_REASONS = frozenset(
@@ -619,7 +613,7 @@ class StrifeClient:
         self._check_open()
         session = self._auth.session
         depth = await self._outbox.unsettled(session.customer_id if session else None)
-        _metrics()[0].set(depth)
+        OUTBOX_DEPTH.set(depth)
         return depth
 
     async def _drain_result(self, report: DrainReport) -> DrainResult:
@@ -633,7 +627,7 @@ class StrifeClient:
     def _recorded(self, entries: list[OutboxEntry]) -> None:
         for entry in entries:
             if entry.settled:
-                _metrics()[1].labels(str(entry.state), entry.reason).inc()
+                OUTCOMES.labels(str(entry.state), entry.reason).inc()
                 self._notifier.publish(PaymentResult.of(entry))
             waiter = self._waiters.get(entry.id)
             if waiter is not None and not waiter.done() and entry.state != EntryState.IN_FLIGHT:

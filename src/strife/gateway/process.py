@@ -28,25 +28,31 @@ from strife.gateway.store import GatewayStore, PaymentRecord, now_ms
 from strife.gateway.throttle import LoginThrottle
 from strife.gateway.tokens import TokenAuthority, load_or_create_key
 from strife.observability.logging import get_logger
+from strife.observability.metrics import REGISTRY as METRICS
 from strife.rpc.channels import ChannelPool
 from strife.rpc.discovery import BalancerClient, Heartbeat
 from strife.rpc.server import ServerConfig, StrifeServer, install_stop_signals
 from strife.storage.sqlite import Synchronous, watch_file
 from strife.v1 import coordinator_pb2_grpc, gateway_pb2_grpc
 
-OUTCOMES = Counter("strife_payment_outcomes", "Decided payments", ["state", "reason"])
+OUTCOMES = Counter(
+    "strife_payment_outcomes", "Decided payments", ["state", "reason"], registry=METRICS
+)
 BATCH_SIZE = Histogram(
     "strife_gateway_group_commit_batch_size",
     "Writes committed per SQLite transaction",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+    registry=METRICS,
 )
 IN_FLIGHT = Gauge(
     "strife_gateway_payments_in_flight",
     "Payments this coordinator is deciding or delivering (bounded by --max-in-flight)",
+    registry=METRICS,
 )
 UNSETTLED = Gauge(
     "strife_gateway_payments_unsettled",
     "Payments not yet acknowledged by every bank, as of the settler's last pass (at most 1000)",
+    registry=METRICS,
 )
 _log = get_logger("strife.gateway")
 # How often the database file's identity is checked (one stat).

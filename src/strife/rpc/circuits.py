@@ -22,6 +22,7 @@ from prometheus_client import Counter, Gauge
 
 from strife.errors import make_status
 from strife.observability.logging import get_logger
+from strife.observability.metrics import REGISTRY as METRICS
 from strife.rpc.breaker import Breaker, BreakerConfig, Permit, State, Transition
 
 _log = get_logger("strife.rpc.circuits")
@@ -30,16 +31,19 @@ CIRCUIT_STATE = Gauge(
     "strife_circuit_state",
     "Circuit breaker state per peer: 0 closed, 1 half-open, 2 open",
     ["peer_kind", "peer"],
+    registry=METRICS,
 )
 CIRCUIT_TRANSITIONS = Counter(
     "strife_circuit_transitions",
     "Circuit breaker transitions per peer, by the state entered",
     ["peer_kind", "peer", "state"],
+    registry=METRICS,
 )
 CIRCUIT_REJECTED = Counter(
     "strife_circuit_rejected",
     "Calls failed fast by an open circuit, without a network call",
     ["peer_kind", "peer"],
+    registry=METRICS,
 )
 _LEVEL = {State.CLOSED: 0, State.HALF_OPEN: 1, State.OPEN: 2}
 FAILURE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})

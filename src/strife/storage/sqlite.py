@@ -23,6 +23,7 @@ import aiosqlite
 from prometheus_client import Histogram
 
 from strife.observability.logging import get_logger
+from strife.observability.metrics import REGISTRY as METRICS
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 T = TypeVar("T")
@@ -35,6 +36,7 @@ COMMIT_SECONDS = Histogram(
     "strife_storage_commit_seconds",
     "Time of each group commit's COMMIT: the WAL write and its fsync",
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+    registry=METRICS,
 )
 
 
