@@ -6,8 +6,8 @@ instead of a folder: it keeps the CA Secret if there is one (else creates
 it), and issues only the identities whose Secrets are missing, so running it
 again after adding a bank or a gateway issues just those. The Secrets have
 cert-manager's layout (`ca.crt`, `tls.crt`, `tls.key`), so the workloads
-mount either route's the same way, and the CA Secret can later serve a
-cert-manager CA issuer.
+mount either route's the same way, and a cert-manager CA issuer can sign
+with the CA Secret later.
 """
 
 from __future__ import annotations
