@@ -2,7 +2,7 @@
 
 Each seed is a whole PBFT group in virtual time (docs/bft.md): 4 or 7 replicas
 running the real `strife.bft.replica.Replica`, up to f of them Byzantine, a
-lossy network until GST. One seed in 50 signs with Ed25519, the others with the
+lossy network until GST. One seed in 100 signs with Ed25519, the others with the
 keyed-hash stand-in; this measures both, and the raw cost of each scheme's sign
 and verify on a PREPARE-sized payload, which is why the split is what it is.
 

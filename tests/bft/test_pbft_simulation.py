@@ -9,7 +9,7 @@ from strife.bft.byzantine import BEHAVIOURS
 from strife.bft.config import Config
 from strife.bft.simulation import Result, Scenario, draw, main, run, run_seed
 
-SEEDS = 300
+SEEDS = 200
 SLOW_SEEDS = 3000
 
 SMALL = Config(n=4, checkpoint_interval=2, window=4, batch_size=4, max_in_flight=2)

@@ -70,8 +70,11 @@ def _encode(value: object) -> object:
     raise TypeError(f"cannot encode {kind.__name__}")  # a bool, a float: never ours
 
 
+_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
 def _canonical(value: object) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+    return _JSON.encode(value).encode()
 
 
 class _Encoded:

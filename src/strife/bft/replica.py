@@ -173,8 +173,12 @@ class Replica:
         """Cheap invariants, after every event (our bugs, never a peer's input)."""
         # A stable checkpoint ahead of execution is always being fetched.
         assert self.stable.seq <= self.last_executed or "state" in self._timers
-        assert all(self.stable.seq < n <= self.stable.seq + self.config.window for n in self._slots)
-        assert all(n > self.stable.seq for n in self._prepared)
+        low = self.stable.seq
+        assert (
+            not self._slots
+            or low < min(self._slots) <= max(self._slots) <= low + self.config.window
+        )
+        assert not self._prepared or min(self._prepared) > low
         assert all(r.timestamp > self._executed_ts(c) for c, r in self.pending.items())
         assert self.active or self._my_view_change is not None
 

@@ -149,7 +149,7 @@ def draw(seed: int) -> Scenario:
         duplicate=rng.choice((0.0, 0.05, 0.2)),
         delay_max=rng.choice((0.01, 0.1, 0.4)),
         gst=rng.uniform(0.0, 5.0),
-        signatures="ed25519" if seed % 50 == 0 else "keyed-hash",
+        signatures="ed25519" if seed % 100 == 0 else "keyed-hash",
     )
 
 
