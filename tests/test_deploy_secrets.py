@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import ssl
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -176,3 +178,24 @@ def test_secrets_are_created_through_the_api(api_server: Path) -> None:
     assert issue_missing(store, [*plan, Identity("bank", "beta")], "strife.local") == [
         "strife-bank-beta"
     ]
+
+
+def test_the_job_runs_without_the_render_dependencies() -> None:
+    """The image has no PyYAML or kubernetes-validate; its Job's command must
+    import and reach the API without them."""
+    program = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('yaml', 'kubernetes_validate', 'jsonschema'):\n"
+        "            raise ImportError(name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from strife.deploy.cli import deploy\n"
+        "deploy(['issue-secrets', '--identity', 'bank/alpha'])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60
+    )
+    # Outside a cluster it gets as far as looking for the API server.
+    assert "KUBERNETES_SERVICE_HOST" in done.stderr, done.stderr
+    assert "ImportError" not in done.stderr

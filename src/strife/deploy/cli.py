@@ -1,4 +1,9 @@
-"""`strife deploy`: Kubernetes manifests from a topology TOML, and their checks."""
+"""`strife deploy`: Kubernetes manifests from a topology TOML, and their checks.
+
+Rendering needs PyYAML and validation kubernetes-validate; the image has
+neither, and its certificate Job runs `issue-secrets` from here, so each
+command imports what it needs when it runs.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,6 @@ from pathlib import Path
 
 import click
 
-from strife.cluster.topology import TopologyError, load_topology
-from strife.deploy.kustomize import build, write
-from strife.deploy.render import RenderError, render
-from strife.deploy.secrets_job import InClusterSecrets, issue_missing, parse_identity_arg
 from strife.security.certs import DEFAULT_TRUST_DOMAIN
 
 DEFAULT_OUT = Path("deploy/kubernetes")
@@ -32,6 +33,10 @@ def deploy() -> None:
 @click.option("--trust-domain", default=DEFAULT_TRUST_DOMAIN, show_default=True)
 def render_cmd(config: Path, out: Path, trust_domain: str) -> None:
     """Write the kustomize base, components and the dev and prod overlays."""
+    from strife.cluster.topology import TopologyError, load_topology
+    from strife.deploy.kustomize import write
+    from strife.deploy.render import RenderError, render
+
     try:
         rendered = render(load_topology(config), trust_domain)
     except (TopologyError, RenderError) as exc:
@@ -47,7 +52,7 @@ def render_cmd(config: Path, out: Path, trust_domain: str) -> None:
 def validate_cmd(folders: tuple[Path, ...]) -> None:
     """Build each kustomization folder and check every object against the
     Kubernetes schemas (default: every overlay under deploy/kubernetes)."""
-    # kubernetes-validate is a development dependency: imported only here.
+    from strife.deploy.kustomize import build
     from strife.deploy.validate import kubernetes_versions, validate_objects
 
     targets = list(folders) or sorted((DEFAULT_OUT / "overlays").iterdir())
@@ -73,6 +78,8 @@ def validate_cmd(folders: tuple[Path, ...]) -> None:
 @click.option("--trust-domain", default=DEFAULT_TRUST_DOMAIN, show_default=True)
 def issue_secrets_cmd(identities: tuple[str, ...], trust_domain: str) -> None:
     """In a cluster's Job: create the CA and identity Secrets that are missing."""
+    from strife.deploy.secrets_job import InClusterSecrets, issue_missing, parse_identity_arg
+
     try:
         plan = [parse_identity_arg(value) for value in identities]
     except ValueError as exc:
