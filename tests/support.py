@@ -1,12 +1,17 @@
-"""A real in-loop Strife server with small test servicers behind the real plumbing."""
+"""What many tests share: polling for a condition, and a real in-loop Strife
+server with small test servicers behind the real plumbing."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
+import pytest
 
 from strife.errors import Reason, abort
 from strife.observability import context as request_context
@@ -23,6 +28,25 @@ from strife.v1 import (
 COORDINATOR = "strife.v1.Coordinator"
 GATEWAY = "strife.v1.PaymentGateway"
 _log = get_logger("tests.servicer")
+
+
+async def until(
+    predicate: Callable[[], Awaitable[bool] | bool],
+    what: str,
+    *,
+    within_s: float = 20.0,
+    every_s: float = 0.05,
+) -> float:
+    """Poll `predicate` until it holds; the seconds that took. Fails, naming
+    `what`, after `within_s`: a test waits for a condition, never a bare sleep."""
+    started = time.monotonic()
+    while True:
+        result = predicate()
+        if await result if inspect.isawaitable(result) else result:
+            return time.monotonic() - started
+        if time.monotonic() - started > within_s:
+            pytest.fail(f"timed out after {within_s:g} s waiting for {what}")
+        await asyncio.sleep(every_s)
 
 
 class DecisionServicer(coordinator_pb2_grpc.CoordinatorServicer):

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,9 @@ from strife.rpc.server import ServerConfig
 from strife.v1 import balancer_pb2, balancer_pb2_grpc
 
 from .conftest import Pki
+from .support import until
 
+POLL_S = 0.02  # fine enough to time an eviction
 TIMEOUT_S = 5.0
 INTERVAL_S = 0.2
 TTL_S = 0.6
@@ -116,18 +118,6 @@ async def failure(call: Awaitable[Any]) -> StrifeError:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call
     return from_rpc_error(caught.value)
-
-
-async def eventually(
-    condition: Callable[[], Awaitable[bool]], timeout_s: float, what: str
-) -> float:
-    """Poll until `condition` holds; the seconds it took. Fails after `timeout_s`."""
-    started = time.monotonic()
-    while not await condition():
-        if time.monotonic() - started > timeout_s:
-            pytest.fail(f"not within {timeout_s} s: {what}")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - started
 
 
 async def listed(stub: Any, service: str) -> dict[str, balancer_pb2.ServerInstance]:
@@ -408,13 +398,13 @@ async def test_a_silent_instance_is_evicted_when_its_lease_runs_out(
     async def gone() -> bool:
         return "alpha" not in await listed(alpha, "bank")
 
-    await eventually(gone, TTL_S + SLACK_S, "alpha evicted")
+    await until(gone, "alpha evicted", within_s=TTL_S + SLACK_S, every_s=POLL_S)
     assert time.monotonic() - started >= TTL_S
 
     async def logged() -> bool:
         return bool(log_events(log_stream, "instance_evicted"))
 
-    await eventually(logged, INTERVAL_S + SLACK_S, "the eviction is logged")
+    await until(logged, "the eviction is logged", within_s=INTERVAL_S + SLACK_S, every_s=POLL_S)
     (evicted,) = log_events(log_stream, "instance_evicted")
     assert (evicted["service"], evicted["instance"], evicted["level"]) == (
         "bank",
@@ -494,7 +484,7 @@ async def logged_event(
                 return True
         return False
 
-    await eventually(seen, timeout_s, f"{event} in {log.name}")
+    await until(seen, f"{event} in {log.name}", within_s=timeout_s, every_s=POLL_S)
     return found
 
 
@@ -504,7 +494,7 @@ async def exit_code(proc: subprocess.Popen[bytes]) -> int:
     async def exited() -> bool:
         return proc.poll() is not None
 
-    await eventually(exited, TIMEOUT_S, "process exit")
+    await until(exited, "process exit", within_s=TIMEOUT_S, every_s=POLL_S)
     return proc.returncode
 
 
@@ -562,20 +552,22 @@ async def test_a_stopped_instance_is_evicted_and_returns_after_sigcont(
     async def absent() -> bool:
         return not await present()
 
-    await eventually(present, 15.0, "alpha registered")
+    await until(present, "alpha registered", within_s=15.0, every_s=POLL_S)
     instance.send_signal(signal.SIGSTOP)
-    took_s = await eventually(absent, TTL_S + SLACK_S, "frozen alpha evicted")
+    took_s = await until(absent, "frozen alpha evicted", within_s=TTL_S + SLACK_S, every_s=POLL_S)
     # Its last heartbeat was at most one interval before the freeze.
     assert took_s >= TTL_S - INTERVAL_S - 0.05
 
     async def eviction_logged() -> bool:
         return bool(log_events(log_stream, "instance_evicted"))
 
-    await eventually(eviction_logged, INTERVAL_S + SLACK_S, "the eviction is logged")
+    await until(
+        eviction_logged, "the eviction is logged", within_s=INTERVAL_S + SLACK_S, every_s=POLL_S
+    )
     assert [e["instance"] for e in log_events(log_stream, "instance_evicted")] == ["alpha"]
 
     instance.send_signal(signal.SIGCONT)
-    await eventually(present, INTERVAL_S + SLACK_S, "alpha back after SIGCONT")
+    await until(present, "alpha back after SIGCONT", within_s=INTERVAL_S + SLACK_S, every_s=POLL_S)
     comeback = log_events(log_stream, "instance_registered")[-1]
     assert (comeback["instance"], comeback["via"]) == ("alpha", "heartbeat")
 
@@ -618,7 +610,7 @@ async def test_a_killed_balancer_is_whole_again_one_interval_after_restart(
             return True
 
         before = await peers.stub("client", "ada", address)
-        await eventually(lambda: whole(before), TIMEOUT_S, "registry filled")
+        await until(lambda: whole(before), "registry filled", within_s=TIMEOUT_S, every_s=POLL_S)
 
         first.kill()
         first.wait(timeout=TIMEOUT_S)
@@ -627,8 +619,11 @@ async def test_a_killed_balancer_is_whole_again_one_interval_after_restart(
         # A new client: the old channel still waits out gRPC's reconnect backoff.
         async with ChannelPool(pki.identity("client", "bob")) as pool:
             after = balancer_pb2_grpc.LoadBalancerStub(pool.get(address))
-            took_s = await eventually(
-                lambda: whole(after), INTERVAL_S + SLACK_S, "registry whole after restart"
+            took_s = await until(
+                lambda: whole(after),
+                "registry whole after restart",
+                within_s=INTERVAL_S + SLACK_S,
+                every_s=POLL_S,
             )
     print(f"registry whole {took_s * 1000:.0f} ms after the restarted balancer listened")
 

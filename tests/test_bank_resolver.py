@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from strife.rpc.channels import ChannelPool
 
 from .bank_fixtures import BankClient, bank_process
 from .conftest import Pki
-from .support import running_server
+from .support import running_server, until
 
 DEADLINE_S = 15.0
-
-
-async def _until(predicate: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Poll a condition with a bounded deadline (the bank resolves on its own clock)."""
-    deadline = time.monotonic() + DEADLINE_S
-    while not await predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def test_resolver_applies_commit_and_presumed_abort(pki: Pki, tmp_path: Path) -> None:
@@ -42,7 +31,7 @@ async def test_resolver_applies_commit_and_presumed_abort(pki: Pki, tmp_path: Pa
                 async def settled() -> bool:
                     return await gw.balance("ada-usd") == (start[0] - 250, 0, start[0] - 250)
 
-                await _until(settled, "both in-doubt transfers to resolve")
+                await until(settled, "both in-doubt transfers to resolve", within_s=DEADLINE_S)
                 assert (await gw.prepare("c-commit-me", "ada-usd", 250)).replayed
     events = [e for e in bank.log_events() if e.get("event") == "in_doubt_resolved"]
     assert {(e["transfer_id"], e["decision"]) for e in events} == {
@@ -70,7 +59,7 @@ async def test_resolver_waits_while_the_coordinator_is_down(pki: Pki, tmp_path: 
                 ]
                 return len(unreachable) >= 2
 
-            await _until(asked_twice, "two unanswered attempts")
+            await until(asked_twice, "two unanswered attempts", within_s=DEADLINE_S)
             assert await gw.balance("bob-usd") == (start[0], 40, start[0] - 40)
             # The coordinator comes back on the same address and answers COMMIT.
             async with running_server(pki.identity("gateway", "gw-1"), listen=address):
@@ -78,4 +67,8 @@ async def test_resolver_waits_while_the_coordinator_is_down(pki: Pki, tmp_path: 
                 async def committed() -> bool:
                     return await gw.balance("bob-usd") == (start[0] - 40, 0, start[0] - 40)
 
-                await _until(committed, "the resolver to reach the restarted coordinator")
+                await until(
+                    committed,
+                    "the resolver to reach the restarted coordinator",
+                    within_s=DEADLINE_S,
+                )

@@ -9,11 +9,9 @@ deadline.
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -24,18 +22,12 @@ from strife.v1 import gateway_pb2
 
 from .cluster_fixtures import Cluster, Customer, cluster
 from .conftest import Pki
+from .support import until
 
 ADA, CY = ("alpha", "ada-usd"), ("beta", "cy-usd")
 PREPARE_TIMEOUT_S = 1.0
 FAST_S = 0.3 * PREPARE_TIMEOUT_S  # "well under the prepare timeout", with slack for CI
 DEADLINE_S = 30.0
-
-
-async def until(predicate: Callable[[], Awaitable[bool]], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not await predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 def events(c: Cluster, name: str) -> list[dict[str, object]]:
@@ -91,11 +83,11 @@ async def test_frozen_bank_fails_fast_once_open_and_recovers(pki: Pki, tmp_path:
                 reply = await ada.pay(str(uuid.uuid4()), ADA, CY, 1)
                 return reply.payment.status == gateway_pb2.PAYMENT_STATUS_COMMITTED
 
-            await until(commits, "a payment to commit after beta resumed")
+            await until(commits, "a payment to commit after beta resumed", within_s=DEADLINE_S)
             assert events(c, "circuit_closed")
             await cy.login("cy", bank="beta")
 
             async def released() -> bool:  # every abort reached alpha: no hold left
                 return (await ada.balance(*ADA))[1] == 0
 
-            await until(released, "alpha's holds to be released")
+            await until(released, "alpha's holds to be released", within_s=DEADLINE_S)

@@ -21,7 +21,8 @@ from strife.client import EntryState, PaymentResult, StrifeClient
 from .cluster_fixtures import PASSWORDS, Cluster, cluster
 from .conftest import Pki
 from .processes import BIN, ServiceProcess
-from .test_client_support import ADA, CY, DEADLINE_S, client_for, parsed, strife_cli, until
+from .support import until
+from .test_client_support import ADA, CY, DEADLINE_S, client_for, parsed, strife_cli
 
 
 async def debits(client: StrifeClient, transfer_ids: set[str]) -> list[int]:

@@ -19,8 +19,9 @@ from strife.client import EntryState
 
 from .cluster_fixtures import cluster
 from .conftest import Pki
+from .support import until
 from .test_client_failover import debits
-from .test_client_support import ADA, CY, DEADLINE_S, client_for, until
+from .test_client_support import ADA, CY, DEADLINE_S, client_for
 
 # Well below the 5 s call deadline that bounded the first pay() before, and
 # generous for a shared machine (pay_probe_after_s + pay_probe_timeout_s = 1.5 s).

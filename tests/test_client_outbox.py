@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,8 @@ from strife.client import (
 from strife.client._drainer import Drainer, DrainLock, PassIncomplete
 from strife.client._outbox import Intent, Outbox, Transition
 from strife.errors import NotFound
+
+from .support import until
 
 ADA, CY = AccountRef("alpha", "ada-usd"), AccountRef("beta", "cy-usd")
 Answer = PaymentStatus | BaseException | tuple[PaymentStatus, str, bool]
@@ -124,13 +125,6 @@ def drainer_for(
         outbox, fake, DrainLock(tmp_path / "outbox.lock"),
         policy=RetryPolicy(initial_s=0.01, cap_s=0.08), sleep=sleeps or Sleeps(), **kw,
     )  # fmt: skip
-
-
-async def until(predicate: Callable[[], Awaitable[bool]], what: str, limit_s: float = 5) -> None:
-    deadline = time.monotonic() + limit_s
-    while not await predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.005)
 
 
 # --------------------------------------------------------------------- storage
@@ -244,7 +238,12 @@ async def test_retryable_errors_are_retried_under_the_same_key(
     sleeps = Sleeps()
     task = asyncio.create_task(drainer_for(outbox, fake, tmp_path, sleeps).run_forever())
     try:
-        await until(lambda: _state_is(outbox, entry.id, EntryState.COMMITTED), "delivery")
+        await until(
+            lambda: _state_is(outbox, entry.id, EntryState.COMMITTED),
+            "delivery",
+            within_s=5,
+            every_s=0.005,
+        )
     finally:
         task.cancel()
     assert fake.sent == [key] * 5
@@ -379,7 +378,12 @@ async def test_a_bug_mid_pass_does_not_end_background_delivery(
     entry, _ = await outbox.add(intent(), new_idempotency_key())
     task = asyncio.create_task(drainer_for(outbox, fake, tmp_path).run_forever())
     try:
-        await until(lambda: _state_is(outbox, entry.id, EntryState.COMMITTED), "recovery")
+        await until(
+            lambda: _state_is(outbox, entry.id, EntryState.COMMITTED),
+            "recovery",
+            within_s=5,
+            every_s=0.005,
+        )
     finally:
         task.cancel()
     assert fake.looked_up == [entry.idempotency_key]  # asked before sending again

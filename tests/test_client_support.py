@@ -5,11 +5,9 @@ Named `test_client_*` only to live beside the tests it serves; it holds no tests
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -65,14 +63,6 @@ def client_for(
         config=config,
         background=background,
     )
-
-
-async def until(predicate: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Poll a condition with a bounded deadline (never a bare sleep as synchronisation)."""
-    deadline = time.monotonic() + DEADLINE_S
-    while not await predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 def strife_cli(

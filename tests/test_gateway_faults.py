@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -18,16 +16,10 @@ from strife.v1 import gateway_pb2
 from .bank_fixtures import BankClient
 from .cluster_fixtures import Cluster, Customer, cluster
 from .conftest import Pki
+from .support import until
 
 ADA, CY = ("alpha", "ada-usd"), ("beta", "cy-usd")
 DEADLINE_S = 20.0
-
-
-async def until(predicate: Callable[[], Awaitable[bool]], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not await predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def balances(

@@ -20,7 +20,7 @@ from strife.v1 import gateway_pb2
 from .bank_fixtures import BankClient
 from .cluster_fixtures import Cluster, Customer, cluster
 from .conftest import Pki
-from .test_gateway_faults import until
+from .support import until
 
 HOSTED = {
     "data_dir": "cluster",

@@ -38,6 +38,7 @@ from .bank_fixtures import COLUMNS, BankClient
 from .cluster_fixtures import Cluster, cluster
 from .conftest import Pki
 from .processes import ServiceProcess
+from .support import until
 
 COMMITTED = gateway_pb2.PAYMENT_STATUS_COMMITTED
 ABORTED = gateway_pb2.PAYMENT_STATUS_ABORTED
@@ -271,18 +272,6 @@ async def settles(
 
 def failpoint_hits(process: ServiceProcess) -> list[dict[str, object]]:
     return [e for e in process.log_events() if e.get("event") == "failpoint"]
-
-
-async def until(predicate: Callable[[], Awaitable[bool] | bool], what: str, s: float = 20) -> None:
-    started = time.monotonic()
-    while True:
-        value = predicate()
-        if isinstance(value, Awaitable):
-            value = await value
-        if value:
-            return
-        assert time.monotonic() - started < s, f"timed out after {s} s waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 # ------------------------------ one shared cluster (failpoints armed by file, per test)
@@ -702,7 +691,7 @@ async def test_one_undeliverable_decision_does_not_hold_up_the_others(
                 now = await books(pki, c, {"cy": CY})
                 return now["cy"][:2] == (before["cy"][0] - 200, 0)
 
-            await until(y_settled, "Y's commit to be resent to beta", s=10)
+            await until(y_settled, "Y's commit to be resent to beta", within_s=10)
             took = time.monotonic() - back
             assert took < 3.0, f"Y settled {took:.1f} s after beta was back"
 
