@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from strife.security.certs import SERVICE_ROLES
+
 # What `strife cluster up` writes in its data folder (strife.cluster.supervisor).
 STATE_FILE = "cluster.json"
-ROLES = ("balancer", "bank", "gateway")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +39,7 @@ class NoTargets(Exception):
 def role_of_name(name: str) -> str:
     """`gateway-gw-1` is a gateway, `bank-east` a bank: the supervisor's names."""
     role = name.partition("-")[0]
-    return role if role in ROLES else ""
+    return role if role in SERVICE_ROLES else ""
 
 
 def _read_state(root: Path) -> dict[str, Any] | None:
