@@ -17,13 +17,14 @@ from strife.observability.metrics import IN_FLIGHT, SERVED
 from strife.rpc.discovery import IDLE_DECAY, BalancerClient, Heartbeat, LoadSample, ProcessLoad
 
 from .conftest import Pki
+from .support import until
 from .test_balancer_service import (
     INTERVAL_S,
+    POLL_S,
     SLACK_S,
     TIMEOUT_S,
     TTL_S,
     Peers,
-    eventually,
     listed,
     running_balancer,
 )
@@ -106,7 +107,9 @@ async def test_heartbeat_keeps_the_lease_and_reports_load(
             age_ms = server.last_heartbeat_unix_ms - server.registered_at_unix_ms
             return age_ms > 2 * TTL_S * 1000
 
-        await eventually(renewed_past_several_ttls, 2 * TTL_S + 1.0, "lease renewed")
+        await until(
+            renewed_past_several_ttls, "lease renewed", within_s=2 * TTL_S + 1.0, every_s=POLL_S
+        )
         server = (await listed(client, "bank"))["alpha"]
         assert (server.load.in_flight, server.load.latency_ms_ewma) == (7, 12.5)
         assert server.load.cpu_percent == 30.0
@@ -133,10 +136,11 @@ async def test_heartbeat_waits_for_a_missing_balancer_without_failing(
     try:
         assert not await heartbeat.wait_registered(3 * INTERVAL_S)
         async with running_balancer(pki.identity("balancer", "lb-1"), listen=address):
-            registered_s = await eventually(
+            registered_s = await until(
                 lambda: heartbeat.wait_registered(0.01),
-                INTERVAL_S + SLACK_S,
                 "registered once the balancer is up",
+                within_s=INTERVAL_S + SLACK_S,
+                every_s=POLL_S,
             )
             assert registered_s <= INTERVAL_S + SLACK_S
         # The balancer is gone again: stop() must still return, and not raise.
@@ -201,7 +205,12 @@ async def test_a_failing_load_callable_does_not_stop_the_heartbeat(
             assert server is not None, "alpha lost its lease"
             return server.last_heartbeat_unix_ms - server.registered_at_unix_ms > TTL_S * 1000
 
-        await eventually(renewed_past_a_ttl, TTL_S + 1.0, "renewed with a broken load callable")
+        await until(
+            renewed_past_a_ttl,
+            "renewed with a broken load callable",
+            within_s=TTL_S + 1.0,
+            every_s=POLL_S,
+        )
 
 
 def test_process_load_reports_in_flight_latency_ewma_and_cpu() -> None:
