@@ -35,7 +35,7 @@ OPERATOR_COMMANDS: dict[str, _Lazy] = {
     "demo": _Lazy("strife.cluster.demo", "demo", "Start a local cluster and make real payments."),
     "chaos": _Lazy("strife.chaos.cli", "chaos", "The Jepsen-style bank test.", "loadgen"),
     "bft": _Lazy("strife.bft.generals_cli", "bft", "Byzantine fault tolerance tools."),
-    "deploy": _Lazy("strife.deploy.cli", "deploy", "Kubernetes manifests from a topology.", "deploy"),
+    "deploy": _Lazy("strife.deploy.cli", "deploy", "Kubernetes manifests.", "deploy"),
     "top": _Lazy("strife.top.cli", "top", "A live view of a running cluster.", "loadgen"),
 }
 
