@@ -1,0 +1,318 @@
+"""A replicated bank behind the shape of a bank stub.
+
+`ReplicatedBank` has the async methods of `bank_pb2_grpc.BankServiceStub` that
+the gateway calls (same requests, same responses, failures raised as
+`grpc.aio.AioRpcError` with the same status codes and ErrorInfo reasons), so the
+coordinator drives a replicated bank exactly as a plain one. Each call becomes
+one PBFT operation (`strife.bft.bank_machine`), and its answer is believed only
+with f + 1 matching signed replies (`Invoker`). When the call's deadline comes
+first the call fails DEADLINE_EXCEEDED (BANK_UNAVAILABLE), which 2PC treats as
+a bank that did not answer: it asks again, never assumes.
+
+Logins (AuthenticateCustomer) are not served by a replicated bank yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Sequence
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+
+from strife.bank.ledger import (
+    Changes,
+    ErrorKind,
+    LedgerError,
+    Outcome,
+    Transfer,
+    TransferState,
+    abort_error,
+)
+from strife.bank.service import LEGS, transfer_outcome
+from strife.bft.bank_machine import operation, transfer_of
+from strife.bft.invoker import Invoker, NoQuorumError
+from strife.errors import Reason, from_rpc_error, make_status
+from strife.v1 import bank_pb2, money_pb2
+
+__all__ = ["ReplicatedBank"]
+
+_CODES = {
+    ErrorKind.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ErrorKind.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+    ErrorKind.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
+    ErrorKind.ABORTED: grpc.StatusCode.ABORTED,
+    ErrorKind.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+}
+_STATES = {
+    TransferState.PREPARED: bank_pb2.TRANSFER_STATE_PREPARED,
+    TransferState.COMMITTED: bank_pb2.TRANSFER_STATE_COMMITTED,
+    TransferState.ABORTED: bank_pb2.TRANSFER_STATE_ABORTED,
+}
+_LEGS_PB = {leg: pb for pb, leg in LEGS.items()}
+DEFAULT_TIMEOUT_S = 5.0
+
+_R = TypeVar("_R")
+
+
+def rpc_error(code: grpc.StatusCode, reason: str, message: str) -> grpc.aio.AioRpcError:
+    """The error a plain bank's call would have raised, with its ErrorInfo."""
+    status = make_status(code, reason, message)
+    return grpc.aio.AioRpcError(
+        code,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(*status.trailing_metadata),
+        details=message,
+    )
+
+
+def _raise(error: LedgerError) -> NoReturn:
+    raise rpc_error(_CODES[ErrorKind(error.kind)], error.reason, error.message)
+
+
+class ReplicatedBank:
+    """The bank stub's methods, over a replica group's f + 1 client."""
+
+    def __init__(self, invoker: Invoker) -> None:
+        self.invoker = invoker
+        self.bank = invoker.group.bank
+
+    async def _run(self, op: bytes, timeout_s: float | None) -> dict[str, Any]:
+        """The agreed result of one operation; a refusal raised as the bank's error."""
+        try:
+            raw = await self.invoker.invoke(op, timeout_s or DEFAULT_TIMEOUT_S)
+        except NoQuorumError as exc:
+            raise rpc_error(
+                grpc.StatusCode.DEADLINE_EXCEEDED, Reason.BANK_UNAVAILABLE, str(exc)
+            ) from None
+        result = json.loads(raw)
+        assert isinstance(result, dict), result
+        error = result.get("error")
+        if error is not None:
+            _raise(LedgerError(ErrorKind(error["kind"]), error["reason"], error["message"]))
+        return result
+
+    async def _outcome(self, op: bytes, timeout_s: float | None) -> Outcome:
+        result = await self._run(op, timeout_s)
+        return Outcome(transfer_of(result["transfer"]), Changes(), bool(result["replayed"]))
+
+    async def _transfer_call(
+        self, response: type[_R], op: bytes, timeout_s: float | None, aborted_is_success: bool
+    ) -> _R:
+        outcome = await self._outcome(op, timeout_s)
+        if outcome.transfer.state == TransferState.ABORTED and not aborted_is_success:
+            _raise(abort_error(outcome.transfer))
+        reply: _R = response(  # type: ignore[call-arg]
+            transfer_id=outcome.transfer.transfer_id,
+            state=_STATES[outcome.transfer.state],
+            replayed=outcome.replayed,
+        )
+        return reply
+
+    # -- two-phase commit ----------------------------------------------------
+
+    def _prepare_op(self, r: bank_pb2.PrepareRequest) -> bytes:
+        leg = LEGS.get(r.leg)
+        if leg is None:
+            raise rpc_error(
+                grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_REQUEST, "leg must be set"
+            )
+        return operation(
+            "prepare", transfer_id=r.transfer_id, coordinator=r.coordinator, leg=str(leg),
+            account_id=r.account_id, amount_minor=r.amount.amount_minor,
+            currency=r.amount.currency, fingerprint=r.fingerprint.hex(),
+            counterparty=r.counterparty, customer_id=r.customer_id,
+        )  # fmt: skip
+
+    async def Prepare(
+        self,
+        request: bank_pb2.PrepareRequest,
+        *,
+        timeout: float | None = None,
+        **_: Any,  # noqa: ASYNC109
+    ) -> bank_pb2.PrepareResponse:
+        op = self._prepare_op(request)
+        return await self._transfer_call(bank_pb2.PrepareResponse, op, timeout, False)
+
+    async def Commit(
+        self,
+        request: bank_pb2.CommitRequest,
+        *,
+        timeout: float | None = None,
+        **_: Any,  # noqa: ASYNC109
+    ) -> bank_pb2.CommitResponse:
+        op = operation("commit", transfer_id=request.transfer_id, coordinator=request.coordinator)
+        return await self._transfer_call(bank_pb2.CommitResponse, op, timeout, False)
+
+    async def Abort(
+        self,
+        request: bank_pb2.AbortRequest,
+        *,
+        timeout: float | None = None,
+        **_: Any,  # noqa: ASYNC109
+    ) -> bank_pb2.AbortResponse:
+        op = operation(
+            "abort", transfer_id=request.transfer_id, coordinator=request.coordinator,
+            release=bool(request.release),
+        )  # fmt: skip
+        return await self._transfer_call(bank_pb2.AbortResponse, op, timeout, True)
+
+    async def ProcessTransaction(
+        self,
+        request: bank_pb2.ProcessTransactionRequest,
+        *,
+        timeout: float | None = None,
+        **_: Any,  # noqa: ASYNC109
+    ) -> bank_pb2.ProcessTransactionResponse:
+        op = operation(
+            "process", transfer_id=request.transfer_id, coordinator=request.coordinator,
+            from_account=request.from_account_id, to_account=request.to_account_id,
+            amount_minor=request.amount.amount_minor, currency=request.amount.currency,
+            fingerprint=request.fingerprint.hex(), customer_id=request.customer_id,
+        )  # fmt: skip
+        return await self._transfer_call(bank_pb2.ProcessTransactionResponse, op, timeout, False)
+
+    async def PrepareTransfers(
+        self,
+        request: bank_pb2.PrepareTransfersRequest,
+        *,
+        timeout: float | None = None,
+        **_: Any,  # noqa: ASYNC109
+    ) -> bank_pb2.PrepareTransfersResponse:
+        """Each prepare is its own operation; they run concurrently, on separate lanes."""
+        calls = [self._outcome(self._prepare_op(p), timeout) for p in request.prepares]
+        results = await _gather(calls)
+        return bank_pb2.PrepareTransfersResponse(
+            outcomes=[
+                transfer_outcome(p.transfer_id, result, refuse_aborted=True)
+                for p, result in zip(request.prepares, results, strict=True)
+            ]
+        )
+
+    async def DecideTransfers(
+        self,
+        request: bank_pb2.DecideTransfersRequest,
+        *,
+        timeout: float | None = None,
+        **_: Any,  # noqa: ASYNC109
+    ) -> bank_pb2.DecideTransfersResponse:
+        calls = [
+            self._outcome(
+                operation(
+                    "commit" if d.commit else "abort",
+                    transfer_id=d.transfer_id,
+                    coordinator=request.coordinator,
+                    **({} if d.commit else {"release": False}),
+                ),
+                timeout,
+            )
+            for d in request.decisions
+        ]
+        results = await _gather(calls)
+        return bank_pb2.DecideTransfersResponse(
+            outcomes=[
+                transfer_outcome(d.transfer_id, result, refuse_aborted=d.commit)
+                for d, result in zip(request.decisions, results, strict=True)
+            ]
+        )
+
+    async def GetTransfer(
+        self,
+        request: bank_pb2.GetTransferRequest,
+        *,
+        timeout: float | None = None,
+        **_: Any,  # noqa: ASYNC109
+    ) -> bank_pb2.GetTransferResponse:
+        result = await self._run(operation("transfer", transfer_id=request.transfer_id), timeout)
+        transfer: Transfer = transfer_of(result["transfer"])
+        return bank_pb2.GetTransferResponse(
+            transfer_id=transfer.transfer_id,
+            state=_STATES[transfer.state],
+            coordinator=transfer.coordinator,
+            one_phase=transfer.one_phase,
+            abort_reason=transfer.abort_reason,
+            postings=[
+                bank_pb2.TransferPosting(
+                    leg=_LEGS_PB[p.leg],
+                    account_id=p.account_id,
+                    amount=money_pb2.Money(amount_minor=p.amount_minor, currency=p.currency),
+                    counterparty=p.counterparty,
+                )
+                for p in transfer.postings
+            ],
+        )
+
+    # -- reads ---------------------------------------------------------------
+
+    async def _account(self, account_id: str, timeout_s: float | None) -> dict[str, Any]:
+        result = await self._run(operation("account", account_id=account_id), timeout_s)
+        account: dict[str, Any] = result["account"]
+        return account
+
+    async def GetAccountBalance(
+        self,
+        request: bank_pb2.GetAccountBalanceRequest,
+        *,
+        timeout: float | None = None,
+        **_: Any,  # noqa: ASYNC109
+    ) -> bank_pb2.GetAccountBalanceResponse:
+        a = await self._account(request.account_id, timeout)
+        currency = a["currency"]
+        balance, held = a["balance_minor"], a["held_minor"]
+        return bank_pb2.GetAccountBalanceResponse(
+            balance=money_pb2.Balance(
+                account=money_pb2.AccountRef(bank=self.bank, account_id=a["account_id"]),
+                balance=money_pb2.Money(amount_minor=balance, currency=currency),
+                held=money_pb2.Money(amount_minor=held, currency=currency),
+                available=money_pb2.Money(amount_minor=balance - held, currency=currency),
+            )
+        )
+
+    async def ValidateAccount(
+        self,
+        request: bank_pb2.ValidateAccountRequest,
+        *,
+        timeout: float | None = None,
+        **_: Any,  # noqa: ASYNC109
+    ) -> bank_pb2.ValidateAccountResponse:
+        a = await self._account(request.account_id, timeout)
+        if request.currency and request.currency != a["currency"]:
+            raise rpc_error(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                Reason.CURRENCY_MISMATCH,
+                f"account {request.account_id} holds {a['currency']}, not {request.currency}",
+            )
+        return bank_pb2.ValidateAccountResponse(
+            account=money_pb2.Account(
+                ref=money_pb2.AccountRef(bank=self.bank, account_id=a["account_id"]),
+                customer_id=a["customer_id"],
+                currency=a["currency"],
+            )
+        )
+
+    async def AuthenticateCustomer(self, request: Any, **_: Any) -> NoReturn:
+        raise rpc_error(
+            grpc.StatusCode.UNIMPLEMENTED,
+            Reason.METHOD_NOT_ALLOWED,
+            "a replicated bank does not serve logins yet",
+        )
+
+
+async def _gather(calls: Sequence[Awaitable[Outcome]]) -> list[Outcome | BaseException]:
+    """Outcomes, or the LedgerError each refusal stands for (what a batch reports per item)."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    out: list[Outcome | BaseException] = []
+    for result in results:
+        if isinstance(result, grpc.aio.AioRpcError) and result.code() in _KINDS:
+            error = from_rpc_error(result)
+            out.append(LedgerError(_KINDS[result.code()], error.reason, error.message))
+        elif isinstance(result, BaseException):
+            raise result
+        else:
+            out.append(result)
+    return out
+
+
+_KINDS = {code: kind for kind, code in _CODES.items()}

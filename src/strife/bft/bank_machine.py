@@ -1,0 +1,296 @@
+"""The bank's ledger as PBFT's replicated state machine.
+
+Every replica executes the same operations in the agreed order on its own
+`strife.bank.ledger.Ledger`, which is pure and deterministic (no clock, no
+randomness, no I/O), so honest replicas compute byte-identical results.
+Operations and results are canonical JSON (sorted keys, no spaces, ints as
+ints, bytes as hex): a client compares replies byte for byte, and a
+checkpoint's digest is the SHA-256 of the canonical snapshot.
+
+An operation the ledger refuses (`LedgerError`) is a result too, the same at
+every honest replica; a malformed operation is refused as INVALID_REQUEST.
+What the ledger keeps outside its model stays outside here too: the `votes`
+counter (volatile at a plain bank as well) is not replicated.
+
+Customers and passwords are not replicated state: logins at a replicated bank
+are not served yet (docs/bft.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict
+from typing import Any
+
+from strife.bank.ledger import (
+    Account,
+    ErrorKind,
+    Ledger,
+    LedgerError,
+    Leg,
+    Outcome,
+    Posting,
+    Reason,
+    Transfer,
+    TransferState,
+)
+from strife.bank.seed import SeedRow
+
+__all__ = ["BankMachine", "canonical", "operation"]
+
+_DIGEST_PREFIX = b"strife-bft/bank-ledger/v1\n"
+
+
+def canonical(value: object) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def operation(op: str, **fields: object) -> bytes:
+    """An operation's canonical bytes (what a client signs into its request)."""
+    return canonical({"op": op, **fields})
+
+
+class BankMachine:
+    """One replica's copy of a bank: accounts, transfers and posted entries."""
+
+    def __init__(self, ledger: Ledger | None = None, entries: Iterable[list[Any]] = ()) -> None:
+        self.ledger = ledger or Ledger()
+        self.entries: list[list[Any]] = [list(e) for e in entries]
+        """Posted lines, oldest first: transfer, account, signed amount, currency, counterparty."""
+
+    @classmethod
+    def from_seed(cls, rows: Iterable[SeedRow]) -> BankMachine:
+        """The genesis state every replica of the group starts from (accounts only)."""
+        machine = cls()
+        for row in sorted(rows, key=lambda r: r.account_id):
+            machine.ledger.add_account(
+                account_id=row.account_id,
+                customer_id=row.customer_id,
+                currency=row.currency,
+                balance_minor=row.opening_balance_minor,
+            )
+        return machine
+
+    # -- StateMachine -----------------------------------------------------
+
+    def execute(self, op: bytes) -> bytes:
+        try:
+            request = json.loads(op)
+            if not isinstance(request, dict) or not isinstance(request.get("op"), str):
+                raise _bad("an operation is a JSON object with an op")
+            handler = _HANDLERS.get(request["op"])
+            if handler is None:
+                raise _bad(f"unknown op {request['op']!r}")
+            return canonical(handler(self, request))
+        except LedgerError as exc:
+            return canonical(
+                {"error": {"kind": exc.kind, "reason": exc.reason, "message": exc.message}}
+            )
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:
+            error = _bad(f"malformed operation: {type(exc).__name__}")
+            return canonical(
+                {"error": {"kind": error.kind, "reason": error.reason, "message": error.message}}
+            )
+
+    def digest(self) -> bytes:
+        return hashlib.sha256(_DIGEST_PREFIX + self.snapshot()).digest()
+
+    def snapshot(self) -> bytes:
+        accounts = [asdict(a) for a in sorted(self.ledger.accounts.values(), key=_account_key)]
+        transfers = [
+            _transfer_json(t) for t in sorted(self.ledger.transfers.values(), key=_transfer_key)
+        ]
+        return canonical({"accounts": accounts, "transfers": transfers, "entries": self.entries})
+
+    def restore(self, snapshot: bytes) -> None:
+        """Replace the state; a snapshot that is not a consistent ledger is refused."""
+        try:
+            raw = json.loads(snapshot)
+            accounts = [Account(**_typed(a, _ACCOUNT_FIELDS)) for a in raw["accounts"]]
+            transfers = [_transfer_of(t) for t in raw["transfers"]]
+            entries = [list(e) for e in raw["entries"]]
+            if not all(len(e) == 5 for e in entries):
+                raise ValueError("entries")
+            ledger = Ledger(accounts, transfers)  # checks every invariant
+        except (ValueError, TypeError, KeyError, AttributeError, AssertionError) as exc:
+            raise ValueError(f"not a bank ledger snapshot: {type(exc).__name__}") from None
+        self.ledger = ledger
+        self.entries = entries
+
+    # -- the operations ---------------------------------------------------
+
+    def _prepare(self, r: Mapping[str, Any]) -> dict[str, Any]:
+        return _outcome(
+            self.ledger.prepare(
+                transfer_id=_s(r, "transfer_id"),
+                coordinator=_s(r, "coordinator"),
+                leg=Leg(_s(r, "leg")),
+                account_id=_s(r, "account_id"),
+                amount_minor=_i(r, "amount_minor"),
+                currency=_s(r, "currency"),
+                fingerprint=bytes.fromhex(_s(r, "fingerprint")),
+                counterparty=_s(r, "counterparty"),
+                customer_id=_s(r, "customer_id"),
+            )
+        )
+
+    def _process(self, r: Mapping[str, Any]) -> dict[str, Any]:
+        outcome = self.ledger.process(
+            transfer_id=_s(r, "transfer_id"),
+            coordinator=_s(r, "coordinator"),
+            from_account=_s(r, "from_account"),
+            to_account=_s(r, "to_account"),
+            amount_minor=_i(r, "amount_minor"),
+            currency=_s(r, "currency"),
+            fingerprint=bytes.fromhex(_s(r, "fingerprint")),
+            customer_id=_s(r, "customer_id"),
+        )
+        return self._posted(outcome)
+
+    def _commit(self, r: Mapping[str, Any]) -> dict[str, Any]:
+        outcome = self.ledger.commit(
+            transfer_id=_s(r, "transfer_id"), coordinator=_s(r, "coordinator")
+        )
+        return self._posted(outcome)
+
+    def _abort(self, r: Mapping[str, Any]) -> dict[str, Any]:
+        settle = self.ledger.release if r.get("release") is True else self.ledger.abort
+        return _outcome(settle(transfer_id=_s(r, "transfer_id"), coordinator=_s(r, "coordinator")))
+
+    def _transfer(self, r: Mapping[str, Any]) -> dict[str, Any]:
+        transfer_id = _s(r, "transfer_id")
+        transfer = self.ledger.transfers.get(transfer_id)
+        if transfer is None:
+            raise LedgerError(
+                ErrorKind.NOT_FOUND, Reason.TRANSFER_NOT_FOUND, f"no transfer {transfer_id!r}"
+            )
+        return {"transfer": _transfer_json(transfer), "replayed": True}
+
+    def _account(self, r: Mapping[str, Any]) -> dict[str, Any]:
+        account_id = _s(r, "account_id")
+        account = self.ledger.accounts.get(account_id)
+        if account is None:
+            raise LedgerError(
+                ErrorKind.NOT_FOUND, Reason.ACCOUNT_NOT_FOUND, f"no account {account_id!r}"
+            )
+        return {"account": asdict(account)}
+
+    def _history(self, r: Mapping[str, Any]) -> dict[str, Any]:
+        """Entries of one account, newest first, `limit` of them before position `before`."""
+        account_id = _s(r, "account_id")
+        self._account(r)
+        before, limit = _i(r, "before"), _i(r, "limit")
+        rows = [(i + 1, e) for i, e in enumerate(self.entries) if e[1] == account_id]
+        rows = [(seq, e) for seq, e in rows if before <= 0 or seq < before][::-1][:limit]
+        return {"entries": [[seq, *e] for seq, e in rows]}
+
+    def _posted(self, outcome: Outcome) -> dict[str, Any]:
+        if not outcome.replayed:
+            for e in outcome.changes.entries:
+                self.entries.append(
+                    [e.transfer_id, e.account_id, e.amount_minor, e.currency, e.counterparty]
+                )
+        return _outcome(outcome)
+
+    @property
+    def total_minor(self) -> int:
+        """All balances together: what conservation of money is checked on."""
+        return sum(a.balance_minor for a in self.ledger.accounts.values())
+
+
+_HANDLERS = {
+    "prepare": BankMachine._prepare,
+    "process": BankMachine._process,
+    "commit": BankMachine._commit,
+    "abort": BankMachine._abort,
+    "transfer": BankMachine._transfer,
+    "account": BankMachine._account,
+    "history": BankMachine._history,
+}
+
+_ACCOUNT_FIELDS = {
+    "account_id": str, "customer_id": str, "currency": str,
+    "balance_minor": int, "held_minor": int, "pending_credit_minor": int,
+}  # fmt: skip
+
+
+def _bad(message: str) -> LedgerError:
+    return LedgerError(ErrorKind.INVALID_ARGUMENT, Reason.INVALID_REQUEST, message)
+
+
+def _s(r: Mapping[str, Any], key: str) -> str:
+    value = r.get(key, "")
+    if type(value) is not str:
+        raise _bad(f"{key} must be a string")
+    return value
+
+
+def _i(r: Mapping[str, Any], key: str) -> int:
+    value = r.get(key)
+    if type(value) is not int:
+        raise _bad(f"{key} must be an integer")
+    return value
+
+
+def _typed(raw: Mapping[str, Any], fields: Mapping[str, type]) -> dict[str, Any]:
+    if set(raw) != set(fields) or any(type(raw[k]) is not t for k, t in fields.items()):
+        raise ValueError("fields")
+    return dict(raw)
+
+
+def _outcome(outcome: Outcome) -> dict[str, Any]:
+    return {"transfer": _transfer_json(outcome.transfer), "replayed": outcome.replayed}
+
+
+def _transfer_json(t: Transfer) -> dict[str, Any]:
+    return {
+        "transfer_id": t.transfer_id,
+        "fingerprint": t.fingerprint.hex(),
+        "state": str(t.state),
+        "coordinator": t.coordinator,
+        "postings": [
+            [p.account_id, str(p.leg), p.amount_minor, p.currency, p.counterparty]
+            for p in t.postings
+        ],
+        "one_phase": t.one_phase,
+        "abort_reason": str(t.abort_reason),
+    }
+
+
+def transfer_of(raw: Mapping[str, Any]) -> Transfer:
+    """A transfer from its canonical form (a result's, or a snapshot's)."""
+    return _transfer_of(raw)
+
+
+def _transfer_of(raw: Mapping[str, Any]) -> Transfer:
+    postings = tuple(
+        Posting(str(a), Leg(leg), _int(amount), str(cur), str(cp))
+        for a, leg, amount, cur, cp in raw["postings"]
+    )
+    if type(raw["one_phase"]) is not bool:
+        raise ValueError("one_phase")
+    return Transfer(
+        transfer_id=str(raw["transfer_id"]),
+        fingerprint=bytes.fromhex(str(raw["fingerprint"])),
+        state=TransferState(raw["state"]),
+        coordinator=str(raw["coordinator"]),
+        postings=postings,
+        one_phase=raw["one_phase"],
+        abort_reason=str(raw["abort_reason"]),
+    )
+
+
+def _int(value: Any) -> int:
+    if type(value) is not int:
+        raise ValueError("expected an integer")
+    return value
+
+
+def _account_key(a: Account) -> str:
+    return a.account_id
+
+
+def _transfer_key(t: Transfer) -> str:
+    return t.transfer_id

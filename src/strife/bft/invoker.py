@@ -1,0 +1,136 @@
+"""A PBFT client over gRPC: send a request to every replica, believe f + 1 of them.
+
+`Invoker.invoke(operation)` signs a request, sends it to every replica of the
+group (`Invoke`, over mTLS to each replica's own certificate) and feeds every
+signed reply to the pure `strife.bft.client.Client`, which accepts a result
+only when f + 1 distinct replicas vouch for the same one. A replica that does
+not answer in time is asked again until the caller's deadline; when the
+deadline comes first, `NoQuorumError`: the client never settles for fewer
+vouchers, whatever arrived.
+
+The paper's client has one request outstanding. Concurrency comes from lanes:
+lane k is client `<identity>#k` with its own timestamps (the wall clock in
+nanoseconds, so they keep growing across restarts of the client process),
+signing with the identity's one key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from strife.bft.client import Client
+from strife.bft.group import Group, lane_identity
+from strife.bft.messages import Reply
+from strife.bft.node import INVOKE
+from strife.bft.signing import Ed25519Signer
+from strife.bft.wire import WireError, decode, encode
+from strife.rpc.channels import ChannelPool, Peer
+
+__all__ = ["Invoker", "NoQuorumError"]
+
+RETRY_S = 2.0
+"""How long one call to a replica waits before it is asked again."""
+
+
+class NoQuorumError(TimeoutError):
+    """The deadline came before f + 1 replicas agreed on a result."""
+
+    def __init__(self, message: str, votes: dict[int, bytes]) -> None:
+        super().__init__(message)
+        self.votes = votes
+        """What each replica that answered said (for diagnosis; proves nothing)."""
+
+
+class Invoker:
+    def __init__(
+        self,
+        group: Group,
+        identity: str,
+        key: Ed25519PrivateKey,
+        pool: ChannelPool,
+        *,
+        lanes: int = 32,
+        retry_s: float = RETRY_S,
+    ) -> None:
+        self.group = group
+        self.retry_s = retry_s
+        verifier = group.verifier()
+        self._lanes: asyncio.Queue[Client] = asyncio.Queue()
+        for k in range(lanes):
+            signer = Ed25519Signer(lane_identity(identity, k), key)
+            self._lanes.put_nowait(Client(group.config, signer, verifier))
+        self._calls: list[Any] = [
+            pool.get(entry.address, Peer("bank", entry.name)).unary_unary(INVOKE)
+            for entry in group.replicas
+        ]
+
+    async def invoke(self, operation: bytes, timeout_s: float) -> bytes:
+        """The agreed result of `operation`; NoQuorumError when `timeout_s` passes first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        client = await self._lanes.get()
+        try:
+            client.current = None  # an earlier call that timed out is given up
+            client.timestamp = max(client.timestamp, time.time_ns())
+            data = encode(client.request(operation))
+            return await self._collect(client, data, deadline)
+        finally:
+            client.current = None
+            self._lanes.put_nowait(client)
+
+    async def _collect(self, client: Client, data: bytes, deadline: float) -> bytes:
+        loop = asyncio.get_running_loop()
+        calls: dict[asyncio.Task[bytes], int] = {}
+        retry_at: dict[int, float] = dict.fromkeys(range(len(self._calls)), loop.time())
+        votes: dict[int, bytes] = {}
+        try:
+            while True:
+                now = loop.time()
+                if now >= deadline:
+                    raise NoQuorumError(
+                        f"no {self.group.config.weak} matching replies from {self.group.bank}",
+                        votes,
+                    )
+                for replica, at in list(retry_at.items()):
+                    if at <= now:
+                        del retry_at[replica]
+                        wait = min(self.retry_s, deadline - now)
+                        task = asyncio.ensure_future(self._calls[replica](data, timeout=wait))
+                        calls[task] = replica
+                wake = min([deadline, *retry_at.values()])
+                done, _ = await asyncio.wait(
+                    calls, timeout=max(0.0, wake - loop.time()), return_when="FIRST_COMPLETED"
+                )
+                for task in done:
+                    replica = calls.pop(task)
+                    reply = _reply_of(task)
+                    if reply is None or reply.replica != replica:
+                        # Nothing yet, or not this replica's own answer: ask again later.
+                        retry_at[replica] = loop.time() + min(0.2, self.retry_s)
+                        continue
+                    votes.setdefault(replica, reply.result)
+                    accepted = client.on_reply(reply)
+                    if accepted is not None:
+                        return accepted.result
+        finally:
+            for task in calls:
+                task.cancel()
+
+
+def _reply_of(task: asyncio.Task[Any]) -> Reply | None:
+    try:
+        data = task.result()
+    except (grpc.aio.AioRpcError, asyncio.CancelledError):
+        return None
+    if not data:
+        return None
+    try:
+        reply = decode(data)
+    except WireError:
+        return None
+    return reply if isinstance(reply, Reply) else None

@@ -1,0 +1,323 @@
+"""The grpc.aio shell around one pure `Replica`: real timers, real peers, a journal.
+
+The replica decides everything; the node only carries it out. Each incoming
+message and each timer expiry is one `handle` call, run to completion on the
+event loop (no await inside), so the replica needs no locks. Its outputs are
+carried out in order: what executed is journalled first (one SQLite
+transaction), then messages leave, replies reach their waiting clients and
+timers are set.
+
+Three methods on one generic service (no protobuf: the payload is the core's
+canonical encoding, `strife.bft.wire`), behind the same mTLS, authorization and
+logging as every Strife server:
+
+- `Deliver` (replica to replica, role bank): one protocol message. The
+  delivering peer's certificate must be the claimed sender's (the group file
+  names each replica's certificate), so a replica cannot speak in another's
+  name even before the signature is checked, and a replayed message of
+  another replica is dropped here.
+- `Invoke` (client to replica, roles gateway and admin): one signed request;
+  the answer is this replica's signed reply once it executed the request (or
+  an empty answer when the call's deadline comes first: the client retries).
+  Only the certificate named by the request's client id may send it.
+- `Status` (admin): the replica's view, sequence numbers and state digest, as JSON.
+
+Messages to peers are fire-and-forget calls with a short deadline: PBFT
+tolerates loss, and a slow or dead peer must not hold anything up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+
+from strife.bft.byzantine import Behaviour, Wire
+from strife.bft.effects import (
+    Broadcast,
+    CancelTimer,
+    CheckpointTaken,
+    Executed,
+    Output,
+    Receive,
+    Send,
+    SendReply,
+    SetTimer,
+    StateInstalled,
+    TimerExpired,
+    ViewEntered,
+)
+from strife.bft.group import Group, client_base
+from strife.bft.journal import Journal
+from strife.bft.messages import Message, Reply, Request, state_digest
+from strife.bft.recovery import resume, stable_state
+from strife.bft.replica import Replica
+from strife.bft.signing import Signer
+from strife.bft.statemachine import StateMachine
+from strife.bft.wire import WireError, decode, encode
+from strife.errors import AnyContext, Reason, abort
+from strife.observability import context as request_context
+from strife.observability.logging import get_logger
+from strife.rpc.authz import AuthzTable
+from strife.rpc.channels import ChannelPool, Peer
+
+__all__ = ["AUTHZ", "DELIVER", "INVOKE", "SERVICE", "STATUS", "ReplicaNode"]
+
+SERVICE = "strife.bft.Replica"
+DELIVER = f"/{SERVICE}/Deliver"
+INVOKE = f"/{SERVICE}/Invoke"
+STATUS = f"/{SERVICE}/Status"
+AUTHZ = AuthzTable({DELIVER: ("bank",), INVOKE: ("gateway", "admin"), STATUS: ("admin",)})
+SEND_TIMEOUT_S = 2.0
+MAX_INVOKE_WAIT_S = 30.0
+_log = get_logger("strife.bft")
+
+
+class ReplicaNode:
+    """Replica `index` of `group`, executing into `app`; build it inside the running loop."""
+
+    def __init__(
+        self,
+        group: Group,
+        index: int,
+        signer: Signer,
+        app: StateMachine,
+        journal: Journal,
+        pool: ChannelPool,
+        behaviour: Behaviour | None = None,
+    ) -> None:
+        self.group = group
+        self.index = index
+        self.journal = journal
+        self.behaviour = behaviour
+        self.replica = Replica(group.config, index, signer, group.verifier(), app)
+        self.dropped: Counter[str] = Counter()
+        self._pool = pool
+        self._peers: dict[int, Any] = {
+            i: pool.get(entry.address, Peer("bank", entry.name)).unary_unary(DELIVER)
+            for i, entry in enumerate(group.replicas)
+            if i != index
+        }
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._waiting: dict[tuple[str, int], list[asyncio.Future[bytes]]] = {}
+        self._sends: set[asyncio.Task[None]] = set()
+        self._saved_seq = -1
+        self._loop = asyncio.get_running_loop()
+
+    # -- life cycle ----------------------------------------------------------
+
+    def recover(self) -> None:
+        """Come back from the journal (or write the genesis checkpoint on a first start)."""
+        self.journal.identity(self.group.bank, self.index)
+        saved = self.journal.load()
+        if saved is None:
+            genesis = stable_state(self.replica)
+            assert genesis is not None
+            self.journal.write([], genesis)
+            self._saved_seq = 0
+            _log.info("replica_initialised", replica=self.index, digest=genesis.digest.hex())
+            return
+        outputs = resume(self.replica, saved)
+        self._saved_seq = saved.seq
+        # Re-execution is already journalled and nobody waits for its replies; a
+        # checkpoint it took goes out again (peers take the same one as a duplicate).
+        self._carry([o for o in outputs if isinstance(o, Broadcast)])
+        _log.info(
+            "replica_recovered",
+            replica=self.index,
+            checkpoint=saved.seq,
+            replayed=len(saved.log),
+            last_executed=self.replica.last_executed,
+        )
+
+    def register(self, server: grpc.aio.Server) -> None:
+        handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {
+            "Deliver": grpc.unary_unary_rpc_method_handler(self._deliver),
+            "Invoke": grpc.unary_unary_rpc_method_handler(self._invoke),
+            "Status": grpc.unary_unary_rpc_method_handler(self._status),
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+
+    async def close(self) -> None:
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        for waiters in self._waiting.values():
+            for future in waiters:
+                future.cancel()
+        sends, self._sends = set(self._sends), set()
+        for task in sends:
+            task.cancel()
+        await asyncio.gather(*sends, return_exceptions=True)
+
+    # -- the three methods -------------------------------------------------------
+
+    async def _deliver(self, data: bytes, context: AnyContext) -> bytes:
+        sender = self._peer_replica()
+        try:
+            message = decode(data)
+        except WireError:
+            self.dropped["malformed"] += 1
+            return b""
+        if isinstance(message, Request) or sender is None or message.replica != sender:
+            # Requests come from their clients (Invoke); a replica speaks only for itself.
+            self.dropped["wrong-sender"] += 1
+            return b""
+        self._receive(message)
+        return b""
+
+    async def _invoke(self, data: bytes, context: AnyContext) -> bytes:
+        try:
+            request = decode(data)
+        except WireError as exc:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_REQUEST, str(exc))
+        if not isinstance(request, Request):
+            await abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_REQUEST,
+                "Invoke takes a request",
+            )  # fmt: skip
+        info = request_context.current()
+        caller = f"{info.role}/{info.peer_name}" if info is not None else ""
+        if client_base(request.client) != caller:
+            await abort(
+                context, grpc.StatusCode.PERMISSION_DENIED, Reason.NOT_COORDINATOR,
+                f"peer {caller!r} may not send requests of client {request.client!r}",
+            )  # fmt: skip
+        key = (request.client, request.timestamp)
+        future: asyncio.Future[bytes] = self._loop.create_future()
+        self._waiting.setdefault(key, []).append(future)
+        try:
+            self._receive(request)
+            remaining = context.time_remaining()
+            wait = MAX_INVOKE_WAIT_S if remaining is None else max(0.0, remaining - 0.05)
+            async with asyncio.timeout(min(wait, MAX_INVOKE_WAIT_S)):
+                return await future
+        except TimeoutError:
+            return b""
+        finally:
+            waiters = self._waiting.get(key, [])
+            if future in waiters:
+                waiters.remove(future)
+            if not waiters:
+                self._waiting.pop(key, None)
+
+    async def _status(self, data: bytes, context: AnyContext) -> bytes:
+        r = self.replica
+        digest = state_digest(r.app.digest(), tuple(r.clients.values()))
+        status: dict[str, Any] = {
+            "replica": self.index,
+            "view": r.view,
+            "active": r.active,
+            "last_executed": r.last_executed,
+            "stable": r.stable.seq,
+            "state_digest": digest.hex(),
+            "app_digest": r.app.digest().hex(),
+            "behaviour": self.behaviour.name if self.behaviour is not None else "honest",
+            "dropped": dict(r.dropped + self.dropped),
+        }
+        return json.dumps(status, sort_keys=True).encode()
+
+    # -- driving the replica -----------------------------------------------------
+
+    def _peer_replica(self) -> int | None:
+        info = request_context.current()
+        if info is None or info.role != "bank":
+            return None
+        return self.group.index_of(info.peer_name)
+
+    def _receive(self, message: Message) -> None:
+        if self.behaviour is not None and not self.behaviour.hears(message):
+            return
+        self._carry(self.replica.handle(Receive(message)))
+
+    def _expire(self, kind: str) -> None:
+        self._timers.pop(kind, None)
+        if self.behaviour is not None and self.behaviour.name == "silent":
+            return
+        self._carry(self.replica.handle(TimerExpired(kind)))
+
+    def _carry(self, outputs: Sequence[Output]) -> None:
+        """Journal, then send, reply and set timers, in the replica's order."""
+        self._journal(outputs)
+        wires: list[Wire] = []
+        n = self.group.config.n
+        for o in outputs:
+            match o:
+                case Send():
+                    wires.append(Wire(o.to, o.message))
+                case Broadcast():
+                    wires += [Wire(to, o.message) for to in range(n) if to != self.index]
+                case SendReply():
+                    wires.append(Wire(o.reply.client, o.reply))
+                case SetTimer():
+                    self._set_timer(o.kind, o.after)
+                case CancelTimer():
+                    handle = self._timers.pop(o.kind, None)
+                    if handle is not None:
+                        handle.cancel()
+                case ViewEntered():
+                    _log.info("view_entered", replica=self.index, view=o.view)
+                case StateInstalled():
+                    _log.info("state_installed", replica=self.index, seq=o.seq)
+                case CheckpointTaken():
+                    _log.debug("checkpoint_taken", replica=self.index, seq=o.seq)
+                case _:
+                    pass
+        if self.behaviour is not None:
+            wires = self.behaviour.speaks(wires)
+        for wire in wires:
+            if wire.delay > 0:
+                self._loop.call_later(wire.delay, self._send, wire)
+            else:
+                self._send(wire)
+
+    def _journal(self, outputs: Sequence[Output]) -> None:
+        executed = [
+            (o.seq, tuple(request for request, _ in o.results))
+            for o in outputs
+            if isinstance(o, Executed)
+        ]
+        installed = any(isinstance(o, StateInstalled) for o in outputs)
+        stable = None
+        if self.replica.stable.seq > self._saved_seq:
+            stable = stable_state(self.replica)
+        if not executed and stable is None and not installed:
+            return
+        self.journal.write(executed, stable, reset_log=installed)
+        if stable is not None:
+            self._saved_seq = stable.seq
+            _log.info("checkpoint_stable", replica=self.index, seq=stable.seq)
+
+    def _set_timer(self, kind: str, after: float) -> None:
+        handle = self._timers.pop(kind, None)
+        if handle is not None:
+            handle.cancel()
+        self._timers[kind] = self._loop.call_later(after, self._expire, kind)
+
+    def _send(self, wire: Wire) -> None:
+        if isinstance(wire.to, str):
+            assert isinstance(wire.message, Reply), wire
+            self._answer(wire.message)
+            return
+        call = self._peers.get(wire.to)
+        if call is None:
+            return
+        task = asyncio.ensure_future(self._call(call, encode(wire.message)))
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+
+    async def _call(self, call: Any, data: bytes) -> None:
+        try:
+            await call(data, timeout=SEND_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            self.dropped[f"send-{exc.code().name.lower()}"] += 1
+
+    def _answer(self, reply: Reply) -> None:
+        data = encode(reply)
+        for future in self._waiting.pop((reply.client, reply.timestamp), []):
+            if not future.done():
+                future.set_result(data)

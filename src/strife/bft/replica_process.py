@@ -1,0 +1,114 @@
+"""One replica of a replicated bank as a process object (`strife-bank-replica`).
+
+As `BankProcess` does for a plain bank: build it inside the running event
+loop, `async with` opens the journal, recovers the replica and starts the
+server (or closes whatever had opened, if a step fails), `serve()` returns
+when the process is asked to stop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Literal
+
+from strife.bank.seed import SeedRow
+from strife.bft.bank_machine import BankMachine
+from strife.bft.faults import behaviour as make_behaviour
+from strife.bft.group import Group
+from strife.bft.journal import Journal
+from strife.bft.node import AUTHZ, SERVICE, ReplicaNode
+from strife.bft.signing import Signer
+from strife.observability.logging import get_logger
+from strife.rpc.channels import ChannelPool
+from strife.rpc.server import ServerConfig, StrifeServer
+
+__all__ = ["ReplicaProcess", "ReplicaSettings"]
+
+_log = get_logger("strife.bft")
+
+
+@dataclass(frozen=True)
+class ReplicaSettings:
+    group: Group
+    index: int
+    signer: Signer
+    db: Path
+    seed: Sequence[SeedRow] = ()
+    byzantine: str | None = None
+    synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
+
+
+class ReplicaProcess:
+    def __init__(self, config: ServerConfig, settings: ReplicaSettings) -> None:
+        self.config = config
+        self.settings = settings
+        self.server = StrifeServer(config, AUTHZ)
+        self._requested = self.server.install_signal_handlers()
+        self._journal: Journal | None = None
+        self._pool: ChannelPool | None = None
+        self.node: ReplicaNode | None = None
+
+    @property
+    def address(self) -> str:
+        return self.server.address
+
+    def request_stop(self) -> None:
+        self._requested.set()
+
+    async def __aenter__(self) -> ReplicaProcess:
+        try:
+            await self._start()
+        except BaseException:
+            await self._close()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._close()
+
+    async def serve(self) -> int:
+        await self._requested.wait()
+        return 0
+
+    async def _start(self) -> None:
+        s = self.settings
+        self._journal = Journal(s.db, synchronous=s.synchronous)
+        self._pool = ChannelPool(self.config.certs, insecure=self.config.insecure)
+        behaviour = None
+        if s.byzantine:
+            behaviour = make_behaviour(s.byzantine, s.group.config, s.index, s.signer)
+        app = BankMachine.from_seed(s.seed)
+        self.node = ReplicaNode(
+            s.group, s.index, s.signer, app, self._journal, self._pool, behaviour
+        )
+        self.node.recover()
+        self.server.add_service(SERVICE, self.node.register)
+        await self.server.start()
+        _log.info(
+            "replica_serving",
+            bank=s.group.bank,
+            replica=s.index,
+            name=s.group.replicas[s.index].name,
+            address=self.address,
+            byzantine=s.byzantine or "honest",
+        )
+
+    async def _close(self) -> None:
+        await self.server.stop()
+        if self.node is not None:
+            await self.node.close()
+            self.node = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
