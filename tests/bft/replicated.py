@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -119,8 +120,13 @@ def replica_group(
     """A started group of four; every process is stopped when the block ends."""
     group = make_group(pki, root, **tunables)
     try:
-        for i in range(group.group.config.n):
-            group.start(i, (byzantine or {}).get(i))
+        # Side by side: each start waits for its process's first log lines.
+        with ThreadPoolExecutor(group.group.config.n) as starting:
+            for started in [
+                starting.submit(group.start, i, (byzantine or {}).get(i))
+                for i in range(group.group.config.n)
+            ]:
+                started.result()
         yield group
     finally:
         group.stop_all()

@@ -103,6 +103,9 @@ class Invoker:
                         task = asyncio.ensure_future(self._calls[replica](data, timeout=wait))
                         calls[task] = replica
                 wake = min([deadline, *retry_at.values()])
+                if not calls:
+                    await asyncio.sleep(max(0.0, wake - loop.time()))
+                    continue
                 done, _ = await asyncio.wait(
                     calls, timeout=max(0.0, wake - loop.time()), return_when="FIRST_COMPLETED"
                 )
