@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,7 +82,7 @@ class ReplicaGroup:
 
     async def status(self, pool: ChannelPool, index: int) -> dict[str, Any]:
         entry = self.group.replicas[index]
-        call = pool.get(entry.address, Peer("bank", entry.name)).unary_unary(STATUS)
+        call: Any = pool.get(entry.address, Peer("bank", entry.name)).unary_unary(STATUS)
         status: dict[str, Any] = json.loads(await call(b"", timeout=5.0))
         return status
 

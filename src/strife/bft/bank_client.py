@@ -130,8 +130,8 @@ class ReplicatedBank:
         self,
         request: bank_pb2.PrepareRequest,
         *,
-        timeout: float | None = None,
-        **_: Any,  # noqa: ASYNC109
+        timeout: float | None = None,  # noqa: ASYNC109
+        **_: Any,
     ) -> bank_pb2.PrepareResponse:
         op = self._prepare_op(request)
         return await self._transfer_call(bank_pb2.PrepareResponse, op, timeout, False)
@@ -140,8 +140,8 @@ class ReplicatedBank:
         self,
         request: bank_pb2.CommitRequest,
         *,
-        timeout: float | None = None,
-        **_: Any,  # noqa: ASYNC109
+        timeout: float | None = None,  # noqa: ASYNC109
+        **_: Any,
     ) -> bank_pb2.CommitResponse:
         op = operation("commit", transfer_id=request.transfer_id, coordinator=request.coordinator)
         return await self._transfer_call(bank_pb2.CommitResponse, op, timeout, False)
@@ -150,8 +150,8 @@ class ReplicatedBank:
         self,
         request: bank_pb2.AbortRequest,
         *,
-        timeout: float | None = None,
-        **_: Any,  # noqa: ASYNC109
+        timeout: float | None = None,  # noqa: ASYNC109
+        **_: Any,
     ) -> bank_pb2.AbortResponse:
         op = operation(
             "abort", transfer_id=request.transfer_id, coordinator=request.coordinator,
@@ -163,8 +163,8 @@ class ReplicatedBank:
         self,
         request: bank_pb2.ProcessTransactionRequest,
         *,
-        timeout: float | None = None,
-        **_: Any,  # noqa: ASYNC109
+        timeout: float | None = None,  # noqa: ASYNC109
+        **_: Any,
     ) -> bank_pb2.ProcessTransactionResponse:
         op = operation(
             "process", transfer_id=request.transfer_id, coordinator=request.coordinator,
@@ -178,8 +178,8 @@ class ReplicatedBank:
         self,
         request: bank_pb2.PrepareTransfersRequest,
         *,
-        timeout: float | None = None,
-        **_: Any,  # noqa: ASYNC109
+        timeout: float | None = None,  # noqa: ASYNC109
+        **_: Any,
     ) -> bank_pb2.PrepareTransfersResponse:
         """Each prepare is its own operation; they run concurrently, on separate lanes."""
         calls = [self._outcome(self._prepare_op(p), timeout) for p in request.prepares]
@@ -195,8 +195,8 @@ class ReplicatedBank:
         self,
         request: bank_pb2.DecideTransfersRequest,
         *,
-        timeout: float | None = None,
-        **_: Any,  # noqa: ASYNC109
+        timeout: float | None = None,  # noqa: ASYNC109
+        **_: Any,
     ) -> bank_pb2.DecideTransfersResponse:
         calls = [
             self._outcome(
@@ -222,8 +222,8 @@ class ReplicatedBank:
         self,
         request: bank_pb2.GetTransferRequest,
         *,
-        timeout: float | None = None,
-        **_: Any,  # noqa: ASYNC109
+        timeout: float | None = None,  # noqa: ASYNC109
+        **_: Any,
     ) -> bank_pb2.GetTransferResponse:
         result = await self._run(operation("transfer", transfer_id=request.transfer_id), timeout)
         transfer: Transfer = transfer_of(result["transfer"])
@@ -255,8 +255,8 @@ class ReplicatedBank:
         self,
         request: bank_pb2.GetAccountBalanceRequest,
         *,
-        timeout: float | None = None,
-        **_: Any,  # noqa: ASYNC109
+        timeout: float | None = None,  # noqa: ASYNC109
+        **_: Any,
     ) -> bank_pb2.GetAccountBalanceResponse:
         a = await self._account(request.account_id, timeout)
         currency = a["currency"]
@@ -274,8 +274,8 @@ class ReplicatedBank:
         self,
         request: bank_pb2.ValidateAccountRequest,
         *,
-        timeout: float | None = None,
-        **_: Any,  # noqa: ASYNC109
+        timeout: float | None = None,  # noqa: ASYNC109
+        **_: Any,
     ) -> bank_pb2.ValidateAccountResponse:
         a = await self._account(request.account_id, timeout)
         if request.currency and request.currency != a["currency"]:
