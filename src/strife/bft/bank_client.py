@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -32,11 +33,13 @@ from strife.bank.ledger import (
 )
 from strife.bank.service import LEGS, transfer_outcome
 from strife.bft.bank_machine import operation, transfer_of
+from strife.bft.group import Group, GroupError, load_signing_key
 from strife.bft.invoker import Invoker, NoQuorumError
 from strife.errors import Reason, from_rpc_error, make_status
+from strife.rpc.channels import ChannelPool
 from strife.v1 import bank_pb2, money_pb2
 
-__all__ = ["ReplicatedBank"]
+__all__ = ["ReplicatedBank", "connect"]
 
 _CODES = {
     ErrorKind.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
@@ -298,6 +301,19 @@ class ReplicatedBank:
             Reason.METHOD_NOT_ALLOWED,
             "a replicated bank does not serve logins yet",
         )
+
+
+def connect(
+    group_file: Path, identity: str, signing_key: Path, pool: ChannelPool
+) -> ReplicatedBank:
+    """The client of the group in `group_file`, as certificate identity `identity`
+    (`role/name`), signing with the Ed25519 key at `signing_key`."""
+    group = Group.load(group_file)
+    signer = load_signing_key(signing_key, identity)
+    listed = {c.identity: c.public_key for c in group.clients}
+    if listed.get(identity) != signer.key.public_key().public_bytes_raw():
+        raise GroupError(f"{group_file} does not list {identity} with the key in {signing_key}")
+    return ReplicatedBank(Invoker(group, identity, signer.key, pool))
 
 
 async def _gather(calls: Sequence[Awaitable[Outcome]]) -> list[Outcome | BaseException]:

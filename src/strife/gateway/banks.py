@@ -4,17 +4,24 @@ One server may host several banks, so several names may share an address;
 each request names its bank in its `bank` field.
 
 Static (`--bank NAME=HOST:PORT`) for now; the balancer-backed directory
-resolves the same names through the registry.
+resolves the same names through the registry. A replicated bank (`--bank
+NAME=bft:GROUP.toml`) has no one address: its calls go to its f + 1 client
+(`strife.bft.bank_client.ReplicatedBank`), found under the pseudo-address
+`bft:NAME`, which is also what batches and circuit breakers are keyed by.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from strife.errors import Reason, StrifeError
 from strife.rpc.channels import ChannelPool, Peer
 from strife.rpc.discovery import BalancerClient
 from strife.v1 import bank_pb2_grpc
+
+REPLICATED = "bft:"
+"""The prefix of a replicated bank's pseudo-address (and of its `--bank` value)."""
 
 
 class BankDirectory(Protocol):
@@ -78,9 +85,16 @@ class Banks:
     at it (`at`) separately; `stub` is both in one step.
     """
 
-    def __init__(self, directory: BankDirectory, pool: ChannelPool) -> None:
+    def __init__(
+        self,
+        directory: BankDirectory,
+        pool: ChannelPool,
+        replicated: Mapping[str, Any] | None = None,
+    ) -> None:
         self._directory = directory
         self._pool = pool
+        # Replicated banks' stub-shaped clients, by their pseudo-address.
+        self._replicated = {REPLICATED + bank: stub for bank, stub in (replicated or {}).items()}
         # A stub builds eight multicallables; one per address, not one per call.
         self._stubs: dict[str, Any] = {}
         # The bank each address was first resolved for: its channel must reach
@@ -89,6 +103,8 @@ class Banks:
 
     async def address(self, bank: str) -> str | None:
         """The address of the server hosting `bank` (the directory caches it)."""
+        if REPLICATED + bank in self._replicated:
+            return REPLICATED + bank
         address = await self._directory.address(bank)
         if address is not None:
             self._named.setdefault(address, bank)
@@ -96,7 +112,7 @@ class Banks:
 
     def at(self, address: str) -> Any:
         """The stub for the bank server at `address`; every call names its bank."""
-        stub = self._stubs.get(address)
+        stub = self._stubs.get(address) or self._replicated.get(address)
         if stub is None:
             peer = Peer("bank", self._named.get(address))
             stub = bank_pb2_grpc.BankServiceStub(self._pool.get(address, peer))
@@ -104,8 +120,11 @@ class Banks:
         return stub
 
     async def exists(self, bank: str) -> bool:
-        return await self._directory.knows(bank)
+        return REPLICATED + bank in self._replicated or await self._directory.knows(bank)
 
     async def stub(self, bank: str) -> Any | None:
+        replicated = self._replicated.get(REPLICATED + bank)
+        if replicated is not None:
+            return replicated
         address = await self._directory.address(bank)
         return None if address is None else self.at(address)

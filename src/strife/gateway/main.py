@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from strife.gateway.banks import REPLICATED
 from strife.gateway.process import GatewayProcess, GatewaySettings
 from strife.program import entry as program_entry
 from strife.rpc.cli import named_addresses, server_config, server_options
@@ -37,7 +38,14 @@ def _require_own_name(certs: Path | TlsFiles | None, name: str) -> None:
     "--db", type=click.Path(dir_okay=False, path_type=Path),
     help="SQLite file.  [default: data/gateway-NAME.db]",
 )  # fmt: skip
-@click.option("--bank", "banks", multiple=True, help="NAME=HOST:PORT of a bank.")
+@click.option(
+    "--bank", "banks", multiple=True,
+    help="NAME=HOST:PORT of a bank, or NAME=bft:GROUP.toml of a replicated one (docs/bft.md).",
+)  # fmt: skip
+@click.option(
+    "--bft-signing-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="This gateway's Ed25519 key for replicated banks (their group files list its public key).",
+)  # fmt: skip
 @click.option("--balancer", default=None, help="Balancer HOST:PORT: register, and find banks.")
 @click.option(
     "--token-key",
@@ -79,11 +87,20 @@ def main(**options: Any) -> None:
         anchor = config.certs if isinstance(config.certs, Path) else config.certs.cert.parent
         key_path = anchor.parent / "token-signing.key"
 
+    banks = named_addresses(options["banks"])
+    if any(a.startswith(REPLICATED) for a in banks.values()) and not options["bft_signing_key"]:
+        raise click.UsageError("a replicated bank (NAME=bft:GROUP.toml) needs --bft-signing-key")
     settings = GatewaySettings(
         name=options["name"],
         db=db,
         token_key=key_path,
-        banks=named_addresses(options["banks"]),
+        banks={n: a for n, a in banks.items() if not a.startswith(REPLICATED)},
+        replicated={
+            n: Path(a.removeprefix(REPLICATED))
+            for n, a in banks.items()
+            if a.startswith(REPLICATED)
+        },
+        bft_signing_key=options["bft_signing_key"],
         balancer=options["balancer"],
         token_ttl_s=options["token_ttl_s"],
         prepare_timeout_s=options["prepare_timeout_s"],

@@ -67,6 +67,10 @@ class GatewaySettings:
     db: Path
     token_key: Path
     banks: dict[str, str] = field(default_factory=dict)  # static NAME -> HOST:PORT
+    # Replicated banks: NAME -> group file, called through the f + 1 client
+    # signing with `bft_signing_key` (docs/bft.md).
+    replicated: dict[str, Path] = field(default_factory=dict)
+    bft_signing_key: Path | None = None
     balancer: str | None = None
     token_ttl_s: float = 900.0
     prepare_timeout_s: float = 2.0
@@ -156,6 +160,20 @@ class GatewayProcess:
             return 1
         return 0
 
+    def _replicated(self, pool: ChannelPool) -> dict[str, Any]:
+        """The f + 1 client of each replicated bank (none unless configured)."""
+        settings = self.settings
+        if not settings.replicated:
+            return {}
+        from strife.bft.bank_client import connect  # only a gateway configured with one
+
+        assert settings.bft_signing_key is not None
+        identity = f"gateway/{settings.name}"
+        return {
+            bank: connect(group, identity, settings.bft_signing_key, pool)
+            for bank, group in settings.replicated.items()
+        }
+
     async def _start(self) -> None:
         settings = self.settings
         store = self.store = await GatewayStore.open(
@@ -168,7 +186,7 @@ class GatewayProcess:
         directory: BankDirectory = StaticDirectory(settings.banks)
         if settings.balancer:
             directory = RegistryDirectory(BalancerClient(pool, settings.balancer), settings.banks)
-        banks = Banks(directory, pool)
+        banks = Banks(directory, pool, self._replicated(pool))
         coordinator = self.coordinator = PaymentCoordinator(
             CoordinatorConfig(
                 name=settings.name,
