@@ -412,7 +412,7 @@ CATEGORIES = (
     ("metrics (prometheus_client)", ("prometheus_client",)),
     ("logging (structlog, JSON)", ("structlog", "observability/logging", "json/")),
     ("tokens (JWT, Ed25519)", ("jwt/", "gateway/tokens", "cryptography")),
-    ("sqlite (aiosqlite, group commit)", ("aiosqlite", "storage/sqlite", "sqlite3")),
+    ("sqlite (group commit)", ("storage/sqlite", "sqlite3")),
     ("gRPC Python layer (aio calls, metadata)", ("grpc/",)),
     ("interceptors (authz, request context)", ("rpc/interceptors", "rpc/authz", "context.py")),
     ("protobuf", ("google/protobuf", "_pb2")),

@@ -27,16 +27,16 @@ async def test_version_2_keeps_every_payment_of_a_version_1_log(tmp_path: Path) 
     conn = await connect(path)
     assert await migrate(conn, MIGRATIONS[:1]) == 1
     marks = ", ".join("?" * 17)
-    await conn.executemany(
-        f"INSERT INTO payments ({_COLUMNS_V1}) VALUES ({marks})",
-        [
-            (r.customer_id, r.idempotency_key, r.transfer_id, r.fingerprint, str(r.state),
-             r.from_bank, r.from_account, r.to_bank, r.to_account, r.amount_minor, r.currency,
-             r.description, r.abort_reason, int(r.abort_transient), int(r.settled),
-             r.created_at_ms, r.updated_at_ms)
-            for r in written
-        ],
-    )  # fmt: skip
+    rows = [
+        (r.customer_id, r.idempotency_key, r.transfer_id, r.fingerprint, str(r.state),
+         r.from_bank, r.from_account, r.to_bank, r.to_account, r.amount_minor, r.currency,
+         r.description, r.abort_reason, int(r.abort_transient), int(r.settled),
+         r.created_at_ms, r.updated_at_ms)
+        for r in written
+    ]  # fmt: skip
+    await conn.run(
+        lambda raw: raw.executemany(f"INSERT INTO payments ({_COLUMNS_V1}) VALUES ({marks})", rows)
+    )
     await conn.close()
 
     store = await GatewayStore.open(path)

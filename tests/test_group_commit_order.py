@@ -88,8 +88,8 @@ async def test_the_writer_applies_one_batch_in_the_order_it_was_queued(tmp_path:
         ]
         await asyncio.gather(*futures)
         assert batches == [3]
-        async with conn.execute("SELECT id, state FROM payments ORDER BY id") as cursor:
-            rows = {str(row[0]): str(row[1]) for row in await cursor.fetchall()}
+        found = await conn.fetch_all("SELECT id, state FROM payments ORDER BY id")
+        rows = {str(row[0]): str(row[1]) for row in found}
         assert rows == {"earlier": "COMMITTED", "one-phase": "COMMITTED"}
     finally:
         await writer.close()

@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
-
 from strife.bank.ledger import (
     Account,
     Changes,
@@ -40,6 +38,7 @@ from strife.observability.logging import get_logger
 from strife.security.passwords import HASHING_EXECUTOR
 from strife.storage.sqlite import (
     CommitLane,
+    Database,
     FileIdentity,
     GroupCommitWriter,
     InThread,
@@ -50,8 +49,6 @@ from strife.storage.sqlite import (
     close_all,
     close_store,
     connect,
-    fetch_all,
-    fetch_one,
     migrate,
     open_lookup,
 )
@@ -227,12 +224,12 @@ def _record(
         writes.add(_INSERT_AUDIT, (at_ms, transfer_id, "RELEASED", "", ""))
 
 
-async def _check_owner(conn: aiosqlite.Connection, config: StoreConfig) -> None:
+async def _check_owner(db: Database, config: StoreConfig) -> None:
     """Refuse an empty database without `init`, anything but a bank's
     database, and another bank's or cluster's."""
     assert config.identity is not None
     mine = config.identity
-    tables = {row[0] for row in await fetch_all(conn, "SELECT name FROM sqlite_master")}
+    tables = {row[0] for row in await db.fetch_all("SELECT name FROM sqlite_master")}
     if not tables:
         if not config.init:
             raise DatabaseRefused(
@@ -244,7 +241,7 @@ async def _check_owner(conn: aiosqlite.Connection, config: StoreConfig) -> None:
         raise DatabaseRefused(f"{config.path} is not a bank's database")
     if "bank_identity" not in tables:
         return  # made before databases knew their bank: it is recorded now
-    row = await fetch_one(conn, "SELECT bank, cluster FROM bank_identity")
+    row = await db.fetch_one("SELECT bank, cluster FROM bank_identity")
     if row is None:
         return
     bank, cluster = row
@@ -259,26 +256,26 @@ async def _check_owner(conn: aiosqlite.Connection, config: StoreConfig) -> None:
         )
 
 
-async def _record_owner(conn: aiosqlite.Connection, mine: BankIdentity) -> None:
-    row = await fetch_one(conn, "SELECT cluster FROM bank_identity")
+async def _record_owner(db: Database, mine: BankIdentity) -> None:
+    row = await db.fetch_one("SELECT cluster FROM bank_identity")
     if row is None:
-        await conn.execute(
+        await db.execute(
             "INSERT INTO bank_identity (one, bank, cluster, initialised_at_ms) VALUES (1, ?, ?, ?)",
             (mine.bank, mine.cluster, _now_ms()),
         )
         _log.info("database_owner_recorded", bank=mine.bank, cluster=mine.cluster)
     elif not row[0] and mine.cluster:
-        await conn.execute("UPDATE bank_identity SET cluster = ?", (mine.cluster,))
+        await db.execute("UPDATE bank_identity SET cluster = ?", (mine.cluster,))
         _log.info("database_owner_recorded", bank=mine.bank, cluster=mine.cluster)
 
 
-async def _page_token_key(conn: aiosqlite.Connection) -> bytes:
+async def _page_token_key(db: Database) -> bytes:
     """The bank's page-token key: made once (32 random bytes), then always read back."""
-    await conn.execute(
+    await db.execute(
         "INSERT OR IGNORE INTO secrets (name, value) VALUES (?, ?)",
         (PAGE_TOKEN_SECRET, os.urandom(PAGE_TOKEN_KEY_BYTES)),
     )
-    row = await fetch_one(conn, "SELECT value FROM secrets WHERE name = ?", (PAGE_TOKEN_SECRET,))
+    row = await db.fetch_one("SELECT value FROM secrets WHERE name = ?", (PAGE_TOKEN_SECRET,))
     if row is None or not isinstance(row[0], bytes) or len(row[0]) != PAGE_TOKEN_KEY_BYTES:
         raise StorageError("the bank's page-token key is missing or damaged")
     return row[0]
@@ -307,8 +304,8 @@ class BankStore:
         self,
         config: StoreConfig,
         ledger: Ledger,
-        write_conn: aiosqlite.Connection,
-        read_conn: aiosqlite.Connection,
+        write_conn: Database,
+        read_conn: Database,
         on_batch: Callable[[int], None] | None,
         lane: CommitLane | None = None,
         page_token_key: bytes = b"",
@@ -360,9 +357,7 @@ class BankStore:
         write_conn = None
         read_conn = None
         try:
-            write_conn = await connect(
-                path, synchronous=config.synchronous, any_thread=lane is not None
-            )
+            write_conn = await connect(path, synchronous=config.synchronous)
             if identity is not None:
                 await _check_owner(write_conn, config)
             await migrate(write_conn, MIGRATIONS)
@@ -372,7 +367,7 @@ class BankStore:
             page_token_key = await _page_token_key(write_conn)
             read_conn = await connect(path, synchronous=config.synchronous)
             ledger = await cls._load(write_conn)
-            last = await fetch_one(write_conn, "SELECT at_ms FROM audit ORDER BY seq DESC LIMIT 1")
+            last = await write_conn.fetch_one("SELECT at_ms FROM audit ORDER BY seq DESC LIMIT 1")
         except BaseException as exc:
             await close_all(read_conn, write_conn)
             if isinstance(exc, sqlite3.Error):
@@ -390,21 +385,20 @@ class BankStore:
         return cls(config, ledger, write_conn, read_conn, on_batch, lane, page_token_key)
 
     @staticmethod
-    async def _load(conn: aiosqlite.Connection) -> Ledger:
+    async def _load(db: Database) -> Ledger:
         """Accounts and PREPARED transfers; the constructor checks they agree."""
-        async with conn.execute(
+        accounts = await db.fetch_all(
             "SELECT account_id, customer_id, currency, balance_minor, held_minor,"
             " pending_credit_minor FROM accounts"
-        ) as cursor:
-            accounts = [Account(*row) async for row in cursor]
-        async with conn.execute(_SELECT_PREPARED) as cursor:
-            prepared = [_transfer_from_row(row) async for row in cursor]
-        return Ledger(accounts, prepared)
+        )
+        prepared = await db.fetch_all(_SELECT_PREPARED)
+        return Ledger(
+            (Account(*row) for row in accounts), (_transfer_from_row(row) for row in prepared)
+        )
 
     async def close(self) -> None:
         """Finish what is queued and close the database; after a writer failure
-        just close it (every connection: their threads would keep the process
-        alive)."""
+        just close it."""
         await close_store(self._writer, self._lookup, self._read, self._write_conn)
 
     @property
@@ -551,8 +545,7 @@ class BankStore:
             return []
         names = sorted(usernames)
         marks = ",".join("?" * len(names))
-        rows = await fetch_all(
-            self._read,
+        rows = await self._read.fetch_all(
             "SELECT customer_id, username, display_name, password_hash FROM customers"
             f" WHERE username IN ({marks})",
             names,
@@ -574,8 +567,7 @@ class BankStore:
 
     async def committed_account(self, account_id: str) -> Account | None:
         """The account as last committed to disk (what a restart would see)."""
-        row = await fetch_one(
-            self._read,
+        row = await self._read.fetch_one(
             "SELECT account_id, customer_id, currency, balance_minor, held_minor,"
             " pending_credit_minor FROM accounts WHERE account_id = ?",
             (account_id,),
@@ -586,8 +578,7 @@ class BankStore:
         self, account_id: str, before_seq: int | None, limit: int
     ) -> list[HistoryRow]:
         """Newest first; index-backed, so a page costs the same however long the history."""
-        rows = await fetch_all(
-            self._read,
+        rows = await self._read.fetch_all(
             "SELECT seq, transfer_id, amount_minor, currency, counterparty, posted_at_ms"
             " FROM entries WHERE account_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
             (account_id, before_seq if before_seq is not None else 2**63 - 1, limit),

@@ -29,14 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
 import grpc
 
 from strife.client._exceptions import EntryStateError, OutboxFull
 from strife.client._models import AccountRef, EntryState, OutboxEntry
 from strife.errors import IdempotencyKeyReused
 from strife.observability.logging import get_logger
-from strife.storage.sqlite import Migration, Synchronous, connect, migrate
+from strife.storage.sqlite import Database, Migration, Synchronous, connect, migrate
 
 _log = get_logger("strife.client.outbox")
 
@@ -149,9 +148,7 @@ _ALLOWED: dict[EntryState, frozenset[EntryState]] = {
 class Outbox:
     """The SQLite outbox of one client profile. Open with `await Outbox.open(path)`."""
 
-    def __init__(
-        self, conn: aiosqlite.Connection, *, max_unsettled: int, max_settled_kept: int
-    ) -> None:
+    def __init__(self, conn: Database, *, max_unsettled: int, max_settled_kept: int) -> None:
         self._conn = conn
         self._lock = asyncio.Lock()
         self.max_unsettled = max_unsettled
@@ -187,7 +184,7 @@ class Outbox:
             await self._conn.close()
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def _transaction(self) -> AsyncIterator[Database]:
         async with self._lock:
             await self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -198,7 +195,7 @@ class Outbox:
             await self._conn.execute("COMMIT")
 
     @asynccontextmanager
-    async def _reading(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def _reading(self) -> AsyncIterator[Database]:
         async with self._lock:
             yield self._conn
 
@@ -318,7 +315,7 @@ class Outbox:
             await self.prune()
         return changed
 
-    async def _resubmit(self, conn: aiosqlite.Connection, change: Transition, at: int) -> None:
+    async def _resubmit(self, conn: Database, change: Transition, at: int) -> None:
         assert change.new_key is not None
         await conn.execute(
             "UPDATE entry_keys SET outcome = ?, reason = ? WHERE idempotency_key ="
@@ -416,8 +413,7 @@ class Outbox:
             args.append(customer_id)
         sql = f"SELECT {_COLUMNS} FROM entries WHERE {' AND '.join(where)} ORDER BY id LIMIT ?"
         async with self._reading() as conn:
-            async with conn.execute(sql, (*args, limit)) as cursor:
-                rows = list(await cursor.fetchall())
+            rows = await conn.fetch_all(sql, (*args, limit))
             return await self._entries(conn, rows)
 
     async def unsettled(self, customer_id: str | None = None) -> int:
@@ -431,41 +427,37 @@ class Outbox:
 
     async def counts(self) -> dict[EntryState, int]:
         sql = "SELECT state, COUNT(*) FROM entries GROUP BY state"
-        async with self._reading() as conn, conn.execute(sql) as cursor:
-            rows = await cursor.fetchall()
+        async with self._reading() as conn:
+            rows = await conn.fetch_all(sql)
         found = {EntryState(str(state)): int(n) for state, n in rows}
         return {state: found.get(state, 0) for state in EntryState}
 
-    async def _get(self, conn: aiosqlite.Connection, entry_id: int) -> OutboxEntry | None:
-        async with conn.execute(f"SELECT {_COLUMNS} FROM entries WHERE id = ?", (entry_id,)) as c:
-            row = await c.fetchone()
+    async def _get(self, conn: Database, entry_id: int) -> OutboxEntry | None:
+        row = await conn.fetch_one(f"SELECT {_COLUMNS} FROM entries WHERE id = ?", (entry_id,))
         return None if row is None else (await self._entries(conn, [row]))[0]
 
-    async def _by_key(self, conn: aiosqlite.Connection, key: str) -> OutboxEntry | None:
-        async with conn.execute(
+    async def _by_key(self, conn: Database, key: str) -> OutboxEntry | None:
+        row = await conn.fetch_one(
             "SELECT entry_id FROM entry_keys WHERE idempotency_key = ?", (key,)
-        ) as cursor:
-            row = await cursor.fetchone()
+        )
         return None if row is None else await self._get(conn, int(row[0]))
 
-    async def _entries(self, conn: aiosqlite.Connection, rows: Sequence[Any]) -> list[OutboxEntry]:
+    async def _entries(self, conn: Database, rows: Sequence[Any]) -> list[OutboxEntry]:
         resubmitted = [int(row[0]) for row in rows if int(row[15]) > 0]
         keys: dict[int, list[str]] = {}
         if resubmitted:
             marks = ", ".join("?" * len(resubmitted))
-            async with conn.execute(
+            for entry_id, key in await conn.fetch_all(
                 f"SELECT entry_id, idempotency_key FROM entry_keys WHERE entry_id IN ({marks})"
                 " ORDER BY rowid",
                 resubmitted,
-            ) as cursor:
-                for entry_id, key in await cursor.fetchall():
-                    keys.setdefault(int(entry_id), []).append(str(key))
+            ):
+                keys.setdefault(int(entry_id), []).append(str(key))
         return [_entry(row, keys.get(int(row[0]))) for row in rows]
 
 
-async def _scalar(conn: aiosqlite.Connection, sql: str, args: Sequence[Any]) -> int:
-    async with conn.execute(sql, args) as cursor:
-        row = await cursor.fetchone()
+async def _scalar(conn: Database, sql: str, args: Sequence[Any]) -> int:
+    row = await conn.fetch_one(sql, args)
     return int(row[0]) if row is not None and row[0] is not None else 0
 
 

@@ -18,9 +18,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
-
 from strife.storage.sqlite import (
+    Database,
     FileIdentity,
     GroupCommitWriter,
     Migration,
@@ -31,8 +30,6 @@ from strife.storage.sqlite import (
     close_all,
     close_store,
     connect,
-    fetch_all,
-    fetch_one,
     migrate,
     open_lookup,
 )
@@ -188,8 +185,8 @@ def _from_row(row: Any) -> PaymentRecord:
 class GatewayStore:
     def __init__(
         self,
-        write_conn: aiosqlite.Connection,
-        read_conn: aiosqlite.Connection,
+        write_conn: Database,
+        read_conn: Database,
         lookup: sqlite3.Connection,
         *,
         max_batch: int,
@@ -239,8 +236,7 @@ class GatewayStore:
 
     async def close(self) -> None:
         """Finish what is queued and close the database; after a writer failure
-        just close it (every connection: their threads would keep the process
-        alive)."""
+        just close it."""
         await close_store(self._writer, self._lookup, self._read, self._write_conn)
 
     # ------------------------------------------------------------------ writes
@@ -298,8 +294,7 @@ class GatewayStore:
 
     async def sweep(self, older_than_ms: int) -> int:
         """Delete settled records past the retention window; the banks keep the ids."""
-        row = await fetch_one(
-            self._read,
+        row = await self._read.fetch_one(
             "SELECT COUNT(*) FROM payments WHERE settled = 1 AND created_at_ms < ?",
             (older_than_ms,),
         )
@@ -325,8 +320,7 @@ class GatewayStore:
         return _from_row(row) if row else None
 
     async def unsettled(self, limit: int = 1000) -> list[PaymentRecord]:
-        rows = await fetch_all(
-            self._read,
+        rows = await self._read.fetch_all(
             f"SELECT {_COLUMNS} FROM payments WHERE settled = 0 ORDER BY created_at_ms LIMIT ?",
             (limit,),
         )

@@ -5,6 +5,11 @@ connection and commits many requests' work in one transaction, so an fsync is
 shared by a whole batch; nobody is answered before the batch is on disk.
 Sharing a connection between concurrent requests without this would let one
 request's COMMIT or ROLLBACK take another's half-done work with it.
+
+Each connection is plain `sqlite3` on a thread of its own (`Database`): the
+group commit hands that thread a whole batch (BEGIN, one `executemany` per
+statement, COMMIT) as one call, which a per-statement async wrapper such as
+aiosqlite has no public way to do.
 """
 
 from __future__ import annotations
@@ -17,9 +22,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
-import aiosqlite
 from prometheus_client import Histogram
 
 from strife.observability.logging import get_logger
@@ -45,49 +49,110 @@ class Migration:
     version: int
     sql: str
 
+    def apply(self, raw: sqlite3.Connection) -> None:
+        """Run this migration in a transaction of its own."""
+        raw.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(self.sql):
+                raw.execute(statement)
+            raw.execute("INSERT INTO schema_version VALUES (?)", (self.version,))
+            raw.execute("COMMIT")
+        except BaseException:
+            raw.execute("ROLLBACK")
+            raise
 
-async def connect(
-    path: str | Path, *, synchronous: Synchronous = "FULL", any_thread: bool = False
-) -> aiosqlite.Connection:
-    """Open a connection in WAL mode with an explicit `synchronous` level.
 
-    `any_thread`: a writer's connection whose commits a CommitLane runs on its
-    own thread (only ever one thread at a time: the writer awaits each batch).
+class Executed(NamedTuple):
+    """What a write statement did: rows changed, and the last row id inserted."""
+
+    rowcount: int
+    lastrowid: int | None
+
+
+class Database:
+    """A `sqlite3` connection and the one thread that runs its statements.
+
+    Open with `await connect(path)`. Everything goes through `run` (or the
+    helpers built on it), one call per hop to the thread, so a batch of
+    statements costs one hop. The connection does not check which thread uses
+    it, because a `CommitLane` runs a writer's commits on the lane's thread
+    instead (only while that writer awaits them, so never two at once).
+    An idle thread does not keep the interpreter alive at exit.
     """
-    conn = await aiosqlite.connect(
-        str(path), isolation_level=None, check_same_thread=not any_thread
-    )
+
+    def __init__(self, raw: sqlite3.Connection, thread: ThreadPoolExecutor) -> None:
+        self.raw = raw
+        self._thread = thread
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """`fn(connection)` on the database's thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, self.raw)
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> Executed:
+        def execute(raw: sqlite3.Connection) -> Executed:
+            cursor = raw.execute(sql, params)
+            return Executed(cursor.rowcount, cursor.lastrowid)
+
+        return await self.run(execute)
+
+    async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """All rows of a query, in one hop."""
+        return await self.run(lambda raw: raw.execute(sql, params).fetchall())
+
+    async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """The first row of a query (or None), in one hop."""
+        return await self.run(lambda raw: raw.execute(sql, params).fetchone())
+
+    async def close(self) -> None:
+        """Close the connection on its thread, then let the thread end."""
+        try:
+            await self.run(lambda raw: raw.close())
+        finally:
+            self._thread.shutdown(wait=False)
+
+
+def _open(path: str | Path, synchronous: Synchronous) -> sqlite3.Connection:
+    raw = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     try:
-        await conn.execute("PRAGMA journal_mode=WAL")
-        await conn.execute(f"PRAGMA synchronous={synchronous}")
-        await conn.execute("PRAGMA foreign_keys=ON")
-        await conn.execute("PRAGMA busy_timeout=5000")
+        raw.execute("PRAGMA journal_mode=WAL")
+        raw.execute(f"PRAGMA synchronous={synchronous}")
+        raw.execute("PRAGMA foreign_keys=ON")
+        raw.execute("PRAGMA busy_timeout=5000")
     except BaseException:
-        # A file that is not a database fails here. The connection's thread
-        # is not a daemon: left open, it would keep the process alive.
-        await close_quietly(conn)
+        raw.close()  # a file that is not a database fails here
         raise
-    return conn
+    return raw
 
 
-async def close_quietly(conn: aiosqlite.Connection, timeout_s: float = 10.0) -> None:
-    """Close `conn` and end its thread, whatever state the database is in."""
+async def connect(path: str | Path, *, synchronous: Synchronous = "FULL") -> Database:
+    """Open a connection in WAL mode with an explicit `synchronous` level."""
+    thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite")
+    try:
+        raw = await asyncio.get_running_loop().run_in_executor(thread, _open, path, synchronous)
+    except BaseException:
+        thread.shutdown(wait=False)
+        raise
+    return Database(raw, thread)
+
+
+async def close_quietly(db: Database, timeout_s: float = 10.0) -> None:
+    """Close `db` and end its thread, whatever state the database is in."""
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(conn.close(), timeout_s)
+        await asyncio.wait_for(db.close(), timeout_s)
 
 
-async def close_all(*conns: aiosqlite.Connection | None) -> None:
-    """Close every connection given (None: never opened), e.g. after a failed open."""
-    for conn in conns:
-        if conn is not None:
-            await close_quietly(conn)
+async def close_all(*dbs: Database | None) -> None:
+    """Close every database given (None: never opened), e.g. after a failed open."""
+    for db in dbs:
+        if db is not None:
+            await close_quietly(db)
 
 
 class StorageError(Exception):
     """A database cannot be used as it is: unreadable, not writable, refused."""
 
 
-async def check_writable(conn: aiosqlite.Connection, path: str | Path) -> None:
+async def check_writable(db: Database, path: str | Path) -> None:
     """Commit a one-page write, so that a database that cannot take writes
     fails at start, before its server says it is healthy.
 
@@ -108,7 +173,7 @@ async def check_writable(conn: aiosqlite.Connection, path: str | Path) -> None:
             raise
 
     try:
-        await in_thread(conn, probe)
+        await db.run(probe)
     except sqlite3.Error as exc:
         raise StorageError(f"database {path} cannot be written: {exc}") from exc
 
@@ -153,35 +218,26 @@ async def watch_file(path: str | Path, identity: FileIdentity, interval_s: float
 def open_lookup(path: str | Path) -> sqlite3.Connection:
     """A read-only connection for point lookups run on the event loop itself.
 
-    An indexed single-row read takes microseconds; a hop to an aiosqlite
+    An indexed single-row read takes microseconds; a hop to a database
     thread and back takes more than that in wake-ups alone. Scans and
-    anything that can touch many pages belong on an aiosqlite reader.
+    anything that can touch many pages belong on a reader `Database`.
     """
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA query_only=1")
     return conn
 
 
-async def migrate(conn: aiosqlite.Connection, migrations: Sequence[Migration]) -> int:
+async def migrate(db: Database, migrations: Sequence[Migration]) -> int:
     """Apply the migrations newer than the database, each in its own transaction."""
     versions = [m.version for m in migrations]
     assert versions == sorted(set(versions)), "migrations must be ordered and unique"
-    await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-    async with conn.execute("SELECT MAX(version) FROM schema_version") as cursor:
-        row = await cursor.fetchone()
+    await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = await db.fetch_one("SELECT MAX(version) FROM schema_version")
     current = int(row[0]) if row and row[0] is not None else 0
     for migration in migrations:
         if migration.version <= current:
             continue
-        await conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in _statements(migration.sql):
-                await conn.execute(statement)
-            await conn.execute("INSERT INTO schema_version VALUES (?)", (migration.version,))
-            await conn.execute("COMMIT")
-        except BaseException:
-            await conn.execute("ROLLBACK")
-            raise
+        await db.run(migration.apply)
         _log.info("migrated", version=migration.version)
         current = migration.version
     return current
@@ -258,27 +314,6 @@ class Writes:
 Work = Callable[[Writes], Any]
 InThread = Callable[[Callable[[sqlite3.Connection], T]], Awaitable[T]]
 Preload = Callable[[InThread[Any], list[Any]], Awaitable[None]]
-
-
-async def in_thread(conn: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
-    """Run `fn(raw sqlite3 connection)` on the connection's own thread, in one hop.
-
-    aiosqlite sends every statement to its thread separately; a batch of
-    statements plus COMMIT as one call saves a thread handoff per statement.
-    `_execute` and `_conn` are aiosqlite's own way of doing exactly this.
-    """
-    result: T = await conn._execute(lambda: fn(conn._conn))  # type: ignore[no-untyped-call]
-    return result
-
-
-async def fetch_all(conn: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-    """All rows of a query in one hop to the connection's thread."""
-    return await in_thread(conn, lambda raw: raw.execute(sql, params).fetchall())
-
-
-async def fetch_one(conn: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> Any:
-    """The first row of a query (or None) in one hop to the connection's thread."""
-    return await in_thread(conn, lambda raw: raw.execute(sql, params).fetchone())
 
 
 def _write_batch(conn: sqlite3.Connection, writes: Writes) -> None:
@@ -374,7 +409,7 @@ class GroupCommitWriter:
 
     def __init__(
         self,
-        conn: aiosqlite.Connection,
+        db: Database,
         *,
         max_batch: int = 256,
         max_queue: int = 8192,
@@ -386,7 +421,7 @@ class GroupCommitWriter:
     ) -> None:
         assert 1 <= max_batch <= max_queue
         self._joinable = joinable  # see Writes
-        self._conn = conn
+        self._db = db
         self._lane = lane
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max_queue)
@@ -451,9 +486,9 @@ class GroupCommitWriter:
                 self._on_commit(len(batch))
 
     async def _commit(self, batch: list[_Item]) -> list[tuple[bool, Any]]:
-        conn = self._conn
+        db = self._db
         if self._preload is not None:
-            await self._preload(lambda fn: in_thread(conn, fn), [item.key for item in batch])
+            await self._preload(db.run, [item.key for item in batch])
         writes = Writes(self._joinable)
         results: list[tuple[bool, Any]] = []
         for item in batch:
@@ -466,10 +501,10 @@ class GroupCommitWriter:
             writes.extend(mine)
             results.append((True, value))
         if len(writes):
-            if self._lane is not None:  # opened with any_thread=True
-                await self._lane.commit(conn._conn, writes)
+            if self._lane is not None:
+                await self._lane.commit(db.raw, writes)
             else:
-                await in_thread(conn, lambda raw: _write_batch(raw, writes))
+                await db.run(lambda raw: _write_batch(raw, writes))
         return results
 
     def _fail(self, batch: list[_Item], exc: BaseException) -> None:
@@ -486,13 +521,12 @@ class GroupCommitWriter:
 async def close_store(
     writer: GroupCommitWriter,
     lookup: sqlite3.Connection,
-    *conns: aiosqlite.Connection,
+    *dbs: Database,
 ) -> None:
-    """Finish what the writer has queued, then close every connection, also
-    after a writer failure: an open aiosqlite connection's thread keeps the
-    process alive."""
+    """Finish what the writer has queued, then close every database, also
+    after a writer failure."""
     try:
         await writer.close()
     finally:
-        await close_all(*conns)
+        await close_all(*dbs)
         lookup.close()
