@@ -160,7 +160,7 @@ async def test_version_1_opens_with_every_transfer_and_entry_intact(tmp_path: Pa
     finally:
         await store.close()
 
-    assert _rows(db, "SELECT MAX(version) FROM schema_version") == [(4,)]
+    assert _rows(db, "SELECT MAX(version) FROM schema_version") == [(5,)]
     assert _rows(db, f"{_TRANSFER_ROW} ORDER BY transfer_id") == transfers
     assert _rows(db, f"{_ENTRY_ROW} ORDER BY seq") == entries
     # Arrival order: rows were copied by last change, so seq follows updated_at_ms.
@@ -346,5 +346,5 @@ async def test_fresh_database_gets_every_migration(tmp_path: Path) -> None:
     store = await BankStore.open(StoreConfig(path=tmp_path / "bank.db"))
     await store.close()
     assert _rows(tmp_path / "bank.db", "SELECT version FROM schema_version") == [
-        (1,), (2,), (3,), (4,)
+        (1,), (2,), (3,), (4,), (5,)
     ]  # fmt: skip

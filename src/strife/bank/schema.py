@@ -20,6 +20,13 @@ at every start, so a database is never served as another bank's.
 Migration 4 adds the bank's own secrets: the key that seals its page tokens
 (`strife.bank.pages`), made once when the store first opens and kept with the
 ledger, so tokens outlive a restart and each bank of a process has its own.
+
+Migration 5 makes a transfer's state move forward only: an update may take a
+PREPARED row to COMMITTED or ABORTED and nothing else (never back to
+PREPARED, never between COMMITTED and ABORTED). The ledger never asks for
+anything else; should a stale snapshot ever ask, the trigger fails the batch
+and its writer stops (fail-stop), as the entries' unique index does for a
+second posting, instead of the upsert quietly rewriting a decided transfer.
 """
 
 from __future__ import annotations
@@ -146,6 +153,17 @@ MIGRATIONS = (
             name  TEXT PRIMARY KEY,
             value BLOB NOT NULL
         )
+        """,
+    ),
+    Migration(
+        5,
+        """
+        CREATE TRIGGER transfers_forward_only
+        BEFORE UPDATE OF state ON transfers
+        WHEN OLD.state != 'PREPARED' OR NEW.state NOT IN ('COMMITTED', 'ABORTED')
+        BEGIN
+            SELECT RAISE(ABORT, 'transfer state moves forward only');
+        END
         """,
     ),
 )

@@ -61,6 +61,8 @@ _UPSERT_ACCOUNT = (
     " balance_minor = excluded.balance_minor, held_minor = excluded.held_minor,"
     " pending_credit_minor = excluded.pending_credit_minor"
 )
+# Only PREPARED -> COMMITTED | ABORTED may update a row: the trigger of schema
+# migration 5 refuses any other change, and its writer stops.
 _UPSERT_TRANSFER = (
     "INSERT INTO transfers (transfer_id, fingerprint, state, coordinator, one_phase,"
     " abort_reason, postings, updated_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
