@@ -165,7 +165,9 @@ class Posting:
 
 @dataclass(frozen=True, slots=True)
 class Transfer:
-    """A transfer id's record. Kept for the life of the ledger: ids never recycle."""
+    """A transfer id's record. Ids never recycle: a finished record may leave
+    memory (`Ledger.evict`), but its store keeps it and hands it back
+    (`Ledger.readmit`) before the id is acted on again."""
 
     transfer_id: str
     fingerprint: bytes
@@ -469,6 +471,24 @@ class Ledger:
         del self.transfers[transfer_id]
         self.votes.pop(transfer_id, None)
         return Outcome(transfer, Changes(accounts=accounts, released=[transfer_id]), False)
+
+    # ----------------------------------------------------------------- residency
+
+    def evict(self, transfer_ids: Iterable[str]) -> None:
+        """Forget finished transfers, so memory stays flat however long the ledger
+        grows. Their store keeps them and must `readmit` one before its id is
+        acted on again. A PREPARED transfer holds money and is never evicted."""
+        for transfer_id in transfer_ids:
+            transfer = self.transfers[transfer_id]
+            assert transfer.state != TransferState.PREPARED, transfer
+            del self.transfers[transfer_id]
+
+    def readmit(self, transfer: Transfer) -> None:
+        """Take back a finished transfer evicted earlier, as its store read it."""
+        assert transfer.state != TransferState.PREPARED, transfer  # never evicted
+        assert transfer.transfer_id not in self.transfers, transfer
+        _assert_transfer(transfer)
+        self.transfers[transfer.transfer_id] = transfer
 
     # ----------------------------------------------------------------- one phase
 

@@ -524,19 +524,19 @@ class BankStore:
             chunk = missing[start : start + _PRELOAD_CHUNK]
             rows += self._lookup.execute(_select_by_ids(len(chunk)), chunk).fetchall()
         for row in rows:
-            transfer = _transfer_from_row(row)
-            assert transfer.state != TransferState.PREPARED, transfer  # always resident
-            self.ledger.transfers[transfer.transfer_id] = transfer
+            self.ledger.readmit(_transfer_from_row(row))
 
     def _after_commit(self, batch_size: int) -> None:
         transfers = self.ledger.transfers
         excess = len(transfers) - self.config.resident_transfers
         if excess > 0:
-            finished = [tid for tid, t in transfers.items() if t.state != TransferState.PREPARED][
-                : excess + self.config.resident_transfers // 10
-            ]
-            for transfer_id in finished:
-                del transfers[transfer_id]
+            # The oldest finished ones (dicts keep insertion order), and a tenth
+            # more, so that eviction runs once per many batches.
+            self.ledger.evict(
+                [tid for tid, t in transfers.items() if t.state != TransferState.PREPARED][
+                    : excess + self.config.resident_transfers // 10
+                ]
+            )
         if self._on_batch is not None:
             self._on_batch(batch_size)
 
