@@ -67,14 +67,13 @@ async def _health(pki: Pki, address: str, peer: Peer) -> int:
         await pool.close()
 
 
-def _lingering() -> list[str]:
-    """Threads that would keep a program alive after its event loop ended
-    (a closed database's thread is given a moment to finish)."""
-    main = threading.main_thread()
-    others = [t for t in threading.enumerate() if not t.daemon and t is not main]
-    for thread in others:
+def _lingering(before: set[threading.Thread]) -> list[str]:
+    """Threads started since `before` that would keep a program alive after its
+    event loop ended (a closed database's thread is given a moment to finish)."""
+    started = [t for t in threading.enumerate() if t not in before and not t.daemon]
+    for thread in started:
         thread.join(TIMEOUT_S)
-    return [t.name for t in others if t.is_alive()]
+    return [t.name for t in started if t.is_alive()]
 
 
 def _taken_port() -> tuple[socket.socket, str]:
@@ -87,6 +86,7 @@ def _taken_port() -> tuple[socket.socket, str]:
 async def test_a_bank_process_serves_then_stops_with_status_0_and_nothing_left(
     pki: Pki, tmp_path: Path
 ) -> None:
+    threads = set(threading.enumerate())
     bank = _bank(pki, tmp_path)
     async with _serving(bank) as served:
         assert await _health(pki, bank.address, Peer("bank", "alpha")) == (
@@ -95,20 +95,22 @@ async def test_a_bank_process_serves_then_stops_with_status_0_and_nothing_left(
         assert not served.done()
     assert served.result() == 0
     assert bank.stores == {}
-    assert _lingering() == []  # every SQLite thread ended
+    assert _lingering(threads) == []  # every SQLite thread ended
 
 
 async def test_a_bank_whose_port_is_taken_fails_and_closes_its_databases(
     pki: Pki, tmp_path: Path
 ) -> None:
+    threads = set(threading.enumerate())
     holder, taken = _taken_port()
     with holder, pytest.raises(AddressInUseError):
         async with _bank(pki, tmp_path, listen=taken):
             pytest.fail("started on a port another socket holds")
-    assert _lingering() == []
+    assert _lingering(threads) == []
 
 
 async def test_a_gateway_process_serves_then_stops_with_status_0(pki: Pki, tmp_path: Path) -> None:
+    threads = set(threading.enumerate())
     gateway = _gateway(pki, tmp_path)
     async with _serving(gateway) as served:
         assert await _health(pki, gateway.address, Peer("gateway", "gw-1")) == (
@@ -116,7 +118,7 @@ async def test_a_gateway_process_serves_then_stops_with_status_0(pki: Pki, tmp_p
         )
     assert served.result() == 0
     assert gateway.store is None and gateway.coordinator is None
-    assert _lingering() == []
+    assert _lingering(threads) == []
 
 
 async def test_a_gateway_whose_database_is_deleted_stops_with_status_1(
@@ -131,8 +133,9 @@ async def test_a_gateway_whose_database_is_deleted_stops_with_status_1(
 async def test_a_gateway_whose_port_is_taken_fails_and_closes_its_database(
     pki: Pki, tmp_path: Path
 ) -> None:
+    threads = set(threading.enumerate())
     holder, taken = _taken_port()
     with holder, pytest.raises(AddressInUseError):
         async with _gateway(pki, tmp_path, listen=taken):
             pytest.fail("started on a port another socket holds")
-    assert _lingering() == []
+    assert _lingering(threads) == []
