@@ -18,22 +18,21 @@ anything else looks at it; what fails, or can change nothing, is dropped and
 counted by reason.
 
 Outputs are returned, never performed: the shell sends, replies and sets
-timers. Time never enters except as timer expiries.
+timers. Time never enters except as timer expiries. View change
+(`viewchange`) and state transfer (`statetransfer`) live in modules of their
+own, as functions of the replica.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import TypeVar
 
+from strife.bft import statetransfer, viewchange
 from strife.bft.certificates import (
-    carried_over,
     signed_by,
     valid_batch,
-    valid_checkpoint_proof,
-    valid_new_view,
-    valid_view_change,
 )
 from strife.bft.config import Config
 from strife.bft.effects import (
@@ -45,13 +44,11 @@ from strife.bft.effects import (
     Executed,
     Output,
     Receive,
-    Send,
     SendReply,
     SetTimer,
-    StateInstalled,
     TimerExpired,
-    ViewEntered,
 )
+from strife.bft.log import KEPT_PER_SENDER, Slot, Snapshot, Stable
 from strife.bft.messages import (
     Checkpoint,
     ClientRecord,
@@ -78,34 +75,9 @@ _M = TypeVar("_M", bound=Message)
 
 _FUTURE_LIMIT = 2048
 """Messages kept for a view this replica has not entered yet (oldest go first)."""
-_KEPT_PER_SENDER = 3
-"""Checkpoints and view-changes kept per sender above what is settled."""
 
-
-@dataclass
-class _Slot:
-    """One sequence number's agreement in the current view."""
-
-    pre_prepare: PrePrepare | None = None
-    prepares: dict[int, Prepare] = field(default_factory=dict)
-    commits: dict[int, Commit] = field(default_factory=dict)
-    prepared: bool = False
-    committed: bool = False
-
-
-@dataclass(frozen=True)
-class _Stable:
-    seq: int
-    digest: bytes
-    proof: tuple[Checkpoint, ...]
-
-
-@dataclass(frozen=True)
-class _Snapshot:
-    seq: int
-    digest: bytes
-    state: bytes
-    clients: tuple[ClientRecord, ...]
+# The log's records under the names the journal's recovery uses.
+_Slot, _Stable, _Snapshot = Slot, Stable, Snapshot
 
 
 class Replica:
@@ -136,13 +108,13 @@ class Replica:
         self.timeout = config.timeout
         self.dropped: Counter[str] = Counter()
         self._assigned: set[tuple[str, int]] = set()
-        self._slots: dict[int, _Slot] = {}
+        self._slots: dict[int, Slot] = {}
         self._prepared: dict[int, PreparedCert] = {}
         self._checkpoints: dict[int, dict[int, Checkpoint]] = {}
         self._my_checkpoint: Checkpoint | None = None
         digest = state_digest(app.digest(), ())
-        self.stable = _Stable(0, digest, ())
-        self._snapshots = {0: _Snapshot(0, digest, app.snapshot(), ())}
+        self.stable = Stable(0, digest, ())
+        self._snapshots = {0: Snapshot(0, digest, app.snapshot(), ())}
         self._view_changes: dict[int, dict[int, ViewChange]] = {}
         self._my_view_change: ViewChange | None = None
         self._new_view_sent: set[int] = set()
@@ -208,8 +180,8 @@ class Replica:
     def _in_window(self, seq: int) -> bool:
         return self.stable.seq < seq <= self.stable.seq + self.config.window
 
-    def _slot(self, seq: int) -> _Slot:
-        return self._slots.setdefault(seq, _Slot())
+    def _slot(self, seq: int) -> Slot:
+        return self._slots.setdefault(seq, Slot())
 
     def _receive(self, message: Message, out: list[Output]) -> None:
         if not signed_by(self._verifier, message):
@@ -226,13 +198,13 @@ class Replica:
             case Checkpoint():
                 self._on_checkpoint(message, out)
             case ViewChange():
-                self._on_view_change(message, out)
+                viewchange.on_view_change(self, message, out)
             case NewView():
-                self._on_new_view(message, out)
+                viewchange.on_new_view(self, message, out)
             case StateRequest():
-                self._on_state_request(message, out)
+                statetransfer.on_state_request(self, message, out)
             case StateReply():
-                self._on_state_reply(message, out)
+                statetransfer.on_state_reply(self, message, out)
             case Reply():
                 self._drop("reply-to-replica", message, out)
 
@@ -395,7 +367,7 @@ class Replica:
     def _take_checkpoint(self, seq: int, out: list[Output]) -> None:
         clients = self._client_table()
         digest = state_digest(self.app.digest(), clients)
-        self._snapshots[seq] = _Snapshot(seq, digest, self.app.snapshot(), clients)
+        self._snapshots[seq] = Snapshot(seq, digest, self.app.snapshot(), clients)
         checkpoint = self._sign(Checkpoint(seq, digest, self.id))
         self._my_checkpoint = checkpoint
         out.append(CheckpointTaken(seq, digest))
@@ -418,7 +390,7 @@ class Replica:
             return
         # A peer's checkpoints are kept for its few highest sequence numbers only.
         mine = sorted(s for s, held in self._checkpoints.items() if checkpoint.replica in held)
-        for seq in mine[:-_KEPT_PER_SENDER]:
+        for seq in mine[:-KEPT_PER_SENDER]:
             del self._checkpoints[seq][checkpoint.replica]
         matching = sorted(
             (c for c in by_replica.values() if c.state_digest == checkpoint.state_digest),
@@ -432,7 +404,7 @@ class Replica:
     ) -> None:
         """A certified checkpoint: forget the log below it; fetch its state if behind."""
         assert seq > self.stable.seq, (seq, self.stable.seq)
-        self.stable = _Stable(seq, digest, proof)
+        self.stable = Stable(seq, digest, proof)
         self._slots = {n: s for n, s in self._slots.items() if n > seq}
         self._prepared = {n: c for n, c in self._prepared.items() if n > seq}
         self._checkpoints = {n: c for n, c in self._checkpoints.items() if n > seq}
@@ -446,59 +418,7 @@ class Replica:
         self.next_seq = max(self.next_seq, seq)
         if self.last_executed < seq:
             self._fetch_attempt = 0
-            self._fetch_state(out)
-
-    # -- state transfer ------------------------------------------------------
-
-    def _fetch_state(self, out: list[Output]) -> None:
-        holders = [c.replica for c in self.stable.proof if c.replica != self.id]
-        assert holders, "a stable checkpoint we did not execute was certified by others"
-        target = holders[self._fetch_attempt % len(holders)]
-        self._fetch_attempt += 1
-        out.append(Send(target, self._sign(StateRequest(self.stable.seq, self.id))))
-        self._set_timer("state", self.timeout, out)
-
-    def _on_state_request(self, request: StateRequest, out: list[Output]) -> None:
-        snapshot = self._snapshots.get(self.stable.seq)
-        if snapshot is None or self.stable.seq < request.seq or self.stable.seq == 0:
-            self._drop("no-snapshot", request, out)
-            return
-        reply = StateReply(
-            snapshot.seq, snapshot.state, snapshot.clients, self.stable.proof, self.id
-        )
-        out.append(Send(request.replica, self._sign(reply)))
-
-    def _on_state_reply(self, reply: StateReply, out: list[Output]) -> None:
-        if reply.seq <= self.last_executed or not reply.proof:
-            self.dropped["unneeded-state"] += 1
-            return
-        digest = reply.proof[0].state_digest
-        if not valid_checkpoint_proof(self.config, self._verifier, reply.seq, digest, reply.proof):
-            self._drop("bad-state-proof", reply, out)
-            return
-        previous = self.app.snapshot()
-        try:
-            self.app.restore(reply.snapshot)
-            installed = state_digest(self.app.digest(), reply.clients) == digest
-        except ValueError:
-            installed = False
-        if not installed:
-            self.app.restore(previous)
-            self._drop("bad-snapshot", reply, out)
-            return
-        self.clients = {record.client: record for record in reply.clients}
-        self.pending = {c: r for c, r in self.pending.items() if r.timestamp > self._executed_ts(c)}
-        self.last_executed = reply.seq
-        clients = self._client_table()
-        self._snapshots[reply.seq] = _Snapshot(reply.seq, digest, reply.snapshot, clients)
-        if reply.seq > self.stable.seq:
-            self._make_stable(reply.seq, digest, reply.proof, out)
-        self._slots = {n: s for n, s in self._slots.items() if n > reply.seq}
-        if self.last_executed >= self.stable.seq:
-            self._cancel_timer("state", out)
-        out.append(StateInstalled(reply.seq, digest))
-        self._execute(out)
-        self._restart_request_timer(out)
+            statetransfer.fetch_state(self, out)
 
     # -- view change ---------------------------------------------------------
 
@@ -506,138 +426,15 @@ class Replica:
         self._timers.discard(kind)
         if kind == "request":
             if self.active and self.pending:
-                self._start_view_change(self.view + 1, out)
+                viewchange.start_view_change(self, self.view + 1, out)
         elif kind == "view-change":
             if not self.active:
                 self.timeout *= 2
-                self._start_view_change(self.view + 1, out)
+                viewchange.start_view_change(self, self.view + 1, out)
         elif kind == "resend":
             if not self.active and self._my_view_change is not None:
                 out.append(Broadcast(self._my_view_change))
-                self._resend_checkpoint(out)
+                viewchange.resend_checkpoint(self, out)
                 self._set_timer("resend", self.config.timeout, out)
         elif kind == "state" and self.last_executed < self.stable.seq:
-            self._fetch_state(out)
-
-    def _resend_checkpoint(self, out: list[Output]) -> None:
-        # A checkpoint whose messages were lost would pin the high water mark.
-        mine = self._my_checkpoint
-        if mine is not None and mine.seq > self.stable.seq:
-            out.append(Broadcast(mine))
-
-    def _start_view_change(self, view: int, out: list[Output]) -> None:
-        assert view > self.view, (view, self.view)
-        self.view = view
-        self.active = False
-        self._slots.clear()
-        self._assigned.clear()
-        self._escalation_armed = False
-        vc = self._sign(
-            ViewChange(
-                view,
-                self.stable.seq,
-                self.stable.digest,
-                self.stable.proof,
-                tuple(self._prepared[n] for n in sorted(self._prepared)),
-                self.id,
-            )
-        )
-        self._my_view_change = vc
-        self._cancel_timer("request", out)
-        self._cancel_timer("view-change", out)
-        out.append(Broadcast(vc))
-        self._resend_checkpoint(out)
-        self._set_timer("resend", self.config.timeout, out)
-        self._record_view_change(vc, out)
-
-    def _on_view_change(self, vc: ViewChange, out: list[Output]) -> None:
-        if vc.view < self.view or (vc.view == self.view and self.active):
-            # The sender is behind: our new view, if we have one, brings it here.
-            if self.active and self.new_view is not None and self.new_view.view >= vc.view:
-                out.append(Send(vc.replica, self.new_view))
-            else:
-                self.dropped["old-view-change"] += 1
-            return
-        if not valid_view_change(self.config, self._verifier, vc):
-            self._drop("bad-view-change", vc, out)
-            return
-        self._record_view_change(vc, out)
-
-    def _record_view_change(self, vc: ViewChange, out: list[Output]) -> None:
-        by_replica = self._view_changes.setdefault(vc.view, {})
-        if by_replica.setdefault(vc.replica, vc) != vc:
-            self._drop("conflicting-view-change", vc, out)
-            return
-        views = sorted(v for v, held in self._view_changes.items() if vc.replica in held)
-        for view in views[:-_KEPT_PER_SENDER]:
-            del self._view_changes[view][vc.replica]
-        # f+1 replicas ahead of us include an honest one: join the lowest view they want.
-        ahead = {
-            r: v for v, held in sorted(self._view_changes.items(), reverse=True)
-            if v > self.view for r in held
-        }  # fmt: skip
-        ahead.pop(self.id, None)
-        if len(ahead) >= self.config.weak:
-            self._start_view_change(min(ahead.values()), out)
-            return
-        if self.active:
-            return
-        gathered = self._view_changes.get(self.view, {})
-        if len(gathered) < self.config.quorum:
-            return
-        if not self._escalation_armed:
-            self._escalation_armed = True
-            self._set_timer("view-change", self.timeout, out)
-        if self.is_primary and self.view not in self._new_view_sent:
-            self._send_new_view(gathered, out)
-
-    def _send_new_view(self, gathered: dict[int, ViewChange], out: list[Output]) -> None:
-        # Our own view-change first: it carries our stable checkpoint, from which
-        # we will go on proposing.
-        order = sorted(gathered, key=lambda r: (r != self.id, r))
-        chosen = tuple(gathered[r] for r in order[: self.config.quorum])
-        _, carried = carried_over(self.config, chosen)
-        pre_prepares = tuple(
-            self._sign(PrePrepare(self.view, seq, digest, batch, self.id))
-            for seq, digest, batch in carried
-        )
-        nv = self._sign(NewView(self.view, chosen, pre_prepares, self.id))
-        self._new_view_sent.add(self.view)
-        out.append(Broadcast(nv))
-        self._enter_view(nv, out)
-
-    def _on_new_view(self, nv: NewView, out: list[Output]) -> None:
-        if nv.view < self.view or (nv.view == self.view and self.active):
-            self.dropped["old-new-view"] += 1
-            return
-        if not valid_new_view(self.config, self._verifier, nv):
-            self._drop("bad-new-view", nv, out)
-            return
-        self._enter_view(nv, out)
-
-    def _enter_view(self, nv: NewView, out: list[Output]) -> None:
-        self.view = nv.view
-        self.active = True
-        self.new_view = nv
-        self._escalation_armed = False
-        self._cancel_timer("view-change", out)
-        self._cancel_timer("resend", out)
-        self._slots.clear()
-        self._assigned.clear()
-        self._view_changes = {v: held for v, held in self._view_changes.items() if v > nv.view}
-        low = max(vc.stable_seq for vc in nv.view_changes)
-        if low > self.stable.seq:
-            source = next(vc for vc in nv.view_changes if vc.stable_seq == low)
-            self._make_stable(low, source.stable_digest, source.checkpoint_proof, out)
-        self.next_seq = max([self.stable.seq, low] + [pp.seq for pp in nv.pre_prepares])
-        out.append(ViewEntered(nv.view))
-        for pp in nv.pre_prepares:
-            if self._in_window(pp.seq):
-                self._accept_pre_prepare(pp, out)
-        buffered, self._future = self._future, []
-        for message in buffered:
-            if message.view >= self.view:
-                self._on_agreement(message, out)
-        for seq in sorted(self._slots):
-            self._advance(seq, out)
-        self._restart_request_timer(out)
+            statetransfer.fetch_state(self, out)

@@ -25,9 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from strife.bft.byzantine import BEHAVIOURS, Behaviour, Wire, make_behaviour
+from strife.bft.byzantine import Behaviour, Wire, make_behaviour
 from strife.bft.client import Client
-from strife.bft.config import Config
 from strife.bft.effects import (
     Broadcast,
     CancelTimer,
@@ -46,6 +45,7 @@ from strife.bft.effects import (
 from strife.bft.invariants import Checker, Violation
 from strife.bft.messages import Message, Reply
 from strife.bft.replica import Replica
+from strife.bft.scenario import Scenario, draw
 from strife.bft.signing import Keys, ed25519_keys, keyed_hash_keys, replica_identity
 from strife.bft.statemachine import Accounts
 
@@ -56,101 +56,6 @@ DELTA = 0.02
 LIVENESS_S = 60.0
 """After GST (and the end of any partition), every request must complete within this."""
 CLIENT_RETRY_S = 1.5
-
-
-@dataclass(frozen=True)
-class Scenario:
-    seed: int
-    config: Config
-    faulty: tuple[tuple[int, str], ...] = ()
-    """Byzantine replicas and their behaviour (`strife.bft.byzantine.BEHAVIOURS`)."""
-    partition: tuple[int, float, float] | None = None
-    """(replica, from, until): cut off from everyone in that window, honest otherwise."""
-    clients: int = 3
-    requests: int = 4
-    drop: float = 0.0
-    duplicate: float = 0.0
-    delay_max: float = 0.05
-    gst: float = 0.0
-    signatures: str = "keyed-hash"
-
-    @property
-    def faulty_count(self) -> int:
-        """Replicas that count against f: the Byzantine ones and a partitioned one."""
-        away = {self.partition[0]} if self.partition is not None else set()
-        return len({r for r, _ in self.faulty} | away)
-
-    @property
-    def settled_at(self) -> float:
-        return max(self.gst, self.partition[2] if self.partition is not None else 0.0)
-
-    def replay_command(self) -> str:
-        command = f"python -m strife.bft.simulation --seed {self.seed}"
-        drawn = draw(self.seed)
-        if self.faulty != drawn.faulty:
-            command += " --faulty " + ",".join(f"{r}={b}" for r, b in self.faulty)
-        if self.signatures == "ed25519" != drawn.signatures:
-            command += " --ed25519"
-        if replace(self, faulty=drawn.faulty, signatures=drawn.signatures) != drawn:
-            command += "  (other fields set by hand: see the world above)"
-        return command
-
-    def describe(self) -> str:
-        c = self.config
-        faulty = " ".join(f"{r}={b}" for r, b in self.faulty) or "none"
-        part = "none"
-        if self.partition is not None:
-            part = (
-                f"replica {self.partition[0]} in [{self.partition[1]:.2f}, {self.partition[2]:.2f})"
-            )
-        return (
-            f"  world:  n={c.n} f={c.f} K={c.checkpoint_interval} window={c.window}"
-            f" batch={c.batch_size} in-flight={c.max_in_flight} {self.clients} clients x"
-            f" {self.requests} requests, {self.signatures} signatures\n"
-            f"  faults: byzantine {faulty}; partition {part}; drop={self.drop}"
-            f" duplicate={self.duplicate} delay<={self.delay_max} until GST={self.gst:.2f}"
-        )
-
-
-def draw(seed: int) -> Scenario:
-    """The world of one seed: sizes, faults and network, all from the seed."""
-    rng = random.Random(f"strife-bft-scenario/{seed}")
-    n = 7 if rng.random() < 0.15 else 4
-    interval = rng.choice((2, 4, 8))
-    config = Config(
-        n=n,
-        checkpoint_interval=interval,
-        window=interval * rng.choice((2, 3)),
-        batch_size=rng.choice((1, 2, 4, 8)),
-        max_in_flight=rng.choice((1, 2, 4)),
-    )
-    f = config.f
-    byzantine = rng.randint(0, f)
-    names = sorted(BEHAVIOURS)
-    chosen = rng.sample(range(n), byzantine)
-    if chosen and rng.random() < 0.5:
-        chosen[0] = 0  # the first primary: equivocating, slow or silent where it hurts most
-    faulty = tuple(sorted((r, rng.choice(names)) for r in set(chosen)))
-    partition = None
-    if len(faulty) < f + (0 if faulty else 1) and rng.random() < 0.3:
-        honest = [r for r in range(n) if r not in dict(faulty)]
-        start = rng.uniform(0.2, 2.0)
-        partition = (rng.choice(honest), start, start + rng.uniform(0.5, 4.0))
-    if partition is not None and len(faulty) + 1 > f:
-        partition = None
-    return Scenario(
-        seed=seed,
-        config=config,
-        faulty=faulty,
-        partition=partition,
-        clients=rng.randint(1, 4),
-        requests=rng.randint(2, 6),
-        drop=rng.choice((0.0, 0.02, 0.1, 0.25)),
-        duplicate=rng.choice((0.0, 0.05, 0.2)),
-        delay_max=rng.choice((0.01, 0.1, 0.4)),
-        gst=rng.uniform(0.0, 5.0),
-        signatures="ed25519" if seed % 100 == 0 else "keyed-hash",
-    )
 
 
 @dataclass
