@@ -154,19 +154,29 @@ class Bank:
 
     def _args(self) -> list[str]:
         return [
-            "--name", BANK,
-            "--db", str(self.db),
+            "--name",
+            BANK,
+            "--db",
+            str(self.db),
             # Creates the database on the first start; a no-op on a restart.
-            "--init", "--seed", str(self.seed),
-            "--certs", str(self.certs_dir),
-            "--listen", self.address,
-            "--synchronous", "FULL",
-            "--log-level", "warning",
-            "--grace", "2",
+            "--init",
+            "--seed",
+            str(self.seed),
+            "--certs",
+            str(self.certs_dir),
+            "--listen",
+            self.address,
+            "--synchronous",
+            "FULL",
+            "--log-level",
+            "warning",
+            "--grace",
+            "2",
             # For the group-commit batch-size histogram; idle unless scraped.
-            "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
+            "--metrics-listen",
+            f"127.0.0.1:{self.metrics_port}",
             *self.extra_args,
-        ]  # fmt: skip
+        ]
 
     async def start(self, children: list[Child]) -> None:
         """Start and wait until it listens; a lost race for the port is retried."""

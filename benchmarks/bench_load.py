@@ -144,11 +144,16 @@ class EchoBaseline:
     async def start(self) -> None:
         port = free_port()
         self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, __file__, "--echo-server", f"127.0.0.1:{port}",
-            "--echo-certs", str(self._certs / "bank-alpha"),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            sys.executable,
+            __file__,
+            "--echo-server",
+            f"127.0.0.1:{port}",
+            "--echo-certs",
+            str(self._certs / "bank-alpha"),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
+        )
         self._pool = ChannelPool(self._certs / "client-default")
         self._call = self._pool.get(f"127.0.0.1:{port}").unary_unary(ECHO_METHOD)
         deadline = time.monotonic() + 30
@@ -960,10 +965,14 @@ def parse_args() -> argparse.Namespace:
     if args.quick:  # smaller defaults; anything given explicitly still wins
         defaults = vars(parser.parse_args([]))
         quick = {
-            "duration": 6.0, "warmup": 1.0, "repeats": 2, "clients": [1, 10, 100],
-            "policies": ["round_robin", "least_load"], "slow_repeats": 1,
+            "duration": 6.0,
+            "warmup": 1.0,
+            "repeats": 2,
+            "clients": [1, 10, 100],
+            "policies": ["round_robin", "least_load"],
+            "slow_repeats": 1,
             "open_fractions": [0.1, 0.2],
-        }  # fmt: skip
+        }
         for key, value in quick.items():
             if getattr(args, key) == defaults[key]:
                 setattr(args, key, value)

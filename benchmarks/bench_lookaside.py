@@ -51,10 +51,16 @@ async def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     balancer_port = free_port()
     balancer = Child(
         "strife-balancer",
-        ["--listen", f"127.0.0.1:{balancer_port}", "--certs", str(identities["balancer"]),
-         "--log-level", "warning"],
+        [
+            "--listen",
+            f"127.0.0.1:{balancer_port}",
+            "--certs",
+            str(identities["balancer"]),
+            "--log-level",
+            "warning",
+        ],
         root / "balancer.log",
-    ).start()  # fmt: skip
+    ).start()
     children, gateway, client_certs = start_cluster(root, f"127.0.0.1:{balancer_port}")
     rounds: list[dict[str, float]] = []
     try:
@@ -85,14 +91,20 @@ async def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         for n in range(args.repeats):
             async with (
                 StrifeClient(
-                    certs=client_certs, gateways=[gateway], outbox=root / f"direct-{n}.db",
-                    credentials=credentials, config=config,
+                    certs=client_certs,
+                    gateways=[gateway],
+                    outbox=root / f"direct-{n}.db",
+                    credentials=credentials,
+                    config=config,
                 ) as direct,
                 StrifeClient(
-                    certs=client_certs, balancer=f"127.0.0.1:{balancer_port}",
-                    outbox=root / f"balancer-{n}.db", credentials=credentials, config=config,
+                    certs=client_certs,
+                    balancer=f"127.0.0.1:{balancer_port}",
+                    outbox=root / f"balancer-{n}.db",
+                    credentials=credentials,
+                    config=config,
                 ) as looked_up,
-            ):  # fmt: skip
+            ):
                 for client in (direct, looked_up):
                     await client.login()
                     await _pay_times(client, 20)  # warm up

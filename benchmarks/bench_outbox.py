@@ -76,8 +76,12 @@ def write_seed(path: Path) -> None:
 def identities(root: Path) -> dict[str, Path]:
     ca = certs.create_ca()
     folders = {}
-    for role, name in (("bank", "alpha"), ("bank", "beta"), ("gateway", "gw-1"),
-                       ("client", "bench")):  # fmt: skip
+    for role, name in (
+        ("bank", "alpha"),
+        ("bank", "beta"),
+        ("gateway", "gw-1"),
+        ("client", "bench"),
+    ):
         folder = root / f"{role}-{name}"
         certs.write_identity(folder, ca.cert, certs.issue(ca, role=role, name=name))
         folders[name] = folder
@@ -93,22 +97,43 @@ async def start_cluster(root: Path, children: list[Child]) -> tuple[str, Child]:
     for bank in ("alpha", "beta"):
         child = Child(
             "strife-bank",
-            ["--name", bank, "--listen", f"127.0.0.1:{ports[bank]}",
-             "--db", str(root / f"{bank}.db"), "--init", "--seed", str(seed),
-             "--certs", str(ids[bank]),
-             f"--coordinator=gw-1=127.0.0.1:{ports['gw-1']}", *common],
+            [
+                "--name",
+                bank,
+                "--listen",
+                f"127.0.0.1:{ports[bank]}",
+                "--db",
+                str(root / f"{bank}.db"),
+                "--init",
+                "--seed",
+                str(seed),
+                "--certs",
+                str(ids[bank]),
+                f"--coordinator=gw-1=127.0.0.1:{ports['gw-1']}",
+                *common,
+            ],
             root / f"{bank}.log",
-        ).start()  # fmt: skip
+        ).start()
         children.append(child)
     gateway = Child(
         "strife-gateway",
-        ["--name", "gw-1", "--listen", f"127.0.0.1:{ports['gw-1']}",
-         "--db", str(root / "gw-1.db"), "--certs", str(ids["gw-1"]),
-         "--token-key", str(root / "token.key"),
-         f"--bank=alpha=127.0.0.1:{ports['alpha']}", f"--bank=beta=127.0.0.1:{ports['beta']}",
-         *common],
+        [
+            "--name",
+            "gw-1",
+            "--listen",
+            f"127.0.0.1:{ports['gw-1']}",
+            "--db",
+            str(root / "gw-1.db"),
+            "--certs",
+            str(ids["gw-1"]),
+            "--token-key",
+            str(root / "token.key"),
+            f"--bank=alpha=127.0.0.1:{ports['alpha']}",
+            f"--bank=beta=127.0.0.1:{ports['beta']}",
+            *common,
+        ],
         root / "gw-1.log",
-    ).start()  # fmt: skip
+    ).start()
     children.append(gateway)
     for child, port in zip(children, ports.values(), strict=True):
         await child.wait_listening(port, START_TIMEOUT_S)

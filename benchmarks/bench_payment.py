@@ -35,13 +35,27 @@ from strife.v1 import gateway_pb2, gateway_pb2_grpc, money_pb2
 
 RESULTS = Path(__file__).resolve().parent / "results" / "payment.json"
 SEED = [
-    {"bank": "alpha", "customer_id": "c-payer", "username": "payer", "display_name": "Payer",
-     "password": "pw-payer", "account_id": "payer-usd", "currency": "USD",
-     "opening_balance": "100000000.00"},
-    {"bank": "beta", "customer_id": "c-payee", "username": "payee", "display_name": "Payee",
-     "password": "pw-payee", "account_id": "payee-usd", "currency": "USD",
-     "opening_balance": "0"},
-]  # fmt: skip
+    {
+        "bank": "alpha",
+        "customer_id": "c-payer",
+        "username": "payer",
+        "display_name": "Payer",
+        "password": "pw-payer",
+        "account_id": "payer-usd",
+        "currency": "USD",
+        "opening_balance": "100000000.00",
+    },
+    {
+        "bank": "beta",
+        "customer_id": "c-payee",
+        "username": "payee",
+        "display_name": "Payee",
+        "password": "pw-payee",
+        "account_id": "payee-usd",
+        "currency": "USD",
+        "opening_balance": "0",
+    },
+]
 
 
 def start_cluster(root: Path, balancer: str | None = None) -> tuple[list[Child], str, Path]:
@@ -58,22 +72,47 @@ def start_cluster(root: Path, balancer: str | None = None) -> tuple[list[Child],
         children.append(
             Child(
                 "strife-bank",
-                ["--name", bank, "--listen", f"127.0.0.1:{port}", "--db", str(root / f"{bank}.db"),
-                 "--init", "--seed", str(seed), "--certs", str(identities[f"bank-{bank}"]),
-                 f"--coordinator=gw-1=127.0.0.1:{gw_port}", "--synchronous", "FULL", *quiet],
+                [
+                    "--name",
+                    bank,
+                    "--listen",
+                    f"127.0.0.1:{port}",
+                    "--db",
+                    str(root / f"{bank}.db"),
+                    "--init",
+                    "--seed",
+                    str(seed),
+                    "--certs",
+                    str(identities[f"bank-{bank}"]),
+                    f"--coordinator=gw-1=127.0.0.1:{gw_port}",
+                    "--synchronous",
+                    "FULL",
+                    *quiet,
+                ],
                 root / f"{bank}.log",
             ).start()
-        )  # fmt: skip
+        )
     children.append(
         Child(
             "strife-gateway",
-            ["--name", "gw-1", "--listen", f"127.0.0.1:{gw_port}", "--db", str(root / "gw.db"),
-             "--certs", str(identities["gateway-gw-1"]), "--synchronous", "FULL",
-             *[f"--bank={b}=127.0.0.1:{p}" for b, p in bank_ports.items()],
-             *(["--balancer", balancer] if balancer else []), *quiet],
+            [
+                "--name",
+                "gw-1",
+                "--listen",
+                f"127.0.0.1:{gw_port}",
+                "--db",
+                str(root / "gw.db"),
+                "--certs",
+                str(identities["gateway-gw-1"]),
+                "--synchronous",
+                "FULL",
+                *[f"--bank={b}=127.0.0.1:{p}" for b, p in bank_ports.items()],
+                *(["--balancer", balancer] if balancer else []),
+                *quiet,
+            ],
             root / "gw.log",
         ).start()
-    )  # fmt: skip
+    )
     return children, f"127.0.0.1:{gw_port}", identities["client-default"]
 
 

@@ -24,8 +24,16 @@ SEED = [
     ("alpha", "c-eve", "eve", "Eve", "pw-eve", "eve-usd", "USD", "0"),
     ("beta", "c-cy", "cy", "Cy", "pw-cy", "cy-usd", "USD", "10.00"),
 ]
-COLUMNS = ("bank", "customer_id", "username", "display_name", "password", "account_id",
-           "currency", "opening_balance")  # fmt: skip
+COLUMNS = (
+    "bank",
+    "customer_id",
+    "username",
+    "display_name",
+    "password",
+    "account_id",
+    "currency",
+    "opening_balance",
+)
 
 
 def write_seed(path: Path) -> Path:
@@ -63,11 +71,21 @@ def _bank_server(
     process = ServiceProcess(
         "strife-bank",
         [
-            "--name", name, "--listen", "127.0.0.1:0", "--init", "--seed", str(seed),
-            "--certs", str(pki.identity("bank", name, serves)), "--grace", "1", *args,
+            "--name",
+            name,
+            "--listen",
+            "127.0.0.1:0",
+            "--init",
+            "--seed",
+            str(seed),
+            "--certs",
+            str(pki.identity("bank", name, serves)),
+            "--grace",
+            "1",
+            *args,
         ],
         tmp / f"{name}.log",
-    )  # fmt: skip
+    )
     process.start()
     try:
         yield process
@@ -97,9 +115,15 @@ class BankClient:
         self.bank = bank
 
     async def prepare(
-        self, transfer_id: str, account: str, amount_minor: int, *, debit: bool = True,
-        fingerprint: bytes = b"fp", currency: str = "USD",
-    ) -> Any:  # fmt: skip
+        self,
+        transfer_id: str,
+        account: str,
+        amount_minor: int,
+        *,
+        debit: bool = True,
+        fingerprint: bytes = b"fp",
+        currency: str = "USD",
+    ) -> Any:
         return await self.stub.Prepare(
             bank_pb2.PrepareRequest(
                 transfer_id=transfer_id,

@@ -27,12 +27,21 @@ class Cluster:
 
     def gateway_args(self, name: str, address: str, extra: Sequence[str] = ()) -> list[str]:
         return [
-            "--name", name, "--listen", address, "--db", str(self.root / f"{name}.db"),
-            "--certs", str(self.pki.identity("gateway", name)), "--grace", "1",
-            "--token-key", str(self.root / "token.key"),
+            "--name",
+            name,
+            "--listen",
+            address,
+            "--db",
+            str(self.root / f"{name}.db"),
+            "--certs",
+            str(self.pki.identity("gateway", name)),
+            "--grace",
+            "1",
+            "--token-key",
+            str(self.root / "token.key"),
             *[f"--bank={b}={p.address}" for b, p in self.banks.items()],
             *extra,
-        ]  # fmt: skip
+        ]
 
     def restart_gateway(self, name: str, extra: Sequence[str] = ()) -> ServiceProcess:
         old = self.gateways[name]
@@ -82,28 +91,54 @@ def cluster(
             process = ServiceProcess(
                 "strife-bank",
                 [
-                    "--name", "east", "--bank", "alpha", "--bank", "beta",
-                    "--listen", f"127.0.0.1:{free_port()}", "--data-dir", str(root),
-                    "--init", "--seed", str(seed), "--certs", str(east),
-                    "--grace", "1", *coordinators, *bank_extra,
+                    "--name",
+                    "east",
+                    "--bank",
+                    "alpha",
+                    "--bank",
+                    "beta",
+                    "--listen",
+                    f"127.0.0.1:{free_port()}",
+                    "--data-dir",
+                    str(root),
+                    "--init",
+                    "--seed",
+                    str(seed),
+                    "--certs",
+                    str(east),
+                    "--grace",
+                    "1",
+                    *coordinators,
+                    *bank_extra,
                 ],
                 root / "east.log",
                 env=(bank_env or {}).get("east"),
-            )  # fmt: skip
+            )
             result.banks = dict.fromkeys(("alpha", "beta"), process.start())
             stack.callback(lambda: result.banks["alpha"].stop())
         for bank in () if hosted else ("alpha", "beta"):
             process = ServiceProcess(
                 "strife-bank",
                 [
-                    "--name", bank, "--listen", f"127.0.0.1:{free_port()}",
-                    "--db", str(root / f"{bank}.db"),
-                    "--init", "--seed", str(seed), "--certs", str(pki.identity("bank", bank)),
-                    "--grace", "1", *coordinators, *bank_extra,
+                    "--name",
+                    bank,
+                    "--listen",
+                    f"127.0.0.1:{free_port()}",
+                    "--db",
+                    str(root / f"{bank}.db"),
+                    "--init",
+                    "--seed",
+                    str(seed),
+                    "--certs",
+                    str(pki.identity("bank", bank)),
+                    "--grace",
+                    "1",
+                    *coordinators,
+                    *bank_extra,
                 ],
                 root / f"{bank}.log",
                 env=(bank_env or {}).get(bank),
-            )  # fmt: skip
+            )
             result.banks[bank] = process.start()
             stack.callback(_stopper(result.banks, bank))
         for name, port in ports.items():
@@ -143,9 +178,13 @@ class Customer:
         return (("authorization", f"Bearer {self.token}"),)
 
     async def pay(
-        self, key: str, source: tuple[str, str], target: tuple[str, str], amount_minor: int,
+        self,
+        key: str,
+        source: tuple[str, str],
+        target: tuple[str, str],
+        amount_minor: int,
         currency: str = "USD",
-    ) -> gateway_pb2.ProcessPaymentResponse:  # fmt: skip
+    ) -> gateway_pb2.ProcessPaymentResponse:
         return await self.stub.ProcessPayment(
             gateway_pb2.ProcessPaymentRequest(
                 idempotency_key=key,

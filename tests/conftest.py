@@ -16,10 +16,20 @@ import pytest
 # around every test; a test that wants one sets it for the process it starts.
 _USER_PREFIXES = ("STRIFE_",)
 _USER_VARIABLES = (
-    "http_proxy", "https_proxy", "grpc_proxy", "all_proxy", "no_proxy",
-    "HTTP_PROXY", "HTTPS_PROXY", "GRPC_PROXY", "ALL_PROXY", "NO_PROXY",
-    "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH", "GRPC_TRACE", "GRPC_VERBOSITY",
-)  # fmt: skip
+    "http_proxy",
+    "https_proxy",
+    "grpc_proxy",
+    "all_proxy",
+    "no_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "GRPC_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",
+    "GRPC_TRACE",
+    "GRPC_VERBOSITY",
+)
 
 
 def _user_settings() -> list[str]:

@@ -27,10 +27,18 @@ async def test_round_robin_spreads_and_pick_first_fails_over(pki: Pki, tmp_path:
     with ExitStack() as stack:
         balancer = ServiceProcess(
             "strife-balancer",
-            ["--listen", address, "--certs", str(pki.identity("balancer", "balancer")),
-             "--heartbeat-interval", "0.2", "--lease-ttl", "0.6"],
+            [
+                "--listen",
+                address,
+                "--certs",
+                str(pki.identity("balancer", "balancer")),
+                "--heartbeat-interval",
+                "0.2",
+                "--lease-ttl",
+                "0.6",
+            ],
             tmp_path / "balancer.log",
-        ).start()  # fmt: skip
+        ).start()
         stack.callback(balancer.stop)
         c = stack.enter_context(
             cluster(pki, tmp_path, gateways=GATEWAYS, gateway_extra=["--balancer", address])

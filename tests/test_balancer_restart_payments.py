@@ -26,8 +26,16 @@ PAYMENTS = 30
 @pytest.mark.slow
 async def test_payments_continue_through_a_balancer_restart(pki: Pki, tmp_path: Path) -> None:
     address = f"127.0.0.1:{free_port()}"
-    args = ["--listen", address, "--certs", str(pki.identity("balancer", "balancer")),
-            "--heartbeat-interval", str(HEARTBEAT_S), "--lease-ttl", "1"]  # fmt: skip
+    args = [
+        "--listen",
+        address,
+        "--certs",
+        str(pki.identity("balancer", "balancer")),
+        "--heartbeat-interval",
+        str(HEARTBEAT_S),
+        "--lease-ttl",
+        "1",
+    ]
     with ExitStack() as stack:
         balancer = ServiceProcess("strife-balancer", args, tmp_path / "balancer.log").start()
         stack.callback(lambda: balancer.stop())

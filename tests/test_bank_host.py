@@ -56,10 +56,15 @@ async def pool(pki: Pki) -> AsyncIterator[ChannelPool]:
 
 def prepare(tid: str, bank: str, account: str, amount_minor: int, *, debit: bool) -> Any:
     return bank_pb2.PrepareRequest(
-        transfer_id=tid, coordinator="gw-1", bank=bank, account_id=account,
-        amount=usd(amount_minor), leg=bank_pb2.LEG_DEBIT if debit else bank_pb2.LEG_CREDIT,
-        fingerprint=b"fp", counterparty="elsewhere",
-    )  # fmt: skip
+        transfer_id=tid,
+        coordinator="gw-1",
+        bank=bank,
+        account_id=account,
+        amount=usd(amount_minor),
+        leg=bank_pb2.LEG_DEBIT if debit else bank_pb2.LEG_CREDIT,
+        fingerprint=b"fp",
+        counterparty="elsewhere",
+    )
 
 
 def decide(*items: tuple[str, str, bool]) -> Any:
@@ -143,11 +148,15 @@ async def test_one_transfer_id_with_a_leg_at_each_bank(
     assert await beta.balance("cy-usd") == (cy[0] + 2_500, cy[1], cy[2] + 2_500)
     debit, credit = await newest_entry(alpha, "ada-usd"), await newest_entry(beta, "cy-usd")
     assert (debit.transfer_id, debit.amount.amount_minor, debit.account.bank) == (
-        tid, -2_500, "alpha",
-    )  # fmt: skip
+        tid,
+        -2_500,
+        "alpha",
+    )
     assert (credit.transfer_id, credit.amount.amount_minor, credit.account.bank) == (
-        tid, 2_500, "beta",
-    )  # fmt: skip
+        tid,
+        2_500,
+        "beta",
+    )
 
     # Once per bank, not twice at one bank.
     await expect_error(
@@ -265,8 +274,12 @@ def test_cli_refuses_what_several_banks_cannot_mean(
 ) -> None:
     result = subprocess.run(
         [str(BIN / "strife-bank"), "--name", "east", "--insecure", *args],
-        cwd=tmp_path, capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert result.returncode == 2, result.stderr
     assert complaint in result.stderr
     assert not (tmp_path / "x.db").exists() and not (tmp_path / "data").exists()

@@ -18,9 +18,13 @@ async def test_resolver_applies_commit_and_presumed_abort(pki: Pki, tmp_path: Pa
     # (what a gateway answers for an id it never logged: presumed abort).
     async with running_server(pki.identity("gateway", "gw-1")) as coordinator:
         with bank_process(
-            pki, tmp_path, "--coordinator", f"gw-1={coordinator.address}",
-            "--in-doubt-timeout", "0.3",
-        ) as bank:  # fmt: skip
+            pki,
+            tmp_path,
+            "--coordinator",
+            f"gw-1={coordinator.address}",
+            "--in-doubt-timeout",
+            "0.3",
+        ) as bank:
             async with ChannelPool(pki.identity("gateway", "gw-1")) as pool:
                 gw = BankClient(pool, bank.address)
                 start = await gw.balance("ada-usd")

@@ -49,9 +49,16 @@ FP = b"f" * 32
 
 
 def _leg(tid: str, leg: Leg, account: str, amount: int, fingerprint: bytes = FP) -> dict[str, Any]:
-    return {"transfer_id": tid, "coordinator": GW, "leg": leg, "account_id": account,
-            "amount_minor": amount, "currency": "USD", "fingerprint": fingerprint,
-            "counterparty": "beta/cy-usd"}  # fmt: skip
+    return {
+        "transfer_id": tid,
+        "coordinator": GW,
+        "leg": leg,
+        "account_id": account,
+        "amount_minor": amount,
+        "currency": "USD",
+        "fingerprint": fingerprint,
+        "counterparty": "beta/cy-usd",
+    }
 
 
 ONE_PHASE: dict[str, Any] = {
@@ -68,13 +75,27 @@ ONE_PHASE: dict[str, Any] = {
 def _write_v1(conn: sqlite3.Connection, changes: Changes, at_ms: int) -> None:
     """One operation's changes as the version-1 store wrote them."""
     for a in changes.accounts:
-        account_row = (a.account_id, a.customer_id, a.currency, a.balance_minor, a.held_minor,
-                       a.pending_credit_minor)  # fmt: skip
+        account_row = (
+            a.account_id,
+            a.customer_id,
+            a.currency,
+            a.balance_minor,
+            a.held_minor,
+            a.pending_credit_minor,
+        )
         conn.execute(_UPSERT_ACCOUNT, account_row)
     for t in changes.transfers:
         state, postings = str(t.state), _postings_json(t.postings)
-        transfer_row = (t.transfer_id, t.fingerprint, state, t.coordinator, int(t.one_phase),
-                        t.abort_reason, postings, at_ms)  # fmt: skip
+        transfer_row = (
+            t.transfer_id,
+            t.fingerprint,
+            state,
+            t.coordinator,
+            int(t.one_phase),
+            t.abort_reason,
+            postings,
+            at_ms,
+        )
         conn.execute(_UPSERT_TRANSFER, transfer_row)
         conn.execute(_INSERT_AUDIT, (at_ms, t.transfer_id, state, t.coordinator, t.abort_reason))
     for e in changes.entries:
@@ -179,9 +200,15 @@ async def test_version_1_opens_with_every_transfer_and_entry_intact(tmp_path: Pa
     ]
     tables = _rows(db, "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
     assert [name for (name,) in tables] == [
-        "accounts", "audit", "bank_identity", "customers", "entries", "schema_version",
-        "secrets", "transfers",
-    ]  # fmt: skip
+        "accounts",
+        "audit",
+        "bank_identity",
+        "customers",
+        "entries",
+        "schema_version",
+        "secrets",
+        "transfers",
+    ]
 
 
 async def test_replays_after_migration_do_nothing_twice(tmp_path: Path) -> None:
@@ -203,8 +230,14 @@ async def test_replays_after_migration_do_nothing_twice(tmp_path: Path) -> None:
         ]
         assert all(outcome.replayed for outcome in replays)
         assert [str(o.transfer.state) for o in replays] == [
-            "COMMITTED", "COMMITTED", "COMMITTED", "COMMITTED", "ABORTED", "ABORTED", "ABORTED",
-        ]  # fmt: skip
+            "COMMITTED",
+            "COMMITTED",
+            "COMMITTED",
+            "COMMITTED",
+            "ABORTED",
+            "ABORTED",
+            "ABORTED",
+        ]
         assert replays[4].transfer.abort_reason == Reason.INSUFFICIENT_FUNDS
         with pytest.raises(LedgerError) as reused:
             await store.prepare(**_leg("z-2pc-debit", Leg.DEBIT, "ada-usd", 100, b"other"))
@@ -326,8 +359,13 @@ async def test_entries_run_after_their_transfer_in_any_batch(tmp_path: Path) -> 
     raw.execute("PRAGMA foreign_keys=ON")
     raw.execute("INSERT INTO customers VALUES ('c', 'c', 'c', 'x')")
     for account in ("ada-usd", "bob-usd"):
-        _record(writes, ledger.add_account(account_id=account, customer_id="c", currency="USD",
-                                           balance_minor=100), 1)  # fmt: skip
+        _record(
+            writes,
+            ledger.add_account(
+                account_id=account, customer_id="c", currency="USD", balance_minor=100
+            ),
+            1,
+        )
         opening = Entry(OPENING_PREFIX + account, account, 100, "USD", "opening balance")
         writes.add(_INSERT_OPENING, _entry_row(opening, 1))
     outcome = ledger.process(**ONE_PHASE)
@@ -338,13 +376,21 @@ async def test_entries_run_after_their_transfer_in_any_batch(tmp_path: Path) -> 
     raw.execute("COMMIT")
     rows = raw.execute("SELECT transfer_id, transfer_seq FROM entries ORDER BY seq").fetchall()
     raw.close()
-    assert rows == [("opening:ada-usd", 0), ("opening:bob-usd", 0),
-                    ("t-one-phase", 1), ("t-one-phase", 1)]  # fmt: skip
+    assert rows == [
+        ("opening:ada-usd", 0),
+        ("opening:bob-usd", 0),
+        ("t-one-phase", 1),
+        ("t-one-phase", 1),
+    ]
 
 
 async def test_fresh_database_gets_every_migration(tmp_path: Path) -> None:
     store = await BankStore.open(StoreConfig(path=tmp_path / "bank.db"))
     await store.close()
     assert _rows(tmp_path / "bank.db", "SELECT version FROM schema_version") == [
-        (1,), (2,), (3,), (4,), (5,)
-    ]  # fmt: skip
+        (1,),
+        (2,),
+        (3,),
+        (4,),
+        (5,),
+    ]

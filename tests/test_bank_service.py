@@ -137,9 +137,10 @@ async def test_refusals_are_recorded_and_replayed(gw: BankClient) -> None:
 async def test_bad_amounts_and_reused_ids(gw: BankClient) -> None:
     for amount in (0, -5):
         await expect_error(
-            gw.prepare(new_id(), "ada-usd", amount), grpc.StatusCode.INVALID_ARGUMENT,
+            gw.prepare(new_id(), "ada-usd", amount),
+            grpc.StatusCode.INVALID_ARGUMENT,
             "INVALID_AMOUNT",
-        )  # fmt: skip
+        )
     tid = new_id()
     await gw.prepare(tid, "ada-usd", 100)
     await expect_error(
@@ -157,9 +158,13 @@ async def test_bad_amounts_and_reused_ids(gw: BankClient) -> None:
 async def test_one_phase_transfer(gw: BankClient) -> None:
     ada, bob = await gw.balance("ada-usd"), await gw.balance("bob-usd")
     request = bank_pb2.ProcessTransactionRequest(
-        transfer_id=new_id(), coordinator="gw-1", from_account_id="ada-usd",
-        to_account_id="bob-usd", amount=usd(1234), fingerprint=b"fp",
-    )  # fmt: skip
+        transfer_id=new_id(),
+        coordinator="gw-1",
+        from_account_id="ada-usd",
+        to_account_id="bob-usd",
+        amount=usd(1234),
+        fingerprint=b"fp",
+    )
     reply = await gw.stub.ProcessTransaction(request, timeout=TIMEOUT_S)
     assert (reply.state, reply.replayed) == (bank_pb2.TRANSFER_STATE_COMMITTED, False)
     replay = await gw.stub.ProcessTransaction(request, timeout=TIMEOUT_S)
@@ -255,8 +260,10 @@ async def test_decisions_in_one_call_are_each_applied_or_refused(gw: BankClient)
     )
     first, second, third = reply.outcomes
     assert (first.transfer_id, first.state, first.error_reason) == (
-        commit_me, bank_pb2.TRANSFER_STATE_COMMITTED, "",
-    )  # fmt: skip
+        commit_me,
+        bank_pb2.TRANSFER_STATE_COMMITTED,
+        "",
+    )
     assert (second.state, second.error_reason) == (bank_pb2.TRANSFER_STATE_ABORTED, "")
     # A COMMIT of an aborted transfer is refused as Commit would refuse it, alone.
     assert (third.transfer_id, third.error_reason) == (already_aborted, "TRANSFER_ABORTED")

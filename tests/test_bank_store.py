@@ -31,9 +31,15 @@ async def _open(tmp_path: Path, **config: Any) -> BankStore:
 
 async def _prepare(store: BankStore, tid: str, amount: int = 10, account: str = "ada-usd") -> None:
     await store.prepare(
-        transfer_id=tid, coordinator="gw-1", leg=Leg.DEBIT, account_id=account,
-        amount_minor=amount, currency="USD", fingerprint=b"fp", counterparty="beta/cy-usd",
-    )  # fmt: skip
+        transfer_id=tid,
+        coordinator="gw-1",
+        leg=Leg.DEBIT,
+        account_id=account,
+        amount_minor=amount,
+        currency="USD",
+        fingerprint=b"fp",
+        counterparty="beta/cy-usd",
+    )
 
 
 async def test_seed_is_idempotent_and_keeps_moved_money(tmp_path: Path) -> None:

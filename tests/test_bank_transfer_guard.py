@@ -37,9 +37,15 @@ async def _decided(tmp_path: Path, state: TransferState) -> tuple[BankStore, Tra
     store = await BankStore.open(StoreConfig(path=tmp_path / "bank.db"))
     await store.seed(load_seed(write_seed(tmp_path / "seed.json"), bank="alpha"), _plain)
     prepared = await store.prepare(
-        transfer_id="t", coordinator=GW, leg=Leg.DEBIT, account_id="ada-usd", amount_minor=10,
-        currency="USD", fingerprint=b"fp", counterparty="beta/cy-usd",
-    )  # fmt: skip
+        transfer_id="t",
+        coordinator=GW,
+        leg=Leg.DEBIT,
+        account_id="ada-usd",
+        amount_minor=10,
+        currency="USD",
+        fingerprint=b"fp",
+        counterparty="beta/cy-usd",
+    )
     decide = store.commit if state == TransferState.COMMITTED else store.abort
     decided = await decide(transfer_id="t", coordinator=GW)
     assert prepared.transfer.state == TransferState.PREPARED

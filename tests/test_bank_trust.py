@@ -50,9 +50,16 @@ def ledger() -> Ledger:
 
 def prepare(book: Ledger, tid: str, leg: Leg, account: str, customer: str) -> Any:
     return book.prepare(
-        transfer_id=tid, coordinator="gw-1", leg=leg, account_id=account, amount_minor=10,
-        currency="USD", fingerprint=FP, counterparty="beta/cy", customer_id=customer,
-    )  # fmt: skip
+        transfer_id=tid,
+        coordinator="gw-1",
+        leg=leg,
+        account_id=account,
+        amount_minor=10,
+        currency="USD",
+        fingerprint=FP,
+        counterparty="beta/cy",
+        customer_id=customer,
+    )
 
 
 def test_a_debit_for_another_customer_is_a_recorded_no() -> None:
@@ -76,9 +83,15 @@ def test_a_debit_for_another_customer_is_a_recorded_no() -> None:
 def test_a_one_phase_transfer_needs_the_payer_to_own_the_source() -> None:
     book = ledger()
     outcome = book.process(
-        transfer_id="t-1", coordinator="gw-1", from_account="ada", to_account="bob",
-        amount_minor=10, currency="USD", fingerprint=FP, customer_id="c-bob",
-    )  # fmt: skip
+        transfer_id="t-1",
+        coordinator="gw-1",
+        from_account="ada",
+        to_account="bob",
+        amount_minor=10,
+        currency="USD",
+        fingerprint=FP,
+        customer_id="c-bob",
+    )
     assert outcome.transfer.abort_reason == Reason.NOT_ACCOUNT_OWNER
     assert (book.accounts["ada"].balance_minor, book.accounts["bob"].balance_minor) == (100, 100)
 
@@ -176,13 +189,23 @@ async def test_gateway_keeps_only_the_asked_banks_accounts(
     gateway = ServiceProcess(
         "strife-gateway",
         [
-            "--name", "gw-9", "--listen", "127.0.0.1:0", "--db", str(tmp_path / "gw-9.db"),
-            "--certs", str(pki.identity("gateway", "gw-9")), "--grace", "1",
-            "--token-key", str(tmp_path / "token.key"),
-            f"--bank=alpha={running.banks['alpha'].address}", f"--bank=beta={compromised_beta}",
+            "--name",
+            "gw-9",
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+            str(tmp_path / "gw-9.db"),
+            "--certs",
+            str(pki.identity("gateway", "gw-9")),
+            "--grace",
+            "1",
+            "--token-key",
+            str(tmp_path / "token.key"),
+            f"--bank=alpha={running.banks['alpha'].address}",
+            f"--bank=beta={compromised_beta}",
         ],
         log,
-    ).start()  # fmt: skip
+    ).start()
     try:
         evil = Customer(pool, gateway.address)
         reply = await evil.stub.Login(

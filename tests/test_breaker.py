@@ -248,9 +248,11 @@ def _raises(code: grpc.StatusCode) -> Callable[[], Awaitable[None]]:
 async def test_router_avoids_a_gateway_whose_circuit_is_open() -> None:
     clock = Clock()
     router = GatewayRouter(
-        gateways=["g1:1", "g2:1"], failed_ttl_s=0.1, clock=clock,
+        gateways=["g1:1", "g2:1"],
+        failed_ttl_s=0.1,
+        clock=clock,
         breaker=BreakerConfig(failures=2, open_s=5.0, max_open_s=5.0),
-    )  # fmt: skip
+    )
     for _ in range(2):
         permit = router.circuits.admit("g1:1")
         assert permit is not None

@@ -18,9 +18,15 @@ from strife.gateway.service import transfer_id_for
 def _history_with_one_intent(keys: list[str], answer: str) -> History:
     history = History()
     intent = history.new_intent(
-        customer="alpha-1", customer_id="c-alpha-1", bank="alpha", from_account="alpha-1-usd",
-        to_bank="beta", to_account="beta-1-usd", amount_minor=100, via="outbox",
-    )  # fmt: skip
+        customer="alpha-1",
+        customer_id="c-alpha-1",
+        bank="alpha",
+        from_account="alpha-1-usd",
+        to_bank="beta",
+        to_account="beta-1-usd",
+        amount_minor=100,
+        via="outbox",
+    )
     for key in keys:
         history.link_key(intent, key)
     history.record(OK if answer == "COMMITTED" else FAIL, intent, keys[-1], answer)
@@ -60,8 +66,9 @@ def test_the_checker_sees_lost_commits_aborted_keys_applied_and_disagreeing_repl
     applied = check(aborted, _ledgers(["k-1"]), {}, left_in_outboxes=0, exit_codes={})
     assert applied.checks["aborted_key_not_applied"] == 1
     split = {"k-1": {"gw-1": "COMMITTED", "gw-2": "ABORTED"}}
-    disagree = check(committed, _ledgers(["k-1"]), split, left_in_outboxes=1,
-                     exit_codes={"gateway-gw-1": None})  # fmt: skip
+    disagree = check(
+        committed, _ledgers(["k-1"]), split, left_in_outboxes=1, exit_codes={"gateway-gw-1": None}
+    )
     assert disagree.checks["replicas_agree"] == 1
     assert disagree.checks["outboxes_drained"] == 1
     assert disagree.checks["no_process_hung"] == 1
@@ -75,9 +82,15 @@ def test_a_chaos_run_with_partitions_passes_its_checker(tmp_path: Path) -> None:
     if (why := net.unavailable_reason()) is not None:
         pytest.skip(f"partitions need network namespaces: {why}")
     config = ChaosConfig(
-        out=tmp_path / "chaos", customers=30, duration_s=35.0, rate_per_s=40.0, faults=24,
-        netns=True, drain_timeout_s=30.0, seed=7,
-    )  # fmt: skip
+        out=tmp_path / "chaos",
+        customers=30,
+        duration_s=35.0,
+        rate_per_s=40.0,
+        faults=24,
+        netns=True,
+        drain_timeout_s=30.0,
+        seed=7,
+    )
     report = asyncio.run(run_chaos(config, say=lambda _line: None))
     assert report["faults"]["count"] >= 20
     assert report["faults"]["by_kind"].get("partition", 0) >= 2

@@ -94,10 +94,13 @@ async def test_expired_token_is_refreshed_through_the_callback(
     from strife.client import Account, AccountRef
 
     stale = Session(
-        customer_id="c-ada", username="ada", bank="alpha",
+        customer_id="c-ada",
+        username="ada",
+        bank="alpha",
         accounts=(Account(AccountRef("alpha", "ada-usd"), "USD"),),
-        access_token=token, expires_at_unix_ms=2**62,  # the client believes it still valid
-    )  # fmt: skip
+        access_token=token,
+        expires_at_unix_ms=2**62,  # the client believes it still valid
+    )
     asked: list[str] = []
     async with client_for(pki, running, tmp_path / "o.db", session=stale, calls=asked) as client:
         result = await client.pay(CY, 7, "USD")
@@ -164,15 +167,27 @@ def test_client_killed_in_flight_is_resolved_by_get_payment(
     common = ["--gateway", gw, "--certs", str(pki.identity("client", "default")), "--json"]
     login = strife_cli(
         ["login", "--username", "ada", "--bank", "alpha", "--password-stdin", *common],
-        home=tmp_path, stdin=PASSWORDS["ada"] + "\n",
-    )  # fmt: skip
+        home=tmp_path,
+        stdin=PASSWORDS["ada"] + "\n",
+    )
     assert login.returncode == 0, login.stderr
     before = parsed(strife_cli(["balance", "--account", ADA, *common], home=tmp_path))
     crashed = strife_cli(
-        ["pay", "--to-bank", "beta", "--to-account", "cy-usd", "--amount", "2.50",
-         "--currency", "USD", *common],
-        home=tmp_path, env={"STRIFE_FAILPOINTS": FAILPOINT_BEFORE_RECORD},
-    )  # fmt: skip
+        [
+            "pay",
+            "--to-bank",
+            "beta",
+            "--to-account",
+            "cy-usd",
+            "--amount",
+            "2.50",
+            "--currency",
+            "USD",
+            *common,
+        ],
+        home=tmp_path,
+        env={"STRIFE_FAILPOINTS": FAILPOINT_BEFORE_RECORD},
+    )
     assert crashed.returncode == EXIT_STATUS, crashed.stderr
     # The next invocation drains first: the entry is IN_FLIGHT, so it asks GetPayment.
     [entry] = parsed(strife_cli(["outbox", "list", *common], home=tmp_path))["entries"]
@@ -187,17 +202,39 @@ def test_client_killed_in_flight_is_resolved_by_get_payment(
 
 @pytest.mark.parametrize(
     ("amount", "currency"),
-    [("1e3", "USD"), ("12.345", "USD"), ("-5", "USD"), ("0", "USD"), ("0.00", "USD"),
-     ("NaN", "USD"), ("1_000", "USD"), ("1.5", "JPY"), ("", "USD"), ("1", "XXX")],
-)  # fmt: skip
+    [
+        ("1e3", "USD"),
+        ("12.345", "USD"),
+        ("-5", "USD"),
+        ("0", "USD"),
+        ("0.00", "USD"),
+        ("NaN", "USD"),
+        ("1_000", "USD"),
+        ("1.5", "JPY"),
+        ("", "USD"),
+        ("1", "XXX"),
+    ],
+)
 def test_cli_refuses_bad_amounts_before_connecting(
     amount: str, currency: str, tmp_path: Path
 ) -> None:
     result = strife_cli(
-        ["pay", "--to-bank", "beta", "--to-account", "cy-usd", "--amount", amount,
-         "--currency", currency, "--gateway", "127.0.0.1:1", "--json"],
+        [
+            "pay",
+            "--to-bank",
+            "beta",
+            "--to-account",
+            "cy-usd",
+            "--amount",
+            amount,
+            "--currency",
+            currency,
+            "--gateway",
+            "127.0.0.1:1",
+            "--json",
+        ],
         home=tmp_path,
-    )  # fmt: skip
+    )
     assert result.returncode == 2, result
     error = parsed(result)["error"]
     assert error["reason"] in ("INVALID_AMOUNT", "INVALID_CURRENCY")
@@ -206,10 +243,21 @@ def test_cli_refuses_bad_amounts_before_connecting(
 
 def test_cli_names_the_largest_amount_in_the_currency(tmp_path: Path) -> None:
     result = strife_cli(
-        ["pay", "--to-bank", "beta", "--to-account", "cy-usd", "--amount",
-         "100000000000000000", "--currency", "USD", "--gateway", "127.0.0.1:1"],
+        [
+            "pay",
+            "--to-bank",
+            "beta",
+            "--to-account",
+            "cy-usd",
+            "--amount",
+            "100000000000000000",
+            "--currency",
+            "USD",
+            "--gateway",
+            "127.0.0.1:1",
+        ],
         home=tmp_path,
-    )  # fmt: skip
+    )
     assert result.returncode == 2, result
     assert "the largest amount is 92,233,720,368,547,758.07 USD" in result.stderr
     assert "int64" not in result.stderr
@@ -219,15 +267,19 @@ def test_cli_json_output_parses_for_every_command(
     pki: Pki, running: Cluster, tmp_path: Path
 ) -> None:
     common = [
-        "--gateway", running.gateways["gw-2"].address,
-        "--certs", str(pki.identity("client", "default")), "--json",
-    ]  # fmt: skip
+        "--gateway",
+        running.gateways["gw-2"].address,
+        "--certs",
+        str(pki.identity("client", "default")),
+        "--json",
+    ]
     login = parsed(
         strife_cli(
             ["login", "-u", "ada", "--bank", "alpha", "--password-stdin", *common],
-            home=tmp_path, stdin=PASSWORDS["ada"] + "\n",
+            home=tmp_path,
+            stdin=PASSWORDS["ada"] + "\n",
         )
-    )  # fmt: skip
+    )
     assert login["customer_id"] == "c-ada" and "access_token" not in login
     cache = tmp_path / "default" / "session.json"
     assert stat.S_IMODE(cache.stat().st_mode) == 0o600
@@ -235,10 +287,20 @@ def test_cli_json_output_parses_for_every_command(
     assert PASSWORDS["ada"] not in cache.read_text()
     # 0.1 USD is ten cents, exactly.
     paid = strife_cli(
-        ["pay", "--to-bank", "beta", "--to-account", "cy-usd", "--amount", "0.1",
-         "--currency", "usd", *common],
+        [
+            "pay",
+            "--to-bank",
+            "beta",
+            "--to-account",
+            "cy-usd",
+            "--amount",
+            "0.1",
+            "--currency",
+            "usd",
+            *common,
+        ],
         home=tmp_path,
-    )  # fmt: skip
+    )
     payment = parsed(paid)
     assert paid.returncode == 0 and payment["state"] == "COMMITTED"
     assert (payment["amount_minor"], payment["amount"], payment["currency"]) == (10, "0.10", "USD")
@@ -247,29 +309,59 @@ def test_cli_json_output_parses_for_every_command(
     assert status["outbox"]["transfer_id"] == status["gateway"]["transfer_id"]
     balances = parsed(strife_cli(["balance", *common], home=tmp_path))["balances"]
     assert {b["account"] for b in balances} == {"alpha/ada-usd", "alpha/ada-eur"}
-    history = parsed(strife_cli(["history", "--account", "ada-usd", "--limit", "3", *common],
-                                home=tmp_path))["entries"]  # fmt: skip
+    history = parsed(
+        strife_cli(["history", "--account", "ada-usd", "--limit", "3", *common], home=tmp_path)
+    )["entries"]
     assert 1 <= len(history) <= 3 and history[0]["transfer_id"] == payment["transfer_id"]
     listed = parsed(strife_cli(["outbox", "list", *common], home=tmp_path))["entries"]
     assert [e["idempotency_key"] for e in listed] == [payment["idempotency_key"]]
     # A refused payment settles ABORTED: exit status 3, still JSON.
     refused = strife_cli(
-        ["pay", "--to-bank", "beta", "--to-account", "cy-usd", "--amount", "99999999",
-         "--currency", "USD", *common],
+        [
+            "pay",
+            "--to-bank",
+            "beta",
+            "--to-account",
+            "cy-usd",
+            "--amount",
+            "99999999",
+            "--currency",
+            "USD",
+            *common,
+        ],
         home=tmp_path,
-    )  # fmt: skip
+    )
     assert refused.returncode == 3 and parsed(refused)["reason"] == "INSUFFICIENT_FUNDS"
     watched = strife_cli(["watch", "--until-empty", "--timeout", "10", *common], home=tmp_path)
     assert watched.returncode == 0 and watched.stdout == ""  # nothing queued: JSON lines, none
 
 
 def test_cli_human_output(pki: Pki, running: Cluster, tmp_path: Path) -> None:
-    common = ["--gateway", running.gateways["gw-1"].address,
-              "--certs", str(pki.identity("client", "default"))]  # fmt: skip
-    strife_cli(["login", "-u", "bob", "--bank", "alpha", "--password-stdin", *common],
-               home=tmp_path, stdin=PASSWORDS["bob"] + "\n")  # fmt: skip
-    paid = strife_cli(["pay", "--to-bank", "alpha", "--to-account", "ada-usd", "--amount",
-                       "1.00", "--currency", "USD"], home=tmp_path)  # fmt: skip
+    common = [
+        "--gateway",
+        running.gateways["gw-1"].address,
+        "--certs",
+        str(pki.identity("client", "default")),
+    ]
+    strife_cli(
+        ["login", "-u", "bob", "--bank", "alpha", "--password-stdin", *common],
+        home=tmp_path,
+        stdin=PASSWORDS["bob"] + "\n",
+    )
+    paid = strife_cli(
+        [
+            "pay",
+            "--to-bank",
+            "alpha",
+            "--to-account",
+            "ada-usd",
+            "--amount",
+            "1.00",
+            "--currency",
+            "USD",
+        ],
+        home=tmp_path,
+    )
     assert paid.returncode == 0 and "COMMITTED 1.00 USD alpha/bob-usd -> alpha/ada-usd" in (
         paid.stdout
     ), paid  # connection settings came from the profile saved at login

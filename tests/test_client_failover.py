@@ -122,15 +122,27 @@ async def test_replica_killed_mid_run_payments_move_and_land_exactly_once(
     with ExitStack() as stack:
         balancer = ServiceProcess(
             "strife-balancer",
-            ["--listen", "127.0.0.1:0", "--certs", str(pki.identity("balancer", "balancer")),
-             "--heartbeat-interval", "0.1", "--lease-ttl", "0.5"],
+            [
+                "--listen",
+                "127.0.0.1:0",
+                "--certs",
+                str(pki.identity("balancer", "balancer")),
+                "--heartbeat-interval",
+                "0.1",
+                "--lease-ttl",
+                "0.5",
+            ],
             tmp_path / "balancer.log",
-        ).start()  # fmt: skip
+        ).start()
         stack.callback(balancer.stop)
         c: Cluster = stack.enter_context(
-            cluster(pki, tmp_path, gateways=("gw-1", "gw-2"),
-                    gateway_extra=["--balancer", balancer.address])
-        )  # fmt: skip
+            cluster(
+                pki,
+                tmp_path,
+                gateways=("gw-1", "gw-2"),
+                gateway_extra=["--balancer", balancer.address],
+            )
+        )
         async with client_for(pki, c, tmp_path / "outbox.db", balancer=balancer.address) as client:
 
             async def both_registered() -> bool:
@@ -186,18 +198,36 @@ async def test_replica_killed_mid_run_payments_move_and_land_exactly_once(
 
 def test_cli_pay_while_offline_then_watch_prints_the_outcome(pki: Pki, tmp_path: Path) -> None:
     with cluster(pki, tmp_path, gateways=("gw-1",)) as c:
-        common = ["--gateway", c.gateways["gw-1"].address,
-                  "--certs", str(pki.identity("client", "default")), "--json"]  # fmt: skip
+        common = [
+            "--gateway",
+            c.gateways["gw-1"].address,
+            "--certs",
+            str(pki.identity("client", "default")),
+            "--json",
+        ]
         home = tmp_path / "home"
-        login = strife_cli(["login", "-u", "ada", "--bank", "alpha", "--password-stdin", *common],
-                           home=home, stdin=PASSWORDS["ada"] + "\n")  # fmt: skip
+        login = strife_cli(
+            ["login", "-u", "ada", "--bank", "alpha", "--password-stdin", *common],
+            home=home,
+            stdin=PASSWORDS["ada"] + "\n",
+        )
         assert login.returncode == 0, login.stderr
         before = parsed(strife_cli(["balance", "--account", ADA, *common], home=home))
         c.gateways["gw-1"].stop()
 
         started = time.monotonic()
-        pay = ["pay", "--to-bank", "beta", "--to-account", "cy-usd", "--amount", "4.56",
-               "--currency", "USD", *common]  # fmt: skip
+        pay = [
+            "pay",
+            "--to-bank",
+            "beta",
+            "--to-account",
+            "cy-usd",
+            "--amount",
+            "4.56",
+            "--currency",
+            "USD",
+            *common,
+        ]
         paid = strife_cli(pay, home=home)
         elapsed_s = time.monotonic() - started  # includes starting Python: no waiting on top
         queued = parsed(paid)
@@ -206,9 +236,11 @@ def test_cli_pay_while_offline_then_watch_prints_the_outcome(pki: Pki, tmp_path:
 
         watcher = subprocess.Popen(
             [str(BIN / "strife"), "watch", "--until-empty", "--timeout", str(DEADLINE_S), *common],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
             env={**os.environ, "STRIFE_HOME": str(home)},
-        )  # fmt: skip
+        )
         try:
             c.restart_gateway("gw-1")
             out, err = watcher.communicate(timeout=DEADLINE_S + 5)

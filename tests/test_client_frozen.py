@@ -86,10 +86,11 @@ async def test_frozen_gateways_pay_returns_queued_quickly_then_delivers_once(
 async def test_a_slow_but_live_gateway_is_waited_for(pki: Pki, tmp_path: Path) -> None:
     """alpha holds the first prepare for 2 s: the gateway answers the probe, pay() waits."""
     with cluster(
-        pki, tmp_path,
+        pki,
+        tmp_path,
         gateway_extra=["--prepare-timeout", "10"],
         bank_env={"alpha": {"STRIFE_FAILPOINTS": f"bank.before_prepare=delay:{SLOW_PREPARE_S}*1"}},
-    ) as c:  # fmt: skip
+    ) as c:
         async with client_for(pki, c, tmp_path / "outbox.db") as client:
             await client.login()
             started = time.monotonic()

@@ -96,10 +96,17 @@ def payment_of(
     key: str, status: PaymentStatus, reason: str = "", transient: bool = False
 ) -> Payment:
     return Payment(
-        idempotency_key=key, transfer_id=f"t-{key}", status=status, abort_reason=reason,
-        abort_transient=transient, from_account=ADA, to_account=CY, amount_minor=100,
-        currency="USD", created_at_unix_ms=0,
-    )  # fmt: skip
+        idempotency_key=key,
+        transfer_id=f"t-{key}",
+        status=status,
+        abort_reason=reason,
+        abort_transient=transient,
+        from_account=ADA,
+        to_account=CY,
+        amount_minor=100,
+        currency="USD",
+        created_at_unix_ms=0,
+    )
 
 
 class Sleeps:
@@ -122,9 +129,13 @@ def drainer_for(
     outbox: Outbox, fake: FakeGateway, tmp_path: Path, sleeps: Sleeps | None = None, **kw: Any
 ) -> Drainer:
     return Drainer(
-        outbox, fake, DrainLock(tmp_path / "outbox.lock"),
-        policy=RetryPolicy(initial_s=0.01, cap_s=0.08), sleep=sleeps or Sleeps(), **kw,
-    )  # fmt: skip
+        outbox,
+        fake,
+        DrainLock(tmp_path / "outbox.lock"),
+        policy=RetryPolicy(initial_s=0.01, cap_s=0.08),
+        sleep=sleeps or Sleeps(),
+        **kw,
+    )
 
 
 # --------------------------------------------------------------------- storage
@@ -163,8 +174,10 @@ async def test_entries_survive_reopening_and_settled_is_final(tmp_path: Path) ->
     box = await Outbox.open(path)
     stored = await box.get(entry.id)
     assert stored is not None and (stored.state, stored.transfer_id, stored.sends) == (
-        EntryState.COMMITTED, "t-1", 1,
-    )  # fmt: skip
+        EntryState.COMMITTED,
+        "t-1",
+        1,
+    )
     await box.close()
     with sqlite3.connect(path) as raw, pytest.raises(sqlite3.IntegrityError, match="final"):
         raw.execute("UPDATE entries SET state = 'PENDING' WHERE id = ?", (entry.id,))
@@ -219,11 +232,13 @@ async def test_terminal_errors_end_the_entry_without_retry(outbox: Outbox, tmp_p
     assert fake.sent == [broke, reused] and sleeps.delays == []
     a_now, b_now = await outbox.get(a.id), await outbox.get(b.id)
     assert a_now is not None and (a_now.state, a_now.reason) == (
-        EntryState.ABORTED, "INSUFFICIENT_FUNDS",
-    )  # fmt: skip
+        EntryState.ABORTED,
+        "INSUFFICIENT_FUNDS",
+    )
     assert b_now is not None and (b_now.state, b_now.reason) == (
-        EntryState.FAILED, "IDEMPOTENCY_KEY_REUSED",
-    )  # fmt: skip
+        EntryState.FAILED,
+        "IDEMPOTENCY_KEY_REUSED",
+    )
     assert b_now.resubmits == 0 and a_now.resubmits == 0  # a business abort is not resubmitted
 
 
@@ -297,8 +312,10 @@ async def test_resubmissions_are_bounded(outbox: Outbox, tmp_path: Path) -> None
     await drainer.pass_once()
     stored = await outbox.get(entry.id)
     assert stored is not None and (stored.state, stored.reason, stored.resubmits) == (
-        EntryState.ABORTED, "BANK_UNAVAILABLE", 2,
-    )  # fmt: skip
+        EntryState.ABORTED,
+        "BANK_UNAVAILABLE",
+        2,
+    )
     assert len(fake.sent) == 3
 
 

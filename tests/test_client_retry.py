@@ -59,9 +59,9 @@ async def flaky(errors: list[BaseException], calls: list[int]) -> str:
     return "ok"
 
 
-async def run(policy: RetryPolicy, errors: list[BaseException], rng: random.Random) -> tuple[
-    str, list[int], list[float]
-]:  # fmt: skip
+async def run(
+    policy: RetryPolicy, errors: list[BaseException], rng: random.Random
+) -> tuple[str, list[int], list[float]]:
     sleep, calls = Recorder(), list[int]()
     async for attempt in policy.retrying(sleep=sleep, rng=rng):
         with attempt:

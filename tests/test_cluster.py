@@ -62,9 +62,11 @@ async def _pay(root: Path, balancer: str, amount_minor: int) -> int:
         deadline = time.monotonic() + UP_TIMEOUT_S
         while True:
             paid = await payer.pay(
-                str(uuid.uuid4()), ("alpha", account_of("alpha-1")),
-                ("beta", account_of("beta-1")), amount_minor,
-            )  # fmt: skip
+                str(uuid.uuid4()),
+                ("alpha", account_of("alpha-1")),
+                ("beta", account_of("beta-1")),
+                amount_minor,
+            )
             if not paid.payment.abort_transient or time.monotonic() > deadline:
                 return int(paid.payment.status)
             await asyncio.sleep(0.2)
@@ -81,8 +83,9 @@ def test_cluster_up_serves_restarts_and_goes_down(tmp_path: Path) -> None:
     port = free_port()
     up = subprocess.Popen(
         _cluster("up", "--config", str(topology), "--balancer-port", str(port)),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     pids: list[int] = []
     try:
         state = _wait_state(root, up)
@@ -132,8 +135,10 @@ def test_a_taken_balancer_port_is_reported_with_the_reason(tmp_path: Path) -> No
         port = taken.getsockname()[1]
         up = subprocess.run(
             _cluster("up", "--data-dir", str(tmp_path / "c"), "--balancer-port", str(port)),
-            capture_output=True, text=True, timeout=UP_TIMEOUT_S,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=UP_TIMEOUT_S,
+        )
     assert up.returncode == 1
     assert f"balancer did not start; see {tmp_path / 'c' / 'logs' / 'balancer.log'}" in up.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in up.stderr  # the log's reason

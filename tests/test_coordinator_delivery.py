@@ -107,11 +107,19 @@ async def turns_until(condition: Callable[[], bool]) -> None:
 
 def payment(n: int) -> PaymentRecord:
     return PaymentRecord(
-        customer_id="c-ada", idempotency_key=f"key-{n:012d}", transfer_id=f"t-{n}",
-        fingerprint=b"fp", state=PaymentState.PENDING, from_bank="alpha",
-        from_account="ada-usd", to_bank="beta", to_account="cy-usd", amount_minor=100,
-        currency="USD", description="",
-    )  # fmt: skip
+        customer_id="c-ada",
+        idempotency_key=f"key-{n:012d}",
+        transfer_id=f"t-{n}",
+        fingerprint=b"fp",
+        state=PaymentState.PENDING,
+        from_bank="alpha",
+        from_account="ada-usd",
+        to_bank="beta",
+        to_account="cy-usd",
+        amount_minor=100,
+        currency="USD",
+        description="",
+    )
 
 
 @pytest.fixture

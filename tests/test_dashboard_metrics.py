@@ -61,10 +61,19 @@ def cluster_up(tmp_path: Path) -> Iterator[dict[str, Any]]:
     config.write_text(TOPOLOGY)
     root = tmp_path / "cluster"
     up = subprocess.Popen(
-        [sys.executable, "-m", "strife.cluster", "up", "--config", str(config),
-         "--balancer-port", "0"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "strife.cluster",
+            "up",
+            "--config",
+            str(config),
+            "--balancer-port",
+            "0",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + UP_TIMEOUT_S
         while not (root / "cluster.json").exists():
@@ -274,8 +283,12 @@ def test_every_metric_the_dashboard_queries_exists_in_a_running_cluster(tmp_path
             asyncio.run(make_payments(state, tmp_path / "outbox"))
             children = state["children"]
             assert {c["name"] for c in children} == {
-                "balancer", "bank-alpha", "bank-beta", "gateway-gw-1", "gateway-gw-2",
-            }  # fmt: skip
+                "balancer",
+                "bank-alpha",
+                "bank-beta",
+                "gateway-gw-1",
+                "gateway-gw-2",
+            }
             assert all(c["metrics"] for c in children), children
             targets_file = Path(state["root"]) / "prometheus-targets.json"
             targets = json.loads(targets_file.read_text())

@@ -206,8 +206,11 @@ async def test_prepares_for_two_banks_at_one_server_leave_in_one_call(
 
     assert len(host.prepare_calls) == 2
     assert sorted(host.prepare_calls[1]) == [
-        ("alpha", "t-2"), ("alpha", "t-3"), ("beta", "t-2"), ("beta", "t-3"),
-    ]  # fmt: skip
+        ("alpha", "t-2"),
+        ("alpha", "t-3"),
+        ("beta", "t-2"),
+        ("beta", "t-3"),
+    ]
     # Each payment got its own items' answers out of the shared batch.
     assert [(r.transfer_id, r.state, r.abort_reason) for r in results] == [
         ("t-1", PaymentState.COMMITTED, ""),
@@ -217,9 +220,12 @@ async def test_prepares_for_two_banks_at_one_server_leave_in_one_call(
     decided = {d for call in host.decide_calls for d in call}
     # beta refused t-3 and recorded it ABORTED: only alpha's hold needs the abort.
     assert decided == {
-        ("alpha", "t-1", True), ("beta", "t-1", True), ("alpha", "t-2", True),
-        ("beta", "t-2", True), ("alpha", "t-3", False),
-    }  # fmt: skip
+        ("alpha", "t-1", True),
+        ("beta", "t-1", True),
+        ("alpha", "t-2", True),
+        ("beta", "t-2", True),
+        ("alpha", "t-3", False),
+    }
 
 
 async def test_decisions_for_two_banks_at_one_server_leave_in_one_call(
@@ -247,8 +253,10 @@ async def test_decisions_for_two_banks_at_one_server_leave_in_one_call(
 
     assert len(host.decide_calls) == 2
     assert sorted(host.decide_calls[1]) == [
-        ("alpha", "t-11", True), ("beta", "t-11", True), ("beta", "t-12", False),
-    ]  # fmt: skip
+        ("alpha", "t-11", True),
+        ("beta", "t-11", True),
+        ("beta", "t-12", False),
+    ]
     for tid in ("t-10", "t-11", "t-12"):
         stored = store.by_transfer(tid)
         assert stored is not None and stored.settled, tid
@@ -306,9 +314,11 @@ async def test_the_single_call_fallback_is_per_server(store: GatewayStore) -> No
     assert host.batch_attempts == 1  # not again for the decisions, nor for beta
     for method in ("Prepare", "Commit"):
         assert sorted(c for c in host.single if c[0] == method) == [
-            (method, "alpha", "t-40"), (method, "alpha", "t-41"),
-            (method, "beta", "t-40"), (method, "beta", "t-41"),
-        ]  # fmt: skip
+            (method, "alpha", "t-40"),
+            (method, "alpha", "t-41"),
+            (method, "beta", "t-40"),
+            (method, "beta", "t-41"),
+        ]
 
 
 async def test_a_one_phase_payment_names_its_bank(store: GatewayStore) -> None:

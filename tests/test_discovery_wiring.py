@@ -24,27 +24,53 @@ async def test_payment_through_registry_only(pki: Pki, tmp_path: Path) -> None:
     with ExitStack() as stack:
         balancer = ServiceProcess(
             "strife-balancer",
-            ["--listen", "127.0.0.1:0", "--certs", str(pki.identity("balancer", "balancer")),
-             "--heartbeat-interval", "0.2", "--lease-ttl", "1"],
+            [
+                "--listen",
+                "127.0.0.1:0",
+                "--certs",
+                str(pki.identity("balancer", "balancer")),
+                "--heartbeat-interval",
+                "0.2",
+                "--lease-ttl",
+                "1",
+            ],
             tmp_path / "balancer.log",
-        ).start()  # fmt: skip
+        ).start()
         stack.callback(balancer.stop)
         via = ["--balancer", balancer.address]
         for bank in ("alpha", "beta"):
             process = ServiceProcess(
                 "strife-bank",
-                ["--name", bank, "--db", str(tmp_path / f"{bank}.db"), "--init",
-                 "--seed", str(seed), "--certs", str(pki.identity("bank", bank)), *via],
+                [
+                    "--name",
+                    bank,
+                    "--db",
+                    str(tmp_path / f"{bank}.db"),
+                    "--init",
+                    "--seed",
+                    str(seed),
+                    "--certs",
+                    str(pki.identity("bank", bank)),
+                    *via,
+                ],
                 tmp_path / f"{bank}.log",
-            ).start()  # fmt: skip
+            ).start()
             stack.callback(process.stop)
         gateway = ServiceProcess(
             "strife-gateway",
-            ["--name", "gw-1", "--db", str(tmp_path / "gw.db"),
-             "--certs", str(pki.identity("gateway", "gw-1")),
-             "--token-key", str(tmp_path / "token.key"), *via],
+            [
+                "--name",
+                "gw-1",
+                "--db",
+                str(tmp_path / "gw.db"),
+                "--certs",
+                str(pki.identity("gateway", "gw-1")),
+                "--token-key",
+                str(tmp_path / "token.key"),
+                *via,
+            ],
             tmp_path / "gw.log",
-        ).start()  # fmt: skip
+        ).start()
         stack.callback(gateway.stop)
 
         async with ChannelPool(pki.identity("client", "default")) as pool:

@@ -91,8 +91,10 @@ def test_a_status_quoting_oversized_input_stays_small() -> None:
     """Refusals quote the caller's input; a huge field must not make the answer
     itself too large for gRPC's trailers."""
     status = make_status(
-        grpc.StatusCode.INVALID_ARGUMENT, "INVALID_CURRENCY", "unsupported " + "U" * 100_000,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_CURRENCY",
+        "unsupported " + "U" * 100_000,
         {"currency": "U" * 100_000},
-    )  # fmt: skip
+    )
     assert len(status.details) <= 1024
     assert sum(len(value) for _, value in status.trailing_metadata) < 4096

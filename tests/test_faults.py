@@ -124,13 +124,23 @@ def bank(pki: Pki, tmp: Path, env: dict[str, str]) -> Iterator[ServiceProcess]:
     process = ServiceProcess(
         "strife-bank",
         [
-            "--name", "alpha", "--listen", "127.0.0.1:0", "--db", str(tmp / "alpha.db"),
-            "--init", "--seed", str(write_seed(tmp / "seed.json")),
-            "--certs", str(pki.identity("bank", "alpha")), "--grace", "1",
+            "--name",
+            "alpha",
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+            str(tmp / "alpha.db"),
+            "--init",
+            "--seed",
+            str(write_seed(tmp / "seed.json")),
+            "--certs",
+            str(pki.identity("bank", "alpha")),
+            "--grace",
+            "1",
         ],
         tmp / "alpha.log",
         env=env,
-    )  # fmt: skip
+    )
     process.start()
     try:
         yield process

@@ -129,11 +129,12 @@ async def test_bank_killed_after_yes_learns_commit_from_the_coordinator(
 ) -> None:
     # The settler waits a minute, so only the bank's own resolver can finish this.
     with cluster(
-        pki, tmp_path,
+        pki,
+        tmp_path,
         gateway_extra=["--settle-interval", "60"],
         bank_extra=["--in-doubt-timeout", "0.3"],
         bank_env={"beta": {"STRIFE_FAILPOINTS": "bank.before_commit"}},
-    ) as c:  # fmt: skip
+    ) as c:
         async with ChannelPool(pki.identity("client", "default")) as pool:
             ada = await login(pool, c)
             before = await balances(pki, c)

@@ -16,12 +16,23 @@ def test_a_gateway_whose_name_is_not_its_certificates_refuses_to_start(
     certificate; a process under a borrowed name would be a second gw-1."""
     result = subprocess.run(
         [
-            str(BIN / "strife-gateway"), "--name", "gw-2", "--listen", "127.0.0.1:0",
-            "--db", str(tmp_path / "gw.db"), "--certs", str(pki.identity("gateway", "gw-1")),
-            "--bank", "alpha=127.0.0.1:9",
+            str(BIN / "strife-gateway"),
+            "--name",
+            "gw-2",
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+            str(tmp_path / "gw.db"),
+            "--certs",
+            str(pki.identity("gateway", "gw-1")),
+            "--bank",
+            "alpha=127.0.0.1:9",
         ],
-        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode != 0
     assert "does not match this gateway's certificate" in result.stderr
     assert "/gateway/gw-1" in result.stderr

@@ -79,8 +79,11 @@ async def test_same_bank_payment_is_one_phase(pool: ChannelPool, running: Cluste
     assert reply.payment.status == COMMITTED
     assert (await ada.balance(*ADA))[0] == ada0[0] - 500
     assert (await bob.balance(*BOB))[0] == bob0[0] + 500
-    assert [e.amount.amount_minor for e in await bob.history(*BOB)
-            if e.transfer_id == reply.payment.transfer_id] == [500]  # fmt: skip
+    assert [
+        e.amount.amount_minor
+        for e in await bob.history(*BOB)
+        if e.transfer_id == reply.payment.transfer_id
+    ] == [500]
 
 
 async def test_refusals_abort_and_leave_no_hold(pool: ChannelPool, running: Cluster) -> None:

@@ -11,13 +11,23 @@ from strife.storage.sqlite import connect, migrate
 
 def record(n: int, state: PaymentState, settled: bool) -> PaymentRecord:
     return PaymentRecord(
-        customer_id=f"c-{n % 3}", idempotency_key=f"key-{n:016d}", transfer_id=f"t-{n:04d}",
-        fingerprint=bytes([n % 256]) * 32, state=state, from_bank="alpha",
-        from_account="ada-usd", to_bank="beta", to_account="cy-usd", amount_minor=100 + n,
-        currency="USD", description=f"n{n}",
+        customer_id=f"c-{n % 3}",
+        idempotency_key=f"key-{n:016d}",
+        transfer_id=f"t-{n:04d}",
+        fingerprint=bytes([n % 256]) * 32,
+        state=state,
+        from_bank="alpha",
+        from_account="ada-usd",
+        to_bank="beta",
+        to_account="cy-usd",
+        amount_minor=100 + n,
+        currency="USD",
+        description=f"n{n}",
         abort_reason="INSUFFICIENT_FUNDS" if state == PaymentState.ABORTED else "",
-        settled=settled, created_at_ms=1_000 + n, updated_at_ms=2_000 + n,
-    )  # fmt: skip
+        settled=settled,
+        created_at_ms=1_000 + n,
+        updated_at_ms=2_000 + n,
+    )
 
 
 async def test_version_2_keeps_every_payment_of_a_version_1_log(tmp_path: Path) -> None:
@@ -28,12 +38,27 @@ async def test_version_2_keeps_every_payment_of_a_version_1_log(tmp_path: Path) 
     assert await migrate(conn, MIGRATIONS[:1]) == 1
     marks = ", ".join("?" * 17)
     rows = [
-        (r.customer_id, r.idempotency_key, r.transfer_id, r.fingerprint, str(r.state),
-         r.from_bank, r.from_account, r.to_bank, r.to_account, r.amount_minor, r.currency,
-         r.description, r.abort_reason, int(r.abort_transient), int(r.settled),
-         r.created_at_ms, r.updated_at_ms)
+        (
+            r.customer_id,
+            r.idempotency_key,
+            r.transfer_id,
+            r.fingerprint,
+            str(r.state),
+            r.from_bank,
+            r.from_account,
+            r.to_bank,
+            r.to_account,
+            r.amount_minor,
+            r.currency,
+            r.description,
+            r.abort_reason,
+            int(r.abort_transient),
+            int(r.settled),
+            r.created_at_ms,
+            r.updated_at_ms,
+        )
         for r in written
-    ]  # fmt: skip
+    ]
     await conn.run(
         lambda raw: raw.executemany(f"INSERT INTO payments ({_COLUMNS_V1}) VALUES ({marks})", rows)
     )

@@ -98,11 +98,13 @@ async def test_a_host_killed_after_both_yes_votes_learns_commit_for_both_banks(
     resolver, under its own identity, asks the coordinator and commits its leg;
     the settler waits a minute, so nothing else can finish the payment."""
     with cluster(
-        pki, tmp_path, hosted=True,
+        pki,
+        tmp_path,
+        hosted=True,
         gateway_extra=["--settle-interval", "60"],
         bank_extra=["--in-doubt-timeout", "0.3"],
         bank_env={"east": {"STRIFE_FAILPOINTS": "bank.before_commit"}},
-    ) as c:  # fmt: skip
+    ) as c:
         async with ChannelPool(pki.identity("client", "default")) as pool:
             ada = Customer(pool, c.gateways["gw-1"].address)
             await ada.login("ada")

@@ -15,9 +15,15 @@ def _ledger() -> Ledger:
 
 def _prepare(ledger: Ledger, transfer_id: str) -> None:
     ledger.prepare(
-        transfer_id=transfer_id, coordinator=GW, leg=Leg.DEBIT, account_id="ada-usd",
-        amount_minor=10, currency="USD", fingerprint=b"fp", counterparty="beta/cy-usd",
-    )  # fmt: skip
+        transfer_id=transfer_id,
+        coordinator=GW,
+        leg=Leg.DEBIT,
+        account_id="ada-usd",
+        amount_minor=10,
+        currency="USD",
+        fingerprint=b"fp",
+        counterparty="beta/cy-usd",
+    )
 
 
 def test_finished_transfers_are_evicted_and_readmitted_unchanged() -> None:

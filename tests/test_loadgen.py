@@ -49,9 +49,16 @@ B = Customer("beta-1", "pw-beta-1", "beta", "beta-1-usd")
 
 def committed(tid: str, amount: int, payer: Customer = A, payee: Customer = B) -> Payment:
     return Payment(
-        key=f"k-{tid}", payer=payer, payee=payee, amount_minor=amount, started_s=0.0,
-        outcome=Outcome.COMMITTED, transfer_id=tid, latency_ms=1.0, finished_s=0.1,
-    )  # fmt: skip
+        key=f"k-{tid}",
+        payer=payer,
+        payee=payee,
+        amount_minor=amount,
+        started_s=0.0,
+        outcome=Outcome.COMMITTED,
+        transfer_id=tid,
+        latency_ms=1.0,
+        finished_s=0.1,
+    )
 
 
 def books(a: int, b: int) -> dict[tuple[str, str], Book]:
@@ -295,13 +302,30 @@ async def test_a_hundred_customers_pay_and_every_payment_lands_exactly_once(
 async def _open_loop_through_the_cli(target: Target, out: Path) -> None:
     certs = target.client_certs.parent
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "strife.loadgen.cli",
-        "--balancer", target.balancer, "--certs", str(certs),
-        "--customers", ",".join(c.username for c in target.customers[:12]),
-        "--clients", "6", "--rate", "40", "--duration", "1.5", "--mix", "any",
-        "--out", str(out), "--no-plots", "--json",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "strife.loadgen.cli",
+        "--balancer",
+        target.balancer,
+        "--certs",
+        str(certs),
+        "--customers",
+        ",".join(c.username for c in target.customers[:12]),
+        "--clients",
+        "6",
+        "--rate",
+        "40",
+        "--duration",
+        "1.5",
+        "--mix",
+        "any",
+        "--out",
+        str(out),
+        "--no-plots",
+        "--json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     stdout, stderr = await asyncio.wait_for(proc.communicate(), 90)
     assert proc.returncode == 0, stderr.decode()[-3000:]
     results = json.loads(stdout)

@@ -59,10 +59,20 @@ def test_a_token_reveals_nothing() -> None:
 def test_every_damaged_token_is_refused() -> None:
     token = seal_page_token(KEY, "alpha", ACCOUNT, 42)
     damaged = [
-        token[:-4], token[:-1], token[1:], token + "A", token + "=", token + "==", "",
-        token[:10] + "é" + token[11:], "x" * 10_000, token.replace("-", "+").replace("_", "/"),
-        _forged(ACCOUNT, "9" * 40), _forged(ACCOUNT, "5"), "garbage",
-    ]  # fmt: skip
+        token[:-4],
+        token[:-1],
+        token[1:],
+        token + "A",
+        token + "=",
+        token + "==",
+        "",
+        token[:10] + "é" + token[11:],
+        "x" * 10_000,
+        token.replace("-", "+").replace("_", "/"),
+        _forged(ACCOUNT, "9" * 40),
+        _forged(ACCOUNT, "5"),
+        "garbage",
+    ]
     for i in range(len(token)):  # every character changed
         for replacement in "AQ_-":
             if token[i] != replacement:

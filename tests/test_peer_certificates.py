@@ -69,22 +69,45 @@ def _auth_context(issued: certs.Issued) -> dict[str, list[bytes]]:
 
 CASES = [
     ("a SPIFFE id in a DNS SAN only", [x509.DNSName(ADMIN)], None),
-    ("in a DNS SAN, next to a URI SAN",
-     [x509.DNSName(ADMIN), x509.UniformResourceIdentifier(CLIENT)],
-     PeerIdentity("strife.local", "client", "x")),
-    ("two URI SANs, one SPIFFE", [x509.UniformResourceIdentifier(ADMIN),
-                                  x509.UniformResourceIdentifier("https://example.com/")], None),
-    ("the same SPIFFE id twice", [x509.UniformResourceIdentifier(ADMIN),
-                                  x509.UniformResourceIdentifier(ADMIN)], None),
-    ("two SPIFFE ids", [x509.UniformResourceIdentifier(ADMIN),
-                        x509.UniformResourceIdentifier(CLIENT)], None),
-    ("another trust domain", [x509.UniformResourceIdentifier("spiffe://evil.org/admin/root")],
-     None),
-    ("one URI SAN", [x509.UniformResourceIdentifier(ADMIN)],
-     PeerIdentity("strife.local", "admin", "root")),
-    ("a name strife-certs never issues",
-     [x509.UniformResourceIdentifier("spiffe://strife.local/admin/-root")], None),
-]  # fmt: skip
+    (
+        "in a DNS SAN, next to a URI SAN",
+        [x509.DNSName(ADMIN), x509.UniformResourceIdentifier(CLIENT)],
+        PeerIdentity("strife.local", "client", "x"),
+    ),
+    (
+        "two URI SANs, one SPIFFE",
+        [
+            x509.UniformResourceIdentifier(ADMIN),
+            x509.UniformResourceIdentifier("https://example.com/"),
+        ],
+        None,
+    ),
+    (
+        "the same SPIFFE id twice",
+        [x509.UniformResourceIdentifier(ADMIN), x509.UniformResourceIdentifier(ADMIN)],
+        None,
+    ),
+    (
+        "two SPIFFE ids",
+        [x509.UniformResourceIdentifier(ADMIN), x509.UniformResourceIdentifier(CLIENT)],
+        None,
+    ),
+    (
+        "another trust domain",
+        [x509.UniformResourceIdentifier("spiffe://evil.org/admin/root")],
+        None,
+    ),
+    (
+        "one URI SAN",
+        [x509.UniformResourceIdentifier(ADMIN)],
+        PeerIdentity("strife.local", "admin", "root"),
+    ),
+    (
+        "a name strife-certs never issues",
+        [x509.UniformResourceIdentifier("spiffe://strife.local/admin/-root")],
+        None,
+    ),
+]
 
 
 @pytest.mark.parametrize(("names", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
@@ -116,9 +139,10 @@ async def test_a_dns_san_spiffe_id_is_not_admin_on_the_wire(pki: Pki, tmp_path: 
         tmp_path / "dns-admin", pki.ca.cert, _leaf(pki, [x509.DNSName(ADMIN)])
     )
     credentials = grpc.ssl_channel_credentials(
-        (folder / "ca.crt").read_bytes(), (folder / "tls.key").read_bytes(),
+        (folder / "ca.crt").read_bytes(),
+        (folder / "tls.key").read_bytes(),
         (folder / "tls.crt").read_bytes(),
-    )  # fmt: skip
+    )
     async with running_server(pki.identity("gateway", "gw-1")) as server:
         channel = grpc.aio.secure_channel(
             server.address, credentials, options=[("grpc.ssl_target_name_override", "localhost")]

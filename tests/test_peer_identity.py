@@ -156,8 +156,18 @@ class CountingGateway(gateway_pb2_grpc.PaymentGatewayServicer):
 
 
 async def login_at(address: str, pki: Pki, home: Path) -> Any:
-    args = ["login", "-u", "ada", "--bank", "alpha", "--password-stdin", "--gateway", address,
-            "--certs", str(pki.identity("client", "default"))]  # fmt: skip
+    args = [
+        "login",
+        "-u",
+        "ada",
+        "--bank",
+        "alpha",
+        "--password-stdin",
+        "--gateway",
+        address,
+        "--certs",
+        str(pki.identity("client", "default")),
+    ]
     return await asyncio.to_thread(strife_cli, args, home=home, stdin="pw-ada\n")
 
 
@@ -211,8 +221,11 @@ def test_a_server_with_an_old_certificate_says_to_reissue_it(pki: Pki, tmp_path:
     assert certs.missing_identity_hosts(certs.load_identity(folder)[1].cert)
     result = subprocess.run(
         [str(BIN / "strife-balancer"), "--certs", str(folder), "--listen", "127.0.0.1:0"],
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert result.returncode != 0
     assert "older strife-certs" in result.stderr and "Re-issue" in result.stderr
 
@@ -236,9 +249,20 @@ def test_a_host_certificate_names_the_banks_it_serves(tmp_path: Path) -> None:
     ]
     result = CliRunner().invoke(
         certs_main,
-        ["issue", "--ca", str(tmp_path / "ca"), "--role", "bank", "--name", "west",
-         "--serves", "beta,gamma", "--out", str(tmp_path / "west")],
-    )  # fmt: skip
+        [
+            "issue",
+            "--ca",
+            str(tmp_path / "ca"),
+            "--role",
+            "bank",
+            "--name",
+            "west",
+            "--serves",
+            "beta,gamma",
+            "--out",
+            str(tmp_path / "west"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     west = certs.load_identity(tmp_path / "west")[1].cert
     assert certs.missing_identity_hosts(west, ["beta", "gamma"]) == []

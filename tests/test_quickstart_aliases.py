@@ -13,18 +13,37 @@ import pytest
 from .cluster_fixtures import free_port
 from .processes import BIN, ServiceProcess
 
-SEED = [{"bank": "ChaseBank", "customer_id": "c-john", "username": "john_doe",
-         "display_name": "John Doe", "password": "pw-john", "account_id": "john-usd",
-         "currency": "USD", "opening_balance": "100.00"}]  # fmt: skip
+SEED = [
+    {
+        "bank": "ChaseBank",
+        "customer_id": "c-john",
+        "username": "john_doe",
+        "display_name": "John Doe",
+        "password": "pw-john",
+        "account_id": "john-usd",
+        "currency": "USD",
+        "opening_balance": "100.00",
+    }
+]
 
 
 def test_quickstart_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # the defaults are relative: ./certs/<identity>, ./data/
     subprocess.run(
-        [str(BIN / "strife-certs"), "dev", "--out", "certs", "--bank", "ChaseBank",
-         "--gateway", "gw-1"],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
+        [
+            str(BIN / "strife-certs"),
+            "dev",
+            "--out",
+            "certs",
+            "--bank",
+            "ChaseBank",
+            "--gateway",
+            "gw-1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     (tmp_path / "seed.json").write_text(json.dumps(SEED))
     bank_port, gw_port = free_port(), free_port()
     with ExitStack() as stack:
@@ -42,18 +61,33 @@ def test_quickstart_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
         assert (tmp_path / "data" / "bank-ChaseBank.db").exists()
         gateway = ServiceProcess(
             "strife-gateway",
-            [f"--port={gw_port}", "--ssl-cert=certs/gateway-gw-1/tls.crt",
-             "--ssl-key=certs/gateway-gw-1/tls.key", f"--bank=ChaseBank=127.0.0.1:{bank_port}"],
+            [
+                f"--port={gw_port}",
+                "--ssl-cert=certs/gateway-gw-1/tls.crt",
+                "--ssl-key=certs/gateway-gw-1/tls.key",
+                f"--bank=ChaseBank=127.0.0.1:{bank_port}",
+            ],
             tmp_path / "gateway.log",
-        ).start()  # fmt: skip
+        ).start()
         stack.callback(gateway.stop)
         env = {**os.environ, "STRIFE_HOME": str(tmp_path / "home"), "STRIFE_PASSWORD": "pw-john"}
         login = subprocess.run(
-            [str(BIN / "strife"), "--username=john_doe",
-             f"--gateway-addr=localhost:{gw_port}", "login", "--bank", "ChaseBank",
-             "--certs", "certs/client-default", "--json"],
-            capture_output=True, text=True, timeout=60, env=env,
-        )  # fmt: skip
+            [
+                str(BIN / "strife"),
+                "--username=john_doe",
+                f"--gateway-addr=localhost:{gw_port}",
+                "login",
+                "--bank",
+                "ChaseBank",
+                "--certs",
+                "certs/client-default",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
         assert login.returncode == 0, login.stderr
         assert json.loads(login.stdout.splitlines()[-1])["customer_id"] == "c-john"
 

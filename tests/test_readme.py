@@ -31,8 +31,14 @@ def _by_hand_commands() -> list[list[str]]:
 def test_by_hand_commands_start_a_cluster_that_pays(tmp_path: Path) -> None:
     commands = _by_hand_commands()
     assert [c[0] for c in commands] == [
-        "strife-certs", *SERVERS[:2], "strife-bank", "strife-gateway", "strife", "strife", "strife"
-    ]  # fmt: skip
+        "strife-certs",
+        *SERVERS[:2],
+        "strife-bank",
+        "strife-gateway",
+        "strife",
+        "strife",
+        "strife",
+    ]
     # As from the checkout: the same relative paths, with its seed file.
     (Path("deploy")).mkdir()
     shutil.copy(ROOT / "deploy" / "seed.json", Path("deploy") / "seed.json")
@@ -48,9 +54,12 @@ def test_by_hand_commands_start_a_cluster_that_pays(tmp_path: Path) -> None:
             deadline = time.monotonic() + DEADLINE_S
             while True:  # the gateway learns the banks from the balancer's next heartbeat
                 done = subprocess.run(
-                    [str(BIN / script), *args], capture_output=True, text=True, env=env,
+                    [str(BIN / script), *args],
+                    capture_output=True,
+                    text=True,
+                    env=env,
                     timeout=DEADLINE_S,
-                )  # fmt: skip
+                )
                 if done.returncode == 0 or time.monotonic() > deadline or args[0] != "login":
                     break
                 time.sleep(0.2)

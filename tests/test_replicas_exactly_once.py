@@ -62,13 +62,21 @@ EXTRA_SEED = [
     ("gamma", "c-gus", "gus", "Gus", "pw-gus", "gus-usd", "USD", "0"),
 ]
 PASSWORDS = {
-    ("alpha", "ada"): "pw-ada", ("alpha", "eve"): "pw-eve", ("beta", "cy"): "pw-cy",
-    ("alpha", "alice"): "pw-alice", ("beta", "bob"): "pw-bob-beta",
-}  # fmt: skip
+    ("alpha", "ada"): "pw-ada",
+    ("alpha", "eve"): "pw-eve",
+    ("beta", "cy"): "pw-cy",
+    ("alpha", "alice"): "pw-alice",
+    ("beta", "bob"): "pw-bob-beta",
+}
 ALL_BOOKS = {
-    "ada": ADA, "eve": EVE, "bob": BOB, "cy": CY, "alice": ALICE, "bob@beta": BOB_BETA,
+    "ada": ADA,
+    "eve": EVE,
+    "bob": BOB,
+    "cy": CY,
+    "alice": ALICE,
+    "bob@beta": BOB_BETA,
     "gus": GUS,
-}  # fmt: skip
+}
 
 ASK_AGAIN_FOR_S = 20.0  # how long a caller keeps asking again before giving up
 SETTLE_S = 20.0  # how long a settled state may take to show at the banks
@@ -288,10 +296,12 @@ def shared(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Share
     root = tmp_path_factory.mktemp("replicas")
     armed = {bank: root / f"{bank}.failpoints" for bank in ("alpha", "beta")}
     with cluster(
-        pki, root, gateways=("gw-1", "gw-2"),
+        pki,
+        root,
+        gateways=("gw-1", "gw-2"),
         bank_extra=["--seed", str(write_extra_seed(root / "extra-seed.json"))],
         bank_env={bank: {"STRIFE_FAILPOINTS_FILE": str(path)} for bank, path in armed.items()},
-    ) as c:  # fmt: skip
+    ) as c:
         yield Shared(c, armed)
 
 
@@ -466,10 +476,12 @@ SLOW_FIRST_PREPARE = {"STRIFE_FAILPOINTS": "bank.before_prepare=delay:3*1"}
 def slow_prepares(pki: Pki, tmp_path: Path) -> Iterator[Cluster]:
     """Each bank holds the first prepare it gets for 3 s (longer than a caller waits)."""
     with cluster(
-        pki, tmp_path, gateways=("gw-1", "gw-2"),
+        pki,
+        tmp_path,
+        gateways=("gw-1", "gw-2"),
         bank_extra=["--in-doubt-timeout", "0.3"],
         bank_env={"alpha": SLOW_FIRST_PREPARE, "beta": SLOW_FIRST_PREPARE},
-    ) as c:  # fmt: skip
+    ) as c:
         yield c
 
 
@@ -573,10 +585,18 @@ async def test_a_second_gateway_under_a_live_name_refuses_to_run(
     address = f"127.0.0.1:{free_port()}"
     balancer = ServiceProcess(
         "strife-balancer",
-        ["--listen", address, "--certs", str(pki.identity("balancer", "balancer")),
-         "--heartbeat-interval", "0.2", "--lease-ttl", "0.6"],
+        [
+            "--listen",
+            address,
+            "--certs",
+            str(pki.identity("balancer", "balancer")),
+            "--heartbeat-interval",
+            "0.2",
+            "--lease-ttl",
+            "0.6",
+        ],
         tmp_path / "balancer.log",
-    ).start()  # fmt: skip
+    ).start()
     try:
         with cluster(pki, tmp_path, gateways=("gw-1",), gateway_extra=["--balancer", address]) as c:
             ada = await login(pool, c, "gw-1", "ada")
@@ -607,9 +627,12 @@ async def test_a_cloned_gateway_never_completes_half_a_payment(
     release the leg A holds at beta as if it were its own (payer debited, payee
     never credited)."""
     with cluster(
-        pki, tmp_path, gateways=("gw-1",), gateway_extra=["--decision-timeout", "10"],
+        pki,
+        tmp_path,
+        gateways=("gw-1",),
+        gateway_extra=["--decision-timeout", "10"],
         bank_env={"beta": {"STRIFE_FAILPOINTS": "bank.before_commit=delay:5*1"}},
-    ) as c:  # fmt: skip
+    ) as c:
         clone, started = await start_clone(c)
         try:
             if not started:  # refused: no second process can act as gw-1
@@ -652,19 +675,32 @@ async def test_one_undeliverable_decision_does_not_hold_up_the_others(
     armed = tmp_path / "beta.failpoints"
     seed = write_extra_seed(tmp_path / "extra-seed.json")
     with cluster(
-        pki, tmp_path, gateways=("gw-1",),
+        pki,
+        tmp_path,
+        gateways=("gw-1",),
         gateway_extra=["--bank", f"gamma=127.0.0.1:{gamma_port}", "--decision-timeout", "0.3"],
         # alpha and beta leave in-doubt legs to the gateway's settler: it is on trial
         bank_extra=["--seed", str(seed), "--in-doubt-timeout", "30"],
         bank_env={"beta": {"STRIFE_FAILPOINTS_FILE": str(armed)}},
-    ) as c:  # fmt: skip
+    ) as c:
         gamma_args = [
-            "--name", "gamma", "--listen", f"127.0.0.1:{gamma_port}",
-            "--db", str(tmp_path / "gamma.db"), "--init", "--seed", str(seed),
-            "--certs", str(pki.identity("bank", "gamma")), "--grace", "1",
-            "--in-doubt-timeout", "0.3",
+            "--name",
+            "gamma",
+            "--listen",
+            f"127.0.0.1:{gamma_port}",
+            "--db",
+            str(tmp_path / "gamma.db"),
+            "--init",
+            "--seed",
+            str(seed),
+            "--certs",
+            str(pki.identity("bank", "gamma")),
+            "--grace",
+            "1",
+            "--in-doubt-timeout",
+            "0.3",
             f"--coordinator=gw-1={c.gateways['gw-1'].address}",
-        ]  # fmt: skip
+        ]
         dies_on_commit = {"STRIFE_FAILPOINTS": "bank.before_commit"}
         gamma = ServiceProcess("strife-bank", gamma_args, tmp_path / "gamma.log", dies_on_commit)
         c.banks["gamma"] = gamma.start()
@@ -698,8 +734,11 @@ async def test_one_undeliverable_decision_does_not_hold_up_the_others(
             c.banks["gamma"] = ServiceProcess("strife-bank", gamma_args, tmp_path / "gamma.log")
             c.banks["gamma"].start()
             await settles(
-                pki, c, {**before, "gus": (0, 0, 0)},
-                {"ada": -100 + 200, "cy": -200, "gus": +100}, deadline_s=25,
-            )  # fmt: skip
+                pki,
+                c,
+                {**before, "gus": (0, 0, 0)},
+                {"ada": -100 + 200, "cy": -200, "gus": +100},
+                deadline_s=25,
+            )
         finally:
             c.banks["gamma"].stop()

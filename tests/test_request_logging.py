@@ -123,11 +123,17 @@ def test_redaction_is_case_blind_for_bearer_tokens() -> None:
 
 def test_the_per_rpc_line_scrubs_what_callers_sent(log_stream: io.StringIO) -> None:
     log_line(
-        "strife.rpc", "info", "rpc",
+        "strife.rpc",
+        "info",
+        "rpc",
         {"method": "/strife.v1.PaymentGateway/ProcessPayment", "code": "OK"},
-        {"request_id": f"Bearer {TOKEN}", "password": PASSWORD, "note": "4111 1111 1111 1111",
-         "amount_minor": 1234},
-    )  # fmt: skip
+        {
+            "request_id": f"Bearer {TOKEN}",
+            "password": PASSWORD,
+            "note": "4111 1111 1111 1111",
+            "amount_minor": 1234,
+        },
+    )
     log_line("strife.rpc", "debug", "rpc", {"method": "/x"}, {})  # below the level: dropped
     [line] = [json.loads(raw) for raw in log_stream.getvalue().splitlines()]
     assert line["method"] == "/strife.v1.PaymentGateway/ProcessPayment"

@@ -36,9 +36,18 @@ def test_seeds_pass() -> None:
     assert not summary.failed, "\n\n".join(r.report() for r in summary.failed[:3])
     # The swarm turned every kind of fault on in some of them.
     assert set(summary.faults) == {
-        "drop", "duplicate", "delay", "reorder", "gateway_crash", "bank_crash", "partition",
-        "slow_disk", "client_cancel", "hedge", "lookup",
-    }  # fmt: skip
+        "drop",
+        "duplicate",
+        "delay",
+        "reorder",
+        "gateway_crash",
+        "bank_crash",
+        "partition",
+        "slow_disk",
+        "client_cancel",
+        "hedge",
+        "lookup",
+    }
 
 
 @pytest.mark.slow
@@ -97,9 +106,15 @@ def _checker() -> tuple[Checker, dict[str, Ledger], Intent]:
 def _pay(checker: Checker, ledgers: dict[str, Ledger], transfer_id: str) -> None:
     for bank, leg, account in (("alpha", Leg.DEBIT, "a-1"), ("beta", Leg.CREDIT, "b-1")):
         outcome = ledgers[bank].prepare(
-            transfer_id=transfer_id, coordinator="gw-1", leg=leg, account_id=account,
-            amount_minor=100, currency="USD", fingerprint=b"fp", counterparty="x",
-        )  # fmt: skip
+            transfer_id=transfer_id,
+            coordinator="gw-1",
+            leg=leg,
+            account_id=account,
+            amount_minor=100,
+            currency="USD",
+            fingerprint=b"fp",
+            counterparty="x",
+        )
         checker.applied(bank, "prepare", outcome)
     for bank in ("alpha", "beta"):
         outcome = ledgers[bank].commit(transfer_id=transfer_id, coordinator="gw-1")
@@ -133,9 +148,15 @@ def test_the_checker_sees_a_hold_left_and_half_a_payment() -> None:
     checker, ledgers, intent = _checker()
     checker.new_key(intent, "key-1", "t-1")
     outcome = ledgers["alpha"].prepare(
-        transfer_id="t-1", coordinator="gw-1", leg=Leg.DEBIT, account_id="a-1",
-        amount_minor=100, currency="USD", fingerprint=b"fp", counterparty="x",
-    )  # fmt: skip
+        transfer_id="t-1",
+        coordinator="gw-1",
+        leg=Leg.DEBIT,
+        account_id="a-1",
+        amount_minor=100,
+        currency="USD",
+        fingerprint=b"fp",
+        counterparty="x",
+    )
     checker.applied("alpha", "prepare", outcome)
     checker.applied(
         "alpha", "commit", ledgers["alpha"].commit(transfer_id="t-1", coordinator="gw-1")

@@ -53,9 +53,13 @@ def run_to_exit(script: str, args: Sequence[str]) -> tuple[int, list[dict[str, A
     EXIT_TIMEOUT_S is killed and fails the test."""
     try:
         done = subprocess.run(
-            [str(BIN / script), *args], capture_output=True, text=True, timeout=EXIT_TIMEOUT_S,
-            stdin=subprocess.DEVNULL, check=False,
-        )  # fmt: skip
+            [str(BIN / script), *args],
+            capture_output=True,
+            text=True,
+            timeout=EXIT_TIMEOUT_S,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
     except subprocess.TimeoutExpired as exc:
         stderr = exc.stderr.decode() if isinstance(exc.stderr, bytes) else exc.stderr or ""
         pytest.fail(f"{script} was still running after {EXIT_TIMEOUT_S:.0f} s:\n{stderr[-2000:]}")
@@ -64,26 +68,46 @@ def run_to_exit(script: str, args: Sequence[str]) -> tuple[int, list[dict[str, A
 
 def bank_args(pki: Pki, db: Path, *extra: str, name: str = "alpha") -> list[str]:
     return [
-        "--name", name, "--listen", "127.0.0.1:0", "--db", str(db),
-        "--certs", str(pki.identity("bank", name)), "--grace", "1", *extra,
-    ]  # fmt: skip
+        "--name",
+        name,
+        "--listen",
+        "127.0.0.1:0",
+        "--db",
+        str(db),
+        "--certs",
+        str(pki.identity("bank", name)),
+        "--grace",
+        "1",
+        *extra,
+    ]
 
 
 def gateway_args(pki: Pki, db: Path, *extra: str) -> list[str]:
     return [
-        "--name", "gw-1", "--listen", "127.0.0.1:0", "--db", str(db),
-        "--certs", str(pki.identity("gateway", "gw-1")), "--grace", "1",
-        "--token-key", str(db.parent / "token.key"), *extra,
-    ]  # fmt: skip
+        "--name",
+        "gw-1",
+        "--listen",
+        "127.0.0.1:0",
+        "--db",
+        str(db),
+        "--certs",
+        str(pki.identity("gateway", "gw-1")),
+        "--grace",
+        "1",
+        "--token-key",
+        str(db.parent / "token.key"),
+        *extra,
+    ]
 
 
 def init_bank(pki: Pki, db: Path, *, name: str = "alpha") -> None:
     """A bank's first start (--init, seeded), then a clean stop."""
     seed = write_seed(db.parent / "seed.json")
     process = ServiceProcess(
-        "strife-bank", bank_args(pki, db, "--init", "--seed", str(seed), name=name),
+        "strife-bank",
+        bank_args(pki, db, "--init", "--seed", str(seed), name=name),
         db.parent / f"{name}-init.log",
-    )  # fmt: skip
+    )
     process.start()
     assert process.stop() == 0
 
@@ -117,8 +141,9 @@ def small_tmpfs(mountpoint: Path, size: str = "2m") -> Iterator[Path]:
     mountpoint.mkdir()
     mounted = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mountpoint)],
-        capture_output=True, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        check=False,
+    )
     if mounted.returncode:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr!r}")
     try:

@@ -239,10 +239,20 @@ async def _pay_until(state: dict[str, Any], outbox: Path, done: subprocess.Popen
 def test_top_once_against_a_running_cluster(tmp_path: Path) -> None:
     with cluster_up(tmp_path) as state:
         watch = subprocess.Popen(
-            [sys.executable, "-m", "strife.top", "--data-dir", state["root"],
-             "--once", "--interval", "2"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "strife.top",
+                "--data-dir",
+                state["root"],
+                "--once",
+                "--interval",
+                "2",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             committed = asyncio.run(_pay_until(state, tmp_path / "outbox.db", watch))
             out, err = watch.communicate(timeout=30)
@@ -256,10 +266,19 @@ def test_top_once_against_a_running_cluster(tmp_path: Path) -> None:
         registered = asyncio.run(list_registered(state["balancer"], certs, 7402))
         given = [f"{c['name']}={c['metrics']}" for c in state["children"]]
         again = subprocess.run(
-            [sys.executable, "-m", "strife.top", "--once", "--interval", "0.5",
-             *(arg for target in given for arg in ("--target", target))],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "strife.top",
+                "--once",
+                "--interval",
+                "0.5",
+                *(arg for target in given for arg in ("--target", target)),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     lines = out.splitlines()
     assert lines[0].startswith("payments/s: COMMITTED"), out
     rows = {line.split()[0]: line.split() for line in lines if line.startswith(("bank", "gate"))}

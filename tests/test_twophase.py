@@ -39,8 +39,10 @@ def test_a_leg_committed_elsewhere_means_committed_with_nothing_to_deliver() -> 
 def test_a_recorded_refusal_aborts_and_names_the_business_reason() -> None:
     plan = after_votes([YES, BROKE], can_retry=True)
     assert (plan.verdict, plan.reason, plan.transient) == (
-        Verdict.ABORT, Reason.INSUFFICIENT_FUNDS, False,
-    )  # fmt: skip
+        Verdict.ABORT,
+        Reason.INSUFFICIENT_FUNDS,
+        False,
+    )
     assert plan.deliver == (0,)  # the refusing leg is already ABORTED at its bank
     tombstoned = after_votes([TOMBSTONED, SILENT], can_retry=True)
     assert (tombstoned.verdict, tombstoned.transient) == (Verdict.ABORT, True)
@@ -74,8 +76,10 @@ def test_the_debit_holder_owns_a_raced_transfer() -> None:
 def test_a_key_reused_at_the_payers_bank_is_refused_and_withdrawn() -> None:
     plan = after_votes([REUSED, YES], can_retry=True)
     assert (plan.verdict, plan.reason, plan.release) == (
-        Verdict.KEY_REUSED, Reason.IDEMPOTENCY_KEY_REUSED, (1,),
-    )  # fmt: skip
+        Verdict.KEY_REUSED,
+        Reason.IDEMPOTENCY_KEY_REUSED,
+        (1,),
+    )
     # Reused only at the payee's: the other request lets go of it.
     assert after_votes([YES, REUSED], can_retry=True).verdict is Verdict.RETRY
 

@@ -132,9 +132,12 @@ def _firing(name: str, keys: tuple[str, ...], *, delays: bool) -> list[Failpoint
     fired = [f for f in entries if (delays or f.action != "delay") and f.take(name, keys)]
     for f in fired:
         _log.warning(
-            "failpoint", failpoint=name, action=f.action, delay_s=f.delay_s or None,
+            "failpoint",
+            failpoint=name,
+            action=f.action,
+            delay_s=f.delay_s or None,
             keys=list(keys[:16]),
-        )  # fmt: skip
+        )
     return fired
 
 

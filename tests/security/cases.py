@@ -59,9 +59,15 @@ CASES: list[Case] = []
 
 
 def case(
-    id: str, category: str, attack: str, code: grpc.StatusCode, reason: str, *,
-    setup: Attack | None = None, xfail: str = "",
-) -> Callable[[Attack], Attack]:  # fmt: skip
+    id: str,
+    category: str,
+    attack: str,
+    code: grpc.StatusCode,
+    reason: str,
+    *,
+    setup: Attack | None = None,
+    xfail: str = "",
+) -> Callable[[Attack], Attack]:
     def register(run: Attack) -> Attack:
         CASES.append(Case(id, category, attack, code, reason, run, setup, xfail))
         return run
@@ -98,9 +104,13 @@ async def admin_read(s: Session, pool: ChannelPool | None = None, channel: Any =
 def forged(s: Session, name: str, sans: list[x509.GeneralName], **kwargs: Any) -> ChannelPool:
     ca = s.world.pki.ca
     folder = forged_identity(
-        forged_folder(s, name), ca.cert, signer=kwargs.pop("signer", ca.key),
-        issuer=kwargs.pop("issuer", ca.cert.subject), sans=sans, **kwargs,
-    )  # fmt: skip
+        forged_folder(s, name),
+        ca.cert,
+        signer=kwargs.pop("signer", ca.key),
+        issuer=kwargs.pop("issuer", ca.cert.subject),
+        sans=sans,
+        **kwargs,
+    )
     return s.pool(folder)
 
 
@@ -129,9 +139,13 @@ async def _(s: Session) -> object:
     return await admin_read(s, issued(s, "foreign", certs.create_ca(common_name="Other CA")))
 
 
-@case("id-rogue-ca-same-subject", "identity",
-      "admin certificate from a rogue CA with the real CA's subject name",
-      S.UNAVAILABLE, HANDSHAKE)  # fmt: skip
+@case(
+    "id-rogue-ca-same-subject",
+    "identity",
+    "admin certificate from a rogue CA with the real CA's subject name",
+    S.UNAVAILABLE,
+    HANDSHAKE,
+)
 async def _(s: Session) -> object:
     rogue = certs.create_ca()  # same default subject, its own key
     assert rogue.cert.subject == s.world.pki.ca.cert.subject
@@ -142,29 +156,56 @@ async def _(s: Session) -> object:
 async def _(s: Session) -> object:
     now = dt.datetime.now(dt.UTC)
     return await admin_read(
-        s, issued(s, "expired", s.world.pki.ca, not_before=now - dt.timedelta(days=10),
-                  not_after=now - dt.timedelta(days=1)),
-    )  # fmt: skip
+        s,
+        issued(
+            s,
+            "expired",
+            s.world.pki.ca,
+            not_before=now - dt.timedelta(days=10),
+            not_after=now - dt.timedelta(days=1),
+        ),
+    )
 
 
-@case("id-not-yet-valid", "identity", "admin certificate valid only from tomorrow",
-      S.UNAVAILABLE, HANDSHAKE)  # fmt: skip
+@case(
+    "id-not-yet-valid",
+    "identity",
+    "admin certificate valid only from tomorrow",
+    S.UNAVAILABLE,
+    HANDSHAKE,
+)
 async def _(s: Session) -> object:
     now = dt.datetime.now(dt.UTC)
     return await admin_read(
-        s, issued(s, "future", s.world.pki.ca, not_before=now + dt.timedelta(days=1),
-                  not_after=now + dt.timedelta(days=30)),
-    )  # fmt: skip
+        s,
+        issued(
+            s,
+            "future",
+            s.world.pki.ca,
+            not_before=now + dt.timedelta(days=1),
+            not_after=now + dt.timedelta(days=30),
+        ),
+    )
 
 
-@case("id-wrong-role", "identity", "balancer certificate reads a bank balance",
-      S.PERMISSION_DENIED, "ROLE_NOT_ALLOWED")  # fmt: skip
+@case(
+    "id-wrong-role",
+    "identity",
+    "balancer certificate reads a bank balance",
+    S.PERMISSION_DENIED,
+    "ROLE_NOT_ALLOWED",
+)
 async def _(s: Session) -> object:
     return await admin_read(s, s.as_role("balancer", "balancer"))
 
 
-@case("id-wrong-name", "identity", "gateway gw-9 commits as coordinator gw-1",
-      S.PERMISSION_DENIED, "NOT_COORDINATOR")  # fmt: skip
+@case(
+    "id-wrong-name",
+    "identity",
+    "gateway gw-9 commits as coordinator gw-1",
+    S.PERMISSION_DENIED,
+    "NOT_COORDINATOR",
+)
 async def _(s: Session) -> object:
     stub = s.bank_stub(s.as_role("gateway", "gw-9"))
     return await stub.Commit(
@@ -173,34 +214,59 @@ async def _(s: Session) -> object:
     )
 
 
-@case("id-two-spiffe-ids", "identity", "two SPIFFE URI SANs (admin and gateway)",
-      S.UNAUTHENTICATED, "PEER_NOT_AUTHENTICATED")  # fmt: skip
+@case(
+    "id-two-spiffe-ids",
+    "identity",
+    "two SPIFFE URI SANs (admin and gateway)",
+    S.UNAUTHENTICATED,
+    "PEER_NOT_AUTHENTICATED",
+)
 async def _(s: Session) -> object:
     return await admin_read(
         s, forged(s, "two-ids", [LOCALHOST, spiffe("admin", "root"), spiffe("gateway", "gw-1")])
     )
 
 
-@case("id-no-spiffe-id", "identity", "our CA, no SPIFFE id at all",
-      S.UNAUTHENTICATED, "PEER_NOT_AUTHENTICATED")  # fmt: skip
+@case(
+    "id-no-spiffe-id",
+    "identity",
+    "our CA, no SPIFFE id at all",
+    S.UNAUTHENTICATED,
+    "PEER_NOT_AUTHENTICATED",
+)
 async def _(s: Session) -> object:
     return await admin_read(s, forged(s, "no-id", [LOCALHOST]))
 
 
-@case("id-other-trust-domain", "identity", "our CA, SPIFFE id in another trust domain",
-      S.UNAUTHENTICATED, "PEER_NOT_AUTHENTICATED")  # fmt: skip
+@case(
+    "id-other-trust-domain",
+    "identity",
+    "our CA, SPIFFE id in another trust domain",
+    S.UNAUTHENTICATED,
+    "PEER_NOT_AUTHENTICATED",
+)
 async def _(s: Session) -> object:
     return await admin_read(s, forged(s, "other-domain", [spiffe("admin", "root", "evil.example")]))
 
 
-@case("id-unknown-role", "identity", "our CA, SPIFFE id with a role Strife does not know",
-      S.UNAUTHENTICATED, "PEER_NOT_AUTHENTICATED")  # fmt: skip
+@case(
+    "id-unknown-role",
+    "identity",
+    "our CA, SPIFFE id with a role Strife does not know",
+    S.UNAUTHENTICATED,
+    "PEER_NOT_AUTHENTICATED",
+)
 async def _(s: Session) -> object:
     return await admin_read(s, forged(s, "root-role", [spiffe("root", "admin")]))
 
 
-@case("id-dns-only-san", "identity", "our CA, the admin SPIFFE id only in a DNS SAN",
-      S.UNAUTHENTICATED, "PEER_NOT_AUTHENTICATED")  # fmt: skip
+@case(
+    "id-dns-only-san",
+    "identity",
+    "our CA, the admin SPIFFE id only in a DNS SAN",
+    S.UNAUTHENTICATED,
+    "PEER_NOT_AUTHENTICATED",
+)
 async def _(s: Session) -> object:
     return await admin_read(
         s,
@@ -249,9 +315,12 @@ def signing_key(s: Session) -> Ed25519PrivateKey:
 
 
 async def balance_with(
-    s: Session, token: str, account: Any = ADA, pool: ChannelPool | None = None,
+    s: Session,
+    token: str,
+    account: Any = ADA,
+    pool: ChannelPool | None = None,
     scheme: str = "Bearer",
-) -> object:  # fmt: skip
+) -> object:
     return await s.gateway_stub(pool or s.client).GetBalance(
         gateway_pb2.GetBalanceRequest(account=account),
         timeout=TIMEOUT_S,
@@ -264,28 +333,48 @@ async def _(s: Session) -> object:
     return await balance_with(s, "", scheme="")
 
 
-@case("tok-wrong-scheme", "token", "a genuine token sent as `Basic`",
-      S.UNAUTHENTICATED, "TOKEN_MISSING")  # fmt: skip
+@case(
+    "tok-wrong-scheme",
+    "token",
+    "a genuine token sent as `Basic`",
+    S.UNAUTHENTICATED,
+    "TOKEN_MISSING",
+)
 async def _(s: Session) -> object:
     return await balance_with(s, await s.token("ada"), scheme="Basic")
 
 
-@case("tok-forged-signature", "token", "genuine claims, random signature",
-      S.UNAUTHENTICATED, "TOKEN_INVALID")  # fmt: skip
+@case(
+    "tok-forged-signature",
+    "token",
+    "genuine claims, random signature",
+    S.UNAUTHENTICATED,
+    "TOKEN_INVALID",
+)
 async def _(s: Session) -> object:
     header, payload, _ = (await s.token("ada")).split(".")
     return await balance_with(s, f"{header}.{payload}.{b64(bytes(64))}")
 
 
-@case("tok-alg-none", "token", "`alg: none`, genuine claims, no signature",
-      S.UNAUTHENTICATED, "TOKEN_INVALID")  # fmt: skip
+@case(
+    "tok-alg-none",
+    "token",
+    "`alg: none`, genuine claims, no signature",
+    S.UNAUTHENTICATED,
+    "TOKEN_INVALID",
+)
 async def _(s: Session) -> object:
     payload = (await s.token("ada")).split(".")[1]
     return await balance_with(s, f"{header_of('none')}.{payload}.")
 
 
-@case("tok-hs256-public-key", "token", "HS256 signed with the gateway's public key",
-      S.UNAUTHENTICATED, "TOKEN_INVALID")  # fmt: skip
+@case(
+    "tok-hs256-public-key",
+    "token",
+    "HS256 signed with the gateway's public key",
+    S.UNAUTHENTICATED,
+    "TOKEN_INVALID",
+)
 async def _(s: Session) -> object:
     public = (
         signing_key(s)
@@ -298,28 +387,44 @@ async def _(s: Session) -> object:
     return await balance_with(s, f"{signed}.{b64(signature)}")
 
 
-@case("tok-expired", "token", "genuine key, expired a second ago",
-      S.UNAUTHENTICATED, "TOKEN_EXPIRED")  # fmt: skip
+@case(
+    "tok-expired", "token", "genuine key, expired a second ago", S.UNAUTHENTICATED, "TOKEN_EXPIRED"
+)
 async def _(s: Session) -> object:
     return await balance_with(s, mint(s, TokenAuthority(signing_key(s), ttl_s=-1)))
 
 
-@case("tok-other-cluster", "token", "signed by another deployment's key",
-      S.UNAUTHENTICATED, "TOKEN_INVALID")  # fmt: skip
+@case(
+    "tok-other-cluster",
+    "token",
+    "signed by another deployment's key",
+    S.UNAUTHENTICATED,
+    "TOKEN_INVALID",
+)
 async def _(s: Session) -> object:
     return await balance_with(s, mint(s, TokenAuthority(Ed25519PrivateKey.generate())))
 
 
-@case("tok-edited-claims", "token", "ada's token with bob as subject and account",
-      S.UNAUTHENTICATED, "TOKEN_INVALID")  # fmt: skip
+@case(
+    "tok-edited-claims",
+    "token",
+    "ada's token with bob as subject and account",
+    S.UNAUTHENTICATED,
+    "TOKEN_INVALID",
+)
 async def _(s: Session) -> object:
     header, _, signature = (await s.token("ada")).split(".")
     claims = claims_of(await s.token("ada")) | {"sub": "c-bob", "acc": ["alpha/bob-usd"]}
     return await balance_with(s, f"{header}.{b64(json.dumps(claims).encode())}.{signature}", BOB)
 
 
-@case("tok-edited-expiry", "token", "ada's token with its expiry ten years on",
-      S.UNAUTHENTICATED, "TOKEN_INVALID")  # fmt: skip
+@case(
+    "tok-edited-expiry",
+    "token",
+    "ada's token with its expiry ten years on",
+    S.UNAUTHENTICATED,
+    "TOKEN_INVALID",
+)
 async def _(s: Session) -> object:
     header, _, signature = (await s.token("ada")).split(".")
     claims = claims_of(await s.token("ada"))
@@ -327,18 +432,28 @@ async def _(s: Session) -> object:
     return await balance_with(s, f"{header}.{b64(json.dumps(claims).encode())}.{signature}")
 
 
-@case("tok-wrong-audience", "token", "genuine key, another audience",
-      S.UNAUTHENTICATED, "TOKEN_INVALID")  # fmt: skip
+@case(
+    "tok-wrong-audience",
+    "token",
+    "genuine key, another audience",
+    S.UNAUTHENTICATED,
+    "TOKEN_INVALID",
+)
 async def _(s: Session) -> object:
     claims = claims_of(await s.token("ada")) | {"aud": "someone-else"}
     return await balance_with(s, jwt.encode(claims, signing_key(s), algorithm="EdDSA"))
 
 
-@case("tok-no-expiry", "token", "genuine key, no `exp` claim",
-      S.UNAUTHENTICATED, "TOKEN_INVALID")  # fmt: skip
+@case("tok-no-expiry", "token", "genuine key, no `exp` claim", S.UNAUTHENTICATED, "TOKEN_INVALID")
 async def _(s: Session) -> object:
-    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "c-ada", "bank": "alpha",
-              "acc": ["alpha/ada-usd"], "cnf": {"x5t#S256": client_thumbprint(s)}}  # fmt: skip
+    claims = {
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": "c-ada",
+        "bank": "alpha",
+        "acc": ["alpha/ada-usd"],
+        "cnf": {"x5t#S256": client_thumbprint(s)},
+    }
     return await balance_with(s, jwt.encode(claims, signing_key(s), algorithm="EdDSA"))
 
 
@@ -348,9 +463,13 @@ async def _(s: Session) -> object:
     return await balance_with(s, f"{header}.{payload}{'A' * 6144}.{signature}")
 
 
-@case("tok-other-client-certificate", "token",
-      "ada's genuine token over another client's certificate",
-      S.UNAUTHENTICATED, "TOKEN_NOT_BOUND_TO_PEER")  # fmt: skip
+@case(
+    "tok-other-client-certificate",
+    "token",
+    "ada's genuine token over another client's certificate",
+    S.UNAUTHENTICATED,
+    "TOKEN_NOT_BOUND_TO_PEER",
+)
 async def _(s: Session) -> object:
     return await balance_with(s, await s.token("ada"), pool=s.as_role("client", "mallory"))
 
@@ -359,18 +478,28 @@ async def _(s: Session) -> object:
 
 
 async def pay(
-    s: Session, *, user: str = "ada", key: str = "attack-key-0000000001", source: Any = ADA,
-    target: Any = CY, amount: int = 100, currency: str = "USD", description: str = "",
+    s: Session,
+    *,
+    user: str = "ada",
+    key: str = "attack-key-0000000001",
+    source: Any = ADA,
+    target: Any = CY,
+    amount: int = 100,
+    currency: str = "USD",
+    description: str = "",
     gw: str = "gw-1",
-) -> Any:  # fmt: skip
+) -> Any:
     return await s.gateway_stub(s.client, gw).ProcessPayment(
         gateway_pb2.ProcessPaymentRequest(
-            idempotency_key=key, from_account=source, to_account=target,
+            idempotency_key=key,
+            from_account=source,
+            to_account=target,
             amount=money_pb2.Money(amount_minor=amount, currency=currency),
             description=description,
         ),
-        timeout=TIMEOUT_S, metadata=await s.auth(user),
-    )  # fmt: skip
+        timeout=TIMEOUT_S,
+        metadata=await s.auth(user),
+    )
 
 
 async def read(s: Session, method: str, request: Any, user: str = "ada") -> Any:
@@ -379,30 +508,60 @@ async def read(s: Session, method: str, request: Any, user: str = "ada") -> Any:
 
 
 for _id, _text, _method, _request in [
-    ("authz-balance-other-customer", "ada reads bob's balance", "GetBalance",
-     gateway_pb2.GetBalanceRequest(account=BOB)),
-    ("authz-balance-other-bank", "ada reads cy's balance at beta", "GetBalance",
-     gateway_pb2.GetBalanceRequest(account=CY)),
-    ("authz-balance-unknown-account", "ada reads an account nobody has", "GetBalance",
-     gateway_pb2.GetBalanceRequest(account=ref("alpha", "nobody-usd"))),
-    ("authz-history-other-customer", "ada reads bob's history", "GetTransactionHistory",
-     gateway_pb2.GetTransactionHistoryRequest(account=BOB)),
-    ("authz-history-other-bank", "ada reads cy's history at beta", "GetTransactionHistory",
-     gateway_pb2.GetTransactionHistoryRequest(account=CY)),
-]:  # fmt: skip
+    (
+        "authz-balance-other-customer",
+        "ada reads bob's balance",
+        "GetBalance",
+        gateway_pb2.GetBalanceRequest(account=BOB),
+    ),
+    (
+        "authz-balance-other-bank",
+        "ada reads cy's balance at beta",
+        "GetBalance",
+        gateway_pb2.GetBalanceRequest(account=CY),
+    ),
+    (
+        "authz-balance-unknown-account",
+        "ada reads an account nobody has",
+        "GetBalance",
+        gateway_pb2.GetBalanceRequest(account=ref("alpha", "nobody-usd")),
+    ),
+    (
+        "authz-history-other-customer",
+        "ada reads bob's history",
+        "GetTransactionHistory",
+        gateway_pb2.GetTransactionHistoryRequest(account=BOB),
+    ),
+    (
+        "authz-history-other-bank",
+        "ada reads cy's history at beta",
+        "GetTransactionHistory",
+        gateway_pb2.GetTransactionHistoryRequest(account=CY),
+    ),
+]:
     case(_id, "authorization", _text, S.PERMISSION_DENIED, "NOT_ACCOUNT_OWNER")(
         partial(read, method=_method, request=_request)
     )
 
 
-@case("authz-pay-from-other-customer", "authorization", "ada pays from bob's account",
-      S.PERMISSION_DENIED, "NOT_ACCOUNT_OWNER")  # fmt: skip
+@case(
+    "authz-pay-from-other-customer",
+    "authorization",
+    "ada pays from bob's account",
+    S.PERMISSION_DENIED,
+    "NOT_ACCOUNT_OWNER",
+)
 async def _(s: Session) -> object:
     return await pay(s, source=BOB, target=ADA)
 
 
-@case("authz-pay-from-other-bank", "authorization", "ada pays from cy's account at beta",
-      S.PERMISSION_DENIED, "NOT_ACCOUNT_OWNER")  # fmt: skip
+@case(
+    "authz-pay-from-other-bank",
+    "authorization",
+    "ada pays from cy's account at beta",
+    S.PERMISSION_DENIED,
+    "NOT_ACCOUNT_OWNER",
+)
 async def _(s: Session) -> object:
     return await pay(s, source=CY, target=ADA)
 
@@ -414,8 +573,14 @@ async def bob_pays(s: Session) -> object:
     return await pay(s, user="bob", key=BOB_KEY, source=BOB, target=CY, amount=1)
 
 
-@case("authz-payment-other-customer", "authorization", "ada asks for bob's payment by its key",
-      S.NOT_FOUND, "PAYMENT_NOT_FOUND", setup=bob_pays)  # fmt: skip
+@case(
+    "authz-payment-other-customer",
+    "authorization",
+    "ada asks for bob's payment by its key",
+    S.NOT_FOUND,
+    "PAYMENT_NOT_FOUND",
+    setup=bob_pays,
+)
 async def _(s: Session) -> object:
     return await read(s, "GetPayment", gateway_pb2.GetPaymentRequest(idempotency_key=BOB_KEY))
 
@@ -457,8 +622,12 @@ BANK_REQUESTS: dict[str, Any] = {
     "PrepareTransfers": bank_pb2.PrepareTransfersRequest(prepares=[]),
     "GetTransfer": bank_pb2.GetTransferRequest(transfer_id="t-attack-2", bank="alpha"),
 }
-BANK_READS = ("AuthenticateCustomer", "ValidateAccount", "GetAccountBalance",
-              "GetTransactionHistory")  # fmt: skip
+BANK_READS = (
+    "AuthenticateCustomer",
+    "ValidateAccount",
+    "GetAccountBalance",
+    "GetTransactionHistory",
+)
 BANK_REQUESTS["PrepareTransfers"].prepares.append(BANK_REQUESTS["Prepare"])
 CALLERS = {
     "client": ("client", "default"),
@@ -492,9 +661,12 @@ async def call_stub(
 
 def denied(caller: str, service: str, method: str, request: Any, reason: str) -> None:
     case(
-        f"authz-{service}-{method}-as-{caller}", "authorization",
-        f"{caller} certificate calls {service} `{method}`", S.PERMISSION_DENIED, reason,
-    )(lambda s: call_as(s, caller, service, method, request))  # fmt: skip
+        f"authz-{service}-{method}-as-{caller}",
+        "authorization",
+        f"{caller} certificate calls {service} `{method}`",
+        S.PERMISSION_DENIED,
+        reason,
+    )(lambda s: call_as(s, caller, service, method, request))
 
 
 for _method, _request in BANK_REQUESTS.items():
@@ -528,34 +700,68 @@ class Lease(TypedDict):
 
 LEASE: Lease = {"address": "127.0.0.1:1", "metadata": {}}
 for _caller, _method, _request, _reason in [
-    ("client", "Register", balancer_pb2.RegisterRequest(service="gateway", instance="gw-1",
-                                                        **LEASE), "ROLE_NOT_ALLOWED"),
-    ("admin", "Deregister", balancer_pb2.DeregisterRequest(service="bank", instance="alpha"),
-     "ROLE_NOT_ALLOWED"),
-    ("client", "ReportServerLoad", balancer_pb2.ReportServerLoadRequest(
-        service="gateway", instance="gw-1", **LEASE), "ROLE_NOT_ALLOWED"),
-]:  # fmt: skip
+    (
+        "client",
+        "Register",
+        balancer_pb2.RegisterRequest(service="gateway", instance="gw-1", **LEASE),
+        "ROLE_NOT_ALLOWED",
+    ),
+    (
+        "admin",
+        "Deregister",
+        balancer_pb2.DeregisterRequest(service="bank", instance="alpha"),
+        "ROLE_NOT_ALLOWED",
+    ),
+    (
+        "client",
+        "ReportServerLoad",
+        balancer_pb2.ReportServerLoadRequest(service="gateway", instance="gw-1", **LEASE),
+        "ROLE_NOT_ALLOWED",
+    ),
+]:
     denied(_caller, "balancer", _method, _request, _reason)
 for _id, _text, _peer, _method, _request in [
-    ("authz-registry-register-other-bank", "bank beta registers as bank alpha", ("bank", "beta"),
-     "Register", balancer_pb2.RegisterRequest(service="bank", instance="alpha", **LEASE)),
-    ("authz-registry-register-other-role", "bank beta registers as gateway beta",
-     ("bank", "beta"), "Register",
-     balancer_pb2.RegisterRequest(service="gateway", instance="beta", **LEASE)),
-    ("authz-registry-deregister-other", "gateway gw-1 deregisters gw-2", ("gateway", "gw-1"),
-     "Deregister", balancer_pb2.DeregisterRequest(service="gateway", instance="gw-2")),
-    ("authz-registry-heartbeat-other", "bank beta heartbeats for bank alpha", ("bank", "beta"),
-     "ReportServerLoad",
-     balancer_pb2.ReportServerLoadRequest(service="bank", instance="alpha", **LEASE)),
-]:  # fmt: skip
+    (
+        "authz-registry-register-other-bank",
+        "bank beta registers as bank alpha",
+        ("bank", "beta"),
+        "Register",
+        balancer_pb2.RegisterRequest(service="bank", instance="alpha", **LEASE),
+    ),
+    (
+        "authz-registry-register-other-role",
+        "bank beta registers as gateway beta",
+        ("bank", "beta"),
+        "Register",
+        balancer_pb2.RegisterRequest(service="gateway", instance="beta", **LEASE),
+    ),
+    (
+        "authz-registry-deregister-other",
+        "gateway gw-1 deregisters gw-2",
+        ("gateway", "gw-1"),
+        "Deregister",
+        balancer_pb2.DeregisterRequest(service="gateway", instance="gw-2"),
+    ),
+    (
+        "authz-registry-heartbeat-other",
+        "bank beta heartbeats for bank alpha",
+        ("bank", "beta"),
+        "ReportServerLoad",
+        balancer_pb2.ReportServerLoadRequest(service="bank", instance="alpha", **LEASE),
+    ),
+]:
     case(_id, "authorization", _text, S.PERMISSION_DENIED, "NOT_INSTANCE_OWNER")(
         partial(call_stub, service="balancer", peer=_peer, method=_method, request=_request)
     )
 
 
-@case("authz-bank-prepare-as-other-coordinator", "authorization",
-      "gateway gw-1 prepares a debit naming coordinator gw-2",
-      S.PERMISSION_DENIED, "NOT_COORDINATOR")  # fmt: skip
+@case(
+    "authz-bank-prepare-as-other-coordinator",
+    "authorization",
+    "gateway gw-1 prepares a debit naming coordinator gw-2",
+    S.PERMISSION_DENIED,
+    "NOT_COORDINATOR",
+)
 async def _(s: Session) -> object:
     request = bank_pb2.PrepareRequest()
     request.CopyFrom(BANK_REQUESTS["Prepare"])
@@ -563,9 +769,13 @@ async def _(s: Session) -> object:
     return await s.bank_stub(s.as_role("gateway", "gw-1")).Prepare(request, timeout=TIMEOUT_S)
 
 
-@case("authz-bank-decide-as-other-coordinator", "authorization",
-      "gateway gw-1 decides transfers for coordinator gw-2",
-      S.PERMISSION_DENIED, "NOT_COORDINATOR")  # fmt: skip
+@case(
+    "authz-bank-decide-as-other-coordinator",
+    "authorization",
+    "gateway gw-1 decides transfers for coordinator gw-2",
+    S.PERMISSION_DENIED,
+    "NOT_COORDINATOR",
+)
 async def _(s: Session) -> object:
     request = bank_pb2.DecideTransfersRequest(
         coordinator="gw-2",
@@ -587,65 +797,118 @@ _PAYMENTS: list[tuple[str, str, dict[str, Any], str]] = [
     ("in-pay-currency-empty", "no currency", {"currency": ""}, "INVALID_CURRENCY"),
     ("in-pay-currency-non-ascii", "currency `ÜSD`", {"currency": "ÜSD"}, "INVALID_CURRENCY"),
     ("in-pay-currency-nul", "currency `US\\0`", {"currency": "US\0"}, "INVALID_CURRENCY"),
-    ("in-pay-key-too-short", "15-character idempotency key", {"key": "k" * 15},
-     "INVALID_IDEMPOTENCY_KEY"),
-    ("in-pay-key-too-long", "256-character idempotency key", {"key": "k" * 256},
-     "INVALID_IDEMPOTENCY_KEY"),
-    ("in-pay-key-nul", "idempotency key with a NUL", {"key": "attack-key-\0-000000001"},
-     "INVALID_IDEMPOTENCY_KEY"),
-    ("in-pay-key-non-ascii", "idempotency key with non-ASCII letters",
-     {"key": "attack-kéy-ключ-0000001"}, "INVALID_IDEMPOTENCY_KEY"),
-    ("in-pay-description-oversized", "257-character description", {"description": "d" * 257},
-     "INVALID_REQUEST"),
+    (
+        "in-pay-key-too-short",
+        "15-character idempotency key",
+        {"key": "k" * 15},
+        "INVALID_IDEMPOTENCY_KEY",
+    ),
+    (
+        "in-pay-key-too-long",
+        "256-character idempotency key",
+        {"key": "k" * 256},
+        "INVALID_IDEMPOTENCY_KEY",
+    ),
+    (
+        "in-pay-key-nul",
+        "idempotency key with a NUL",
+        {"key": "attack-key-\0-000000001"},
+        "INVALID_IDEMPOTENCY_KEY",
+    ),
+    (
+        "in-pay-key-non-ascii",
+        "idempotency key with non-ASCII letters",
+        {"key": "attack-kéy-ключ-0000001"},
+        "INVALID_IDEMPOTENCY_KEY",
+    ),
+    (
+        "in-pay-description-oversized",
+        "257-character description",
+        {"description": "d" * 257},
+        "INVALID_REQUEST",
+    ),
     ("in-pay-same-account", "from and to the same account", {"target": ADA}, "SAME_ACCOUNT"),
-]  # fmt: skip
+]
 for _id, _text, _kwargs, _reason in _PAYMENTS:
     case(_id, "input", f"ProcessPayment: {_text}", S.INVALID_ARGUMENT, _reason)(
         partial(pay, **{"key": KEY, **_kwargs})
     )
 
 
-@case("in-pay-currency-oversized", "input", "ProcessPayment: a 10,000-character currency",
-      S.INVALID_ARGUMENT, "INVALID_CURRENCY")  # fmt: skip
+@case(
+    "in-pay-currency-oversized",
+    "input",
+    "ProcessPayment: a 10,000-character currency",
+    S.INVALID_ARGUMENT,
+    "INVALID_CURRENCY",
+)
 async def _(s: Session) -> object:
     return await pay(s, key=KEY, currency="U" * 10_000)
 
 
-@case("in-pay-oversized-message", "input", "ProcessPayment of 5 MiB (over the 4 MiB limit)",
-      S.RESOURCE_EXHAUSTED, "")  # fmt: skip
+@case(
+    "in-pay-oversized-message",
+    "input",
+    "ProcessPayment of 5 MiB (over the 4 MiB limit)",
+    S.RESOURCE_EXHAUSTED,
+    "",
+)
 async def _(s: Session) -> object:
     return await pay(s, key=KEY, description="d" * (5 << 20))
 
 
 for _id, _text, _request, _code, _reason in [
-    ("in-history-page-size-negative", "page_size -1",
-     gateway_pb2.GetTransactionHistoryRequest(account=ADA, page_size=-1),
-     S.INVALID_ARGUMENT, "INVALID_REQUEST"),
-    ("in-history-page-token-garbage", "page_token that is not base64",
-     gateway_pb2.GetTransactionHistoryRequest(account=ADA, page_token="%%%not-a-token%%%"),
-     S.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN"),
-    ("in-history-page-token-nul", "page_token with a NUL",
-     gateway_pb2.GetTransactionHistoryRequest(account=ADA, page_token="djEK\0"),
-     S.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN"),
-    ("in-payment-key-too-short", "GetPayment with a 3-character key",
-     gateway_pb2.GetPaymentRequest(idempotency_key="abc"),
-     S.NOT_FOUND, "PAYMENT_NOT_FOUND"),
-]:  # fmt: skip
+    (
+        "in-history-page-size-negative",
+        "page_size -1",
+        gateway_pb2.GetTransactionHistoryRequest(account=ADA, page_size=-1),
+        S.INVALID_ARGUMENT,
+        "INVALID_REQUEST",
+    ),
+    (
+        "in-history-page-token-garbage",
+        "page_token that is not base64",
+        gateway_pb2.GetTransactionHistoryRequest(account=ADA, page_token="%%%not-a-token%%%"),
+        S.INVALID_ARGUMENT,
+        "INVALID_PAGE_TOKEN",
+    ),
+    (
+        "in-history-page-token-nul",
+        "page_token with a NUL",
+        gateway_pb2.GetTransactionHistoryRequest(account=ADA, page_token="djEK\0"),
+        S.INVALID_ARGUMENT,
+        "INVALID_PAGE_TOKEN",
+    ),
+    (
+        "in-payment-key-too-short",
+        "GetPayment with a 3-character key",
+        gateway_pb2.GetPaymentRequest(idempotency_key="abc"),
+        S.NOT_FOUND,
+        "PAYMENT_NOT_FOUND",
+    ),
+]:
     case(_id, "input", _text, _code, _reason)(
         partial(
-            read, request=_request,
-            method="GetPayment" if isinstance(_request, gateway_pb2.GetPaymentRequest)
+            read,
+            request=_request,
+            method="GetPayment"
+            if isinstance(_request, gateway_pb2.GetPaymentRequest)
             else "GetTransactionHistory",
         )
-    )  # fmt: skip
+    )
 
 
 def page_token(account: str, seq: str) -> str:
     return base64.urlsafe_b64encode(f"v1\n{account}\n{seq}".encode()).decode()
 
 
-@case("in-history-page-token-overflow", "input", "page_token carrying a 40-digit sequence",
-      S.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN")  # fmt: skip
+@case(
+    "in-history-page-token-overflow",
+    "input",
+    "page_token carrying a 40-digit sequence",
+    S.INVALID_ARGUMENT,
+    "INVALID_PAGE_TOKEN",
+)
 async def _(s: Session) -> object:
     request = gateway_pb2.GetTransactionHistoryRequest(
         account=ADA, page_token=page_token("ada-usd", "9" * 40)
@@ -659,14 +922,20 @@ async def ada_pays_twice(s: Session) -> object:
     return None
 
 
-@case("in-history-page-token-truncated", "input",
-      "a genuine page_token with its last four characters cut off",
-      S.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN", setup=ada_pays_twice)  # fmt: skip
+@case(
+    "in-history-page-token-truncated",
+    "input",
+    "a genuine page_token with its last four characters cut off",
+    S.INVALID_ARGUMENT,
+    "INVALID_PAGE_TOKEN",
+    setup=ada_pays_twice,
+)
 async def _(s: Session) -> object:
     first = await read(
-        s, "GetTransactionHistory",
+        s,
+        "GetTransactionHistory",
         gateway_pb2.GetTransactionHistoryRequest(account=ADA, page_size=1),
-    )  # fmt: skip
+    )
     token = first.next_page_token
     assert token
     request = gateway_pb2.GetTransactionHistoryRequest(
@@ -675,8 +944,9 @@ async def _(s: Session) -> object:
     return await read(s, "GetTransactionHistory", request)
 
 
-async def login(s: Session, username: str, password: str, bank: str = "alpha",
-                gw: str = "gw-2") -> Any:  # fmt: skip
+async def login(
+    s: Session, username: str, password: str, bank: str = "alpha", gw: str = "gw-2"
+) -> Any:
     return await s.gateway_stub(s.client, gw).Login(
         gateway_pb2.LoginRequest(username=username, password=password, bank=bank),
         timeout=TIMEOUT_S,
@@ -684,15 +954,35 @@ async def login(s: Session, username: str, password: str, bank: str = "alpha",
 
 
 for _id, _text, (_user, _password, _bank), _code, _reason in [
-    ("in-login-empty", "Login with no username", ("", "pw", "alpha"), S.INVALID_ARGUMENT,
-     "INVALID_REQUEST"),
-    ("in-login-username-oversized", "Login with a 10,000-character username",
-     ("u" * 10_000, "pw", "alpha"), S.INVALID_ARGUMENT, "INVALID_REQUEST"),
-    ("in-login-password-oversized", "Login with a 100,000-character password",
-     ("ada", "p" * 100_000, "alpha"), S.INVALID_ARGUMENT, "INVALID_REQUEST"),
-    ("in-login-unknown-bank", "Login at a bank that does not exist", ("ada", "pw-ada", "gamma"),
-     S.NOT_FOUND, "BANK_NOT_FOUND"),
-]:  # fmt: skip
+    (
+        "in-login-empty",
+        "Login with no username",
+        ("", "pw", "alpha"),
+        S.INVALID_ARGUMENT,
+        "INVALID_REQUEST",
+    ),
+    (
+        "in-login-username-oversized",
+        "Login with a 10,000-character username",
+        ("u" * 10_000, "pw", "alpha"),
+        S.INVALID_ARGUMENT,
+        "INVALID_REQUEST",
+    ),
+    (
+        "in-login-password-oversized",
+        "Login with a 100,000-character password",
+        ("ada", "p" * 100_000, "alpha"),
+        S.INVALID_ARGUMENT,
+        "INVALID_REQUEST",
+    ),
+    (
+        "in-login-unknown-bank",
+        "Login at a bank that does not exist",
+        ("ada", "pw-ada", "gamma"),
+        S.NOT_FOUND,
+        "BANK_NOT_FOUND",
+    ),
+]:
     case(_id, "input", _text, _code, _reason)(
         partial(login, username=_user, password=_password, bank=_bank)
     )
@@ -710,51 +1000,120 @@ def bank_request(method: str, **changes: Any) -> Any:
 
 
 for _id, _text, _method, _request, _code, _reason in [
-    ("in-bank-prepare-negative", "Prepare of -100", "Prepare",
-     bank_request("Prepare", amount=-100), S.INVALID_ARGUMENT, "INVALID_AMOUNT"),
-    ("in-bank-prepare-no-leg", "Prepare with no leg", "Prepare",
-     bank_request("Prepare", leg=bank_pb2.LEG_UNSPECIFIED), S.INVALID_ARGUMENT,
-     "INVALID_REQUEST"),
-    ("in-bank-prepare-unknown-bank", "Prepare at a bank this server does not serve", "Prepare",
-     bank_request("Prepare", bank="gamma"), S.NOT_FOUND, "BANK_NOT_FOUND"),
-    ("in-bank-process-same-account", "ProcessTransaction from and to one account",
-     "ProcessTransaction", bank_request("ProcessTransaction", to_account_id="ada-usd"),
-     S.INVALID_ARGUMENT, "SAME_ACCOUNT"),
-    ("in-bank-transfer-empty-id", "GetTransfer with no id", "GetTransfer",
-     bank_request("GetTransfer", transfer_id=""), S.INVALID_ARGUMENT, "INVALID_REQUEST"),
-    ("in-bank-decide-oversized-batch", "DecideTransfers with 1,001 decisions", "DecideTransfers",
-     bank_pb2.DecideTransfersRequest(coordinator="gw-1", decisions=[
-         bank_pb2.TransferDecision(transfer_id=f"t-{n}", commit=False, bank="alpha")
-         for n in range(1001)]), S.INVALID_ARGUMENT, "INVALID_REQUEST"),
-]:  # fmt: skip
+    (
+        "in-bank-prepare-negative",
+        "Prepare of -100",
+        "Prepare",
+        bank_request("Prepare", amount=-100),
+        S.INVALID_ARGUMENT,
+        "INVALID_AMOUNT",
+    ),
+    (
+        "in-bank-prepare-no-leg",
+        "Prepare with no leg",
+        "Prepare",
+        bank_request("Prepare", leg=bank_pb2.LEG_UNSPECIFIED),
+        S.INVALID_ARGUMENT,
+        "INVALID_REQUEST",
+    ),
+    (
+        "in-bank-prepare-unknown-bank",
+        "Prepare at a bank this server does not serve",
+        "Prepare",
+        bank_request("Prepare", bank="gamma"),
+        S.NOT_FOUND,
+        "BANK_NOT_FOUND",
+    ),
+    (
+        "in-bank-process-same-account",
+        "ProcessTransaction from and to one account",
+        "ProcessTransaction",
+        bank_request("ProcessTransaction", to_account_id="ada-usd"),
+        S.INVALID_ARGUMENT,
+        "SAME_ACCOUNT",
+    ),
+    (
+        "in-bank-transfer-empty-id",
+        "GetTransfer with no id",
+        "GetTransfer",
+        bank_request("GetTransfer", transfer_id=""),
+        S.INVALID_ARGUMENT,
+        "INVALID_REQUEST",
+    ),
+    (
+        "in-bank-decide-oversized-batch",
+        "DecideTransfers with 1,001 decisions",
+        "DecideTransfers",
+        bank_pb2.DecideTransfersRequest(
+            coordinator="gw-1",
+            decisions=[
+                bank_pb2.TransferDecision(transfer_id=f"t-{n}", commit=False, bank="alpha")
+                for n in range(1001)
+            ],
+        ),
+        S.INVALID_ARGUMENT,
+        "INVALID_REQUEST",
+    ),
+]:
     case(_id, "input", f"as gateway gw-1: {_text}", _code, _reason)(
-        partial(call_stub, service="bank", peer=("gateway", "gw-1"), method=_method,
-                request=_request)
-    )  # fmt: skip
+        partial(
+            call_stub, service="bank", peer=("gateway", "gw-1"), method=_method, request=_request
+        )
+    )
 
 for _id, _text, _method, _request in [
-    ("in-lb-register-instance-nul", "Register with a NUL in the instance name", "Register",
-     balancer_pb2.RegisterRequest(service="bank", instance="al\0pha", **LEASE)),
-    ("in-lb-register-address-oversized", "Register with a 10,000-character address", "Register",
-     balancer_pb2.RegisterRequest(service="bank", instance="alpha",
-                                  address="127.0.0.1:" + "1" * 10_000)),
-    ("in-lb-register-metadata-flood", "Register with 10,000 metadata entries", "Register",
-     balancer_pb2.RegisterRequest(service="bank", instance="alpha", address="127.0.0.1:1",
-                                  metadata={f"k{n}": "v" for n in range(10_000)})),
-    ("in-lb-best-unknown-policy", "GetBestServer with policy 99", "GetBestServer",
-     # An enum value the proto does not define: what a newer or hostile client sends.
-     balancer_pb2.GetBestServerRequest(service="gateway", policy=99)),  # type: ignore[arg-type]
-    ("in-lb-best-exclude-flood", "GetBestServer excluding 100,000 names", "GetBestServer",
-     balancer_pb2.GetBestServerRequest(service="gateway",
-                                       exclude=[f"gw-{n}" for n in range(100_000)])),
-    ("in-lb-best-service-non-ascii", "GetBestServer for service `g\u00e4t\u0435way`",
-     "GetBestServer",
-     balancer_pb2.GetBestServerRequest(service="g\u00e4t\u0435way")),
-]:  # fmt: skip
+    (
+        "in-lb-register-instance-nul",
+        "Register with a NUL in the instance name",
+        "Register",
+        balancer_pb2.RegisterRequest(service="bank", instance="al\0pha", **LEASE),
+    ),
+    (
+        "in-lb-register-address-oversized",
+        "Register with a 10,000-character address",
+        "Register",
+        balancer_pb2.RegisterRequest(
+            service="bank", instance="alpha", address="127.0.0.1:" + "1" * 10_000
+        ),
+    ),
+    (
+        "in-lb-register-metadata-flood",
+        "Register with 10,000 metadata entries",
+        "Register",
+        balancer_pb2.RegisterRequest(
+            service="bank",
+            instance="alpha",
+            address="127.0.0.1:1",
+            metadata={f"k{n}": "v" for n in range(10_000)},
+        ),
+    ),
+    (
+        "in-lb-best-unknown-policy",
+        "GetBestServer with policy 99",
+        "GetBestServer",
+        # An enum value the proto does not define: what a newer or hostile client sends.
+        balancer_pb2.GetBestServerRequest(service="gateway", policy=99),  # type: ignore[arg-type]
+    ),
+    (
+        "in-lb-best-exclude-flood",
+        "GetBestServer excluding 100,000 names",
+        "GetBestServer",
+        balancer_pb2.GetBestServerRequest(
+            service="gateway", exclude=[f"gw-{n}" for n in range(100_000)]
+        ),
+    ),
+    (
+        "in-lb-best-service-non-ascii",
+        "GetBestServer for service `g\u00e4t\u0435way`",
+        "GetBestServer",
+        balancer_pb2.GetBestServerRequest(service="g\u00e4t\u0435way"),
+    ),
+]:
     case(_id, "input", f"as bank alpha: {_text}", S.INVALID_ARGUMENT, "INVALID_REQUEST")(
-        partial(call_stub, service="balancer", peer=("bank", "alpha"), method=_method,
-                request=_request)
-    )  # fmt: skip
+        partial(
+            call_stub, service="balancer", peer=("bank", "alpha"), method=_method, request=_request
+        )
+    )
 
 
 # ================================================================ login
@@ -766,9 +1125,13 @@ def failure_reason(result: object) -> str:
     return "OK"
 
 
-@case("login-brute-force", "login",
-      "5 wrong passwords for victim@alpha, then the right one",
-      S.RESOURCE_EXHAUSTED, "LOGIN_THROTTLED")  # fmt: skip
+@case(
+    "login-brute-force",
+    "login",
+    "5 wrong passwords for victim@alpha, then the right one",
+    S.RESOURCE_EXHAUSTED,
+    "LOGIN_THROTTLED",
+)
 async def _(s: Session) -> object:
     for n in range(5):
         try:
@@ -778,9 +1141,13 @@ async def _(s: Session) -> object:
     return await login(s, "victim", PASSWORDS["victim"], gw="gw-1")
 
 
-@case("login-concurrent-brute-force", "login",
-      "40 concurrent wrong passwords for crowd@alpha, then the right one",
-      S.RESOURCE_EXHAUSTED, "LOGIN_THROTTLED")  # fmt: skip
+@case(
+    "login-concurrent-brute-force",
+    "login",
+    "40 concurrent wrong passwords for crowd@alpha, then the right one",
+    S.RESOURCE_EXHAUSTED,
+    "LOGIN_THROTTLED",
+)
 async def _(s: Session) -> object:
     results = await asyncio.gather(
         *(login(s, "crowd", f"guess-{n}", gw="gw-1") for n in range(40)), return_exceptions=True
@@ -791,9 +1158,13 @@ async def _(s: Session) -> object:
     return await login(s, "crowd", PASSWORDS["crowd"], gw="gw-1")
 
 
-@case("login-across-replicas", "login",
-      "3 wrong passwords for split@beta at gw-1, 2 at gw-2, then the right one at gw-2",
-      S.RESOURCE_EXHAUSTED, "LOGIN_THROTTLED")  # fmt: skip
+@case(
+    "login-across-replicas",
+    "login",
+    "3 wrong passwords for split@beta at gw-1, 2 at gw-2, then the right one at gw-2",
+    S.RESOURCE_EXHAUSTED,
+    "LOGIN_THROTTLED",
+)
 async def _(s: Session) -> object:
     for n, gw in enumerate(("gw-1", "gw-1", "gw-1", "gw-2", "gw-2")):
         try:
@@ -804,15 +1175,21 @@ async def _(s: Session) -> object:
 
 
 for _id, _name in [
-    ("login-variant-capitalised", "Ada"), ("login-variant-upper", "ADA"),
-    ("login-variant-leading-space", " ada"), ("login-variant-trailing-space", "ada "),
-    ("login-variant-nul", "ada\0"), ("login-variant-fullwidth", "\uff41\uff44\uff41"),
+    ("login-variant-capitalised", "Ada"),
+    ("login-variant-upper", "ADA"),
+    ("login-variant-leading-space", " ada"),
+    ("login-variant-trailing-space", "ada "),
+    ("login-variant-nul", "ada\0"),
+    ("login-variant-fullwidth", "\uff41\uff44\uff41"),
     ("login-variant-zero-width", "ada\u200b"),
-]:  # fmt: skip
-    case(_id, "login", f"ada's password under the name {_name!r}", S.UNAUTHENTICATED,
-         "INVALID_CREDENTIALS")(
-        partial(login, username=_name, password=PASSWORDS["ada"])
-    )  # fmt: skip
+]:
+    case(
+        _id,
+        "login",
+        f"ada's password under the name {_name!r}",
+        S.UNAUTHENTICATED,
+        "INVALID_CREDENTIALS",
+    )(partial(login, username=_name, password=PASSWORDS["ada"]))
 
 CASE_IDS = [c.id for c in CASES]
 assert len(set(CASE_IDS)) == len(CASE_IDS), "case ids must be unique"

@@ -99,10 +99,13 @@ def running_world(pki: Pki, root: Path) -> Iterator[World]:
         stack.enter_context(_patched_seed(rows))
         running = stack.enter_context(
             cluster(
-                pki, root, gateways=("gw-1", "gw-2"),
-                gateway_extra=registered, bank_extra=registered,
+                pki,
+                root,
+                gateways=("gw-1", "gw-2"),
+                gateway_extra=registered,
+                bank_extra=registered,
             )
-        )  # fmt: skip
+        )
         yield World(pki=pki, root=root, cluster=running, balancer=balancer)
 
 

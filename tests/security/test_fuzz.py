@@ -25,9 +25,29 @@ from .harness import TIMEOUT_S, Session, State
 EXAMPLES = 12
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
-WORDS = ["", "alpha", "beta", "gamma", "ada", "ada-usd", "bob-usd", "cy-usd", "c-ada", "gw-1",
-         "gw-2", "bank", "gateway", "USD", "EUR", "127.0.0.1:1", "' OR 1=1 --", "\0", "ÜSD",
-         "x" * 300, "attack-fuzz-key-000001"]  # fmt: skip
+WORDS = [
+    "",
+    "alpha",
+    "beta",
+    "gamma",
+    "ada",
+    "ada-usd",
+    "bob-usd",
+    "cy-usd",
+    "c-ada",
+    "gw-1",
+    "gw-2",
+    "bank",
+    "gateway",
+    "USD",
+    "EUR",
+    "127.0.0.1:1",
+    "' OR 1=1 --",
+    "\0",
+    "ÜSD",
+    "x" * 300,
+    "attack-fuzz-key-000001",
+]
 strings = st.one_of(st.sampled_from(WORDS), st.text(max_size=24))
 
 
@@ -103,31 +123,48 @@ class Target:
 
 TARGETS = [
     Target("gateway", "Login", gateway_pb2.LoginRequest, ("client", "default"), False),
-    Target("gateway", "ProcessPayment", gateway_pb2.ProcessPaymentRequest,
-           ("client", "default"), True),
+    Target(
+        "gateway", "ProcessPayment", gateway_pb2.ProcessPaymentRequest, ("client", "default"), True
+    ),
     Target("gateway", "GetPayment", gateway_pb2.GetPaymentRequest, ("client", "default"), False),
     Target("gateway", "GetBalance", gateway_pb2.GetBalanceRequest, ("client", "default"), False),
-    Target("gateway", "GetTransactionHistory", gateway_pb2.GetTransactionHistoryRequest,
-           ("client", "default"), False),
-    Target("coordinator", "GetDecision", coordinator_pb2.GetDecisionRequest, ("bank", "alpha"),
-           False),
-    *[Target("bank", m, getattr(bank_pb2, r), ("gateway", "gw-1"), w) for m, r, w in [
-        ("AuthenticateCustomer", "AuthenticateCustomerRequest", False),
-        ("ValidateAccount", "ValidateAccountRequest", False),
-        ("GetAccountBalance", "GetAccountBalanceRequest", False),
-        ("GetTransactionHistory", "BankHistoryRequest", False),
-        ("ProcessTransaction", "ProcessTransactionRequest", True),
-        ("Prepare", "PrepareRequest", True),
-        ("Commit", "CommitRequest", True),
-        ("Abort", "AbortRequest", True),
-        ("DecideTransfers", "DecideTransfersRequest", True),
-        ("PrepareTransfers", "PrepareTransfersRequest", True),
-        ("GetTransfer", "GetTransferRequest", False),
-    ]],
-    *[Target("balancer", m, getattr(balancer_pb2, f"{m}Request"), ("bank", "fuzz"), w)
-      for m, w in [("Register", True), ("Deregister", True), ("ReportServerLoad", True),
-                   ("GetBestServer", False), ("ListServers", False)]],
-]  # fmt: skip
+    Target(
+        "gateway",
+        "GetTransactionHistory",
+        gateway_pb2.GetTransactionHistoryRequest,
+        ("client", "default"),
+        False,
+    ),
+    Target(
+        "coordinator", "GetDecision", coordinator_pb2.GetDecisionRequest, ("bank", "alpha"), False
+    ),
+    *[
+        Target("bank", m, getattr(bank_pb2, r), ("gateway", "gw-1"), w)
+        for m, r, w in [
+            ("AuthenticateCustomer", "AuthenticateCustomerRequest", False),
+            ("ValidateAccount", "ValidateAccountRequest", False),
+            ("GetAccountBalance", "GetAccountBalanceRequest", False),
+            ("GetTransactionHistory", "BankHistoryRequest", False),
+            ("ProcessTransaction", "ProcessTransactionRequest", True),
+            ("Prepare", "PrepareRequest", True),
+            ("Commit", "CommitRequest", True),
+            ("Abort", "AbortRequest", True),
+            ("DecideTransfers", "DecideTransfersRequest", True),
+            ("PrepareTransfers", "PrepareTransfersRequest", True),
+            ("GetTransfer", "GetTransferRequest", False),
+        ]
+    ],
+    *[
+        Target("balancer", m, getattr(balancer_pb2, f"{m}Request"), ("bank", "fuzz"), w)
+        for m, w in [
+            ("Register", True),
+            ("Deregister", True),
+            ("ReportServerLoad", True),
+            ("GetBestServer", False),
+            ("ListServers", False),
+        ]
+    ],
+]
 
 
 def without_own_lease(state: State) -> State:
@@ -154,9 +191,12 @@ def examples(target: Target) -> list[Any]:
     drawn: list[Any] = []
 
     @settings(
-        max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
+        max_examples=EXAMPLES,
+        derandomize=True,
+        deadline=None,
+        database=None,
         suppress_health_check=list(HealthCheck),
-    )  # fmt: skip
+    )
     @given(request=message(target.request.DESCRIPTOR))
     def draw(request: Any) -> None:
         drawn.append(request)
@@ -182,6 +222,9 @@ async def test_fuzzed_requests_are_answered_or_refused_cleanly(target: Target, s
             assert error.reason, f"a refusal without an ErrorInfo reason: {error} for {request}"
             if before is not None:
                 assert without_own_lease(await s.snapshot()) == before, request
-    for process in [*s.world.cluster.banks.values(), *s.world.cluster.gateways.values(),
-                    s.world.balancer]:  # fmt: skip
+    for process in [
+        *s.world.cluster.banks.values(),
+        *s.world.cluster.gateways.values(),
+        s.world.balancer,
+    ]:
         assert process.proc is not None and process.proc.poll() is None, process.script

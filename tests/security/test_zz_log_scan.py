@@ -12,8 +12,13 @@ from .logscan import secrets_in
 
 def test_logs_hold_no_password_token_or_key(world: World) -> None:
     paths = world.log_paths()
-    assert {p.name for p in paths} >= {"alpha.log", "beta.log", "gw-1.log", "gw-2.log",
-                                       "balancer.log"}  # fmt: skip
+    assert {p.name for p in paths} >= {
+        "alpha.log",
+        "beta.log",
+        "gw-1.log",
+        "gw-2.log",
+        "balancer.log",
+    }
     text = "".join(p.read_text(errors="replace") for p in paths)
     assert '"Login"' in text or "/Login" in text, "the logs saw no login: nothing was scanned"
     assert world.tokens, "no token was issued: the scan proves nothing"

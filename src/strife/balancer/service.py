@@ -102,13 +102,18 @@ def to_proto(lease: Lease) -> balancer_pb2.ServerInstance:
 
 async def _live(context: AnyContext, exc: InstanceLive) -> NoReturn:
     _log.warning(
-        "instance_live", service=exc.lease.service, instance=exc.lease.instance,
+        "instance_live",
+        service=exc.lease.service,
+        instance=exc.lease.instance,
         address=exc.lease.address,
-    )  # fmt: skip
+    )
     await abort(
-        context, grpc.StatusCode.ALREADY_EXISTS, Reason.INSTANCE_LIVE, str(exc),
+        context,
+        grpc.StatusCode.ALREADY_EXISTS,
+        Reason.INSTANCE_LIVE,
+        str(exc),
         {"address": exc.lease.address},
-    )  # fmt: skip
+    )
 
 
 async def _invalid(context: AnyContext, exc: InvalidRegistration) -> NoReturn:

@@ -250,9 +250,11 @@ class BankHost(bank_pb2_grpc.BankServiceServicer):
             await invalid(context, f"each {noun} needs its own, non-empty transfer_id")
         routes = [self._route.get(item.bank) for item in items]
         if len(set(ids)) != len(ids) and len(
-            {(bank.name if bank else item.bank, item.transfer_id)
-             for bank, item in zip(routes, items, strict=True)}
-        ) != len(ids):  # fmt: skip
+            {
+                (bank.name if bank else item.bank, item.transfer_id)
+                for bank, item in zip(routes, items, strict=True)
+            }
+        ) != len(ids):
             await invalid(context, f"each {noun} needs its own transfer_id at each bank")
         return routes
 

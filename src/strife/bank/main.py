@@ -21,31 +21,44 @@ from strife.security.tls import TlsFiles, TlsMaterial
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
-    "--name", "--bank-name", "name", required=True,
+    "--name",
+    "--bank-name",
+    "name",
+    required=True,
     help="Process name and identity (certs/bank-NAME); also the bank when no --bank.",
-)  # fmt: skip
+)
 @click.option(
-    "--bank", "banks", multiple=True,
+    "--bank",
+    "banks",
+    multiple=True,
     help="A bank this process serves, each with its own database; repeatable.  [default: NAME]",
-)  # fmt: skip
+)
 @click.option(
-    "--db", type=click.Path(dir_okay=False, path_type=Path),
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
     help="SQLite file of the one bank served.  [default: DATA_DIR/bank-BANK.db]",
-)  # fmt: skip
+)
 @click.option(
-    "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("data"),
-    show_default=True, help="Where each bank's database is: DATA_DIR/bank-BANK.db.",
-)  # fmt: skip
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("data"),
+    show_default=True,
+    help="Where each bank's database is: DATA_DIR/bank-BANK.db.",
+)
 @click.option(
-    "--seed", "seeds", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    "--seed",
+    "seeds",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Seed file (CSV or JSON); repeatable: each bank loads its rows from all of them.",
-)  # fmt: skip
+)
 @click.option(
-    "--init", is_flag=True,
+    "--init",
+    is_flag=True,
     help="Create the bank's database if it is missing or empty (first start). Without it a "
     "missing or empty database stops the process: a lost database must be restored, not "
     "recreated. On an existing database of the same bank it changes nothing.",
-)  # fmt: skip
+)
 @click.option(
     "--coordinator",
     "coordinators",
@@ -61,23 +74,30 @@ from strife.security.tls import TlsFiles, TlsMaterial
 )
 @click.option("--balancer", default=None, help="Balancer HOST:PORT: register, find gateways.")
 @click.option(
-    "--bank-certs", type=click.Path(file_okay=False, path_type=Path), default=None,
+    "--bank-certs",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
     help="With several banks: the folder of their own identities (bank-BANK/), under which "
     "each registers and asks coordinators.  [default: the folder holding --certs]",
-)  # fmt: skip
+)
 @click.option("--max-batch", default=256, show_default=True, help="Group-commit batch cap.")
 @click.option("--max-queue", default=8192, show_default=True, help="Write queue bound.")
 @click.option(
-    "--resident-transfers", default=20_000, show_default=True, type=click.IntRange(min=100),
+    "--resident-transfers",
+    default=20_000,
+    show_default=True,
+    type=click.IntRange(min=100),
     help="Finished transfers kept in memory by the process, shared equally among its banks "
     "(older ones are read back from disk when asked for).",
-)  # fmt: skip
+)
 @click.option("--in-doubt-timeout", "in_doubt_s", default=5.0, show_default=True)
 @click.option(
-    "--max-password-checks", default=PASSWORD_CHECKS.max_pending, show_default=True,
+    "--max-password-checks",
+    default=PASSWORD_CHECKS.max_pending,
+    show_default=True,
     type=click.IntRange(min=1),
     help="Password checks running or queued at once; more are refused (RESOURCE_EXHAUSTED).",
-)  # fmt: skip
+)
 @server_options
 def main(**options: Any) -> None:
     """Serve one bank, or several (--bank) behind one port: accounts, holds,

@@ -94,9 +94,12 @@ class BankServicer:
         slot = self.logins.reserve(request.username)
         if isinstance(slot, float):
             await abort(
-                context, grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.LOGIN_THROTTLED,
-                "too many failed logins; try again later", retry_delay_s=slot,
-            )  # fmt: skip
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                Reason.LOGIN_THROTTLED,
+                "too many failed logins; try again later",
+                retry_delay_s=slot,
+            )
         checked = False
         try:
             customer = await self.store.customer(request.username)
@@ -105,9 +108,12 @@ class BankServicer:
             checked = True
         except HashingBusyError as exc:
             await abort(
-                context, grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.PASSWORD_CHECKS_BUSY,
-                "too many logins at this bank; retry shortly", retry_delay_s=exc.retry_after_s,
-            )  # fmt: skip
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                Reason.PASSWORD_CHECKS_BUSY,
+                "too many logins at this bank; retry shortly",
+                retry_delay_s=exc.retry_after_s,
+            )
         finally:
             if not checked:
                 self.logins.release(slot)
@@ -190,10 +196,12 @@ class BankServicer:
             before = open_page_token(key, self.name, request.account_id, request.page_token)
             if before is None:
                 await abort(
-                    context, grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_PAGE_TOKEN,
+                    context,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    Reason.INVALID_PAGE_TOKEN,
                     "page_token is not one this bank issued for this account;"
                     " start again without one",
-                )  # fmt: skip
+                )
         rows = await self.store.history(request.account_id, before, size + 1)
         page, more = rows[:size], len(rows) > size
         return bank_pb2.BankHistoryResponse(
@@ -264,9 +272,11 @@ class BankServicer:
         transfer = self.store.transfer(request.transfer_id)
         if transfer is None:
             await abort(
-                context, grpc.StatusCode.NOT_FOUND, Reason.TRANSFER_NOT_FOUND,
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                Reason.TRANSFER_NOT_FOUND,
                 f"no transfer {request.transfer_id!r} at this bank",
-            )  # fmt: skip
+            )
         return bank_pb2.GetTransferResponse(
             transfer_id=transfer.transfer_id,
             state=_STATES[transfer.state],

@@ -216,9 +216,14 @@ def _record(
         )
         writes.add(
             _INSERT_AUDIT,
-            (at_ms, transfer.transfer_id, str(transfer.state), transfer.coordinator,
-             transfer.abort_reason),
-        )  # fmt: skip
+            (
+                at_ms,
+                transfer.transfer_id,
+                str(transfer.state),
+                transfer.coordinator,
+                transfer.abort_reason,
+            ),
+        )
     for entry in changes.entries:
         writes.add(_INSERT_ENTRY, _entry_row(entry, at_ms))
     for transfer_id in changes.released:
@@ -295,8 +300,14 @@ def read_page_token_key(path: Path) -> bytes:
 
 
 def _entry_row(entry: Entry, at_ms: int) -> tuple[Any, ...]:
-    return (entry.transfer_id, entry.account_id, entry.amount_minor, entry.currency,
-            entry.counterparty, at_ms)  # fmt: skip
+    return (
+        entry.transfer_id,
+        entry.account_id,
+        entry.amount_minor,
+        entry.currency,
+        entry.counterparty,
+        at_ms,
+    )
 
 
 class BankStore:

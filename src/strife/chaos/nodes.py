@@ -271,5 +271,7 @@ class Nodes:
 def _mount_tmpfs(folder: Path) -> None:
     subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={DISK_SIZE}", "strife-chaos", str(folder)],
-        check=True, capture_output=True, timeout=10,
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+        timeout=10,
+    )

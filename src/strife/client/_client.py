@@ -479,8 +479,14 @@ class StrifeClient:
         intent = Intent(session.customer_id, source, target, amount_minor, currency, description)
         entry, created = await self._outbox.add(intent, key)
         if created:
-            _log.info("payment_queued", entry_id=entry.id, key=key, amount_minor=amount_minor,
-                      currency=currency, to=str(target))  # fmt: skip
+            _log.info(
+                "payment_queued",
+                entry_id=entry.id,
+                key=key,
+                amount_minor=amount_minor,
+                currency=currency,
+                to=str(target),
+            )
         wait_s = self.config.pay_wait_s if wait_s is None else wait_s
         if entry.settled:
             return PaymentResult.of(entry)
@@ -699,11 +705,14 @@ class StrifeClient:
         [settled] = await self._outbox.apply(
             [
                 Transition(
-                    entry.id, state, expect=EntryState.PENDING, transfer_id=payment.transfer_id,
+                    entry.id,
+                    state,
+                    expect=EntryState.PENDING,
+                    transfer_id=payment.transfer_id,
                     reason=payment.abort_reason,
                 )
             ]
-        )  # fmt: skip
+        )
         self._recorded([settled])
         if state == EntryState.COMMITTED:
             raise EntryStateError(f"entry {entry.id} was already committed ({payment.transfer_id})")
@@ -820,9 +829,12 @@ class StrifeClient:
             permit = circuits.admit(address)
             if permit is None:
                 raise Unavailable(
-                    grpc.StatusCode.UNAVAILABLE, "", f"circuit open towards gateway {address}",
-                    {"circuit": "open", "gateway": address}, circuits.retry_after_s(address),
-                )  # fmt: skip
+                    grpc.StatusCode.UNAVAILABLE,
+                    "",
+                    f"circuit open towards gateway {address}",
+                    {"circuit": "open", "gateway": address},
+                    circuits.retry_after_s(address),
+                )
             try:
                 reply = await getattr(self._stub(address), method)(
                     request, timeout=self.config.call_timeout_s, metadata=metadata

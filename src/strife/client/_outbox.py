@@ -230,12 +230,20 @@ class Outbox:
                 " to_bank, to_account, amount_minor, currency, description, state,"
                 " created_at_ms, updated_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    intent.customer_id, key, intent.from_account.bank,
-                    intent.from_account.account_id, intent.to_account.bank,
-                    intent.to_account.account_id, intent.amount_minor, intent.currency,
-                    intent.description, EntryState.PENDING.value, at, at,
+                    intent.customer_id,
+                    key,
+                    intent.from_account.bank,
+                    intent.from_account.account_id,
+                    intent.to_account.bank,
+                    intent.to_account.account_id,
+                    intent.amount_minor,
+                    intent.currency,
+                    intent.description,
+                    EntryState.PENDING.value,
+                    at,
+                    at,
                 ),
-            )  # fmt: skip
+            )
             entry_id = cursor.lastrowid
             assert entry_id is not None
             await conn.execute(
@@ -290,14 +298,23 @@ class Outbox:
                         " ELSE transfer_id END, reason = ?, last_error = ?, updated_at_ms = ?"
                         " WHERE id = ? AND state = ?",
                         (
-                            change.state.value, change.transfer_id, change.transfer_id,
-                            change.reason, change.last_error, at, change.entry_id,
+                            change.state.value,
+                            change.transfer_id,
+                            change.transfer_id,
+                            change.reason,
+                            change.last_error,
+                            at,
+                            change.entry_id,
                             change.expect.value,
                         ),
-                    )  # fmt: skip
+                    )
                     if cursor.rowcount != 1:
-                        _log.error("transition_skipped", entry_id=change.entry_id,
-                                   expected=str(change.expect), to=str(change.state))  # fmt: skip
+                        _log.error(
+                            "transition_skipped",
+                            entry_id=change.entry_id,
+                            expected=str(change.expect),
+                            to=str(change.state),
+                        )
                         continue
                     if change.state.settled:
                         settled += 1
@@ -327,10 +344,14 @@ class Outbox:
             " resubmits = resubmits + 1, reason = '', last_error = ?, updated_at_ms = ?"
             " WHERE id = ? AND state = ?",
             (
-                EntryState.PENDING.value, change.new_key, change.last_error, at,
-                change.entry_id, change.expect.value,
+                EntryState.PENDING.value,
+                change.new_key,
+                change.last_error,
+                at,
+                change.entry_id,
+                change.expect.value,
             ),
-        )  # fmt: skip
+        )
         if cursor.rowcount != 1:
             raise EntryStateError(f"entry {change.entry_id} changed while being resubmitted")
         await conn.execute(

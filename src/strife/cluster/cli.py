@@ -36,13 +36,15 @@ def print_table(rows: list[tuple[Any, ...]], headers: tuple[str, ...]) -> None:
 
 
 _config = click.option(
-    "--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    "--config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Topology TOML (default: 1 balancer, 3 banks, 2 gateways).",
-)  # fmt: skip
+)
 _data_dir = click.option(
-    "--data-dir", type=click.Path(file_okay=False, path_type=Path),
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
     help="Where certificates, databases and logs go (default: .strife/cluster).",
-)  # fmt: skip
+)
 
 
 @click.group()
@@ -54,10 +56,11 @@ def cluster() -> None:
 @_config
 @_data_dir
 @click.option(
-    "--balancer-port", type=click.IntRange(0, 65535),
+    "--balancer-port",
+    type=click.IntRange(0, 65535),
     help="The balancer's port on 127.0.0.1 (default: 7400, or the topology's "
     "[balancer] listen; 0: any free port).",
-)  # fmt: skip
+)
 def up(config: Path | None, data_dir: Path | None, balancer_port: int | None) -> None:
     """Start the cluster and keep it running until Ctrl-C."""
     topology = resolve_topology(config, data_dir)

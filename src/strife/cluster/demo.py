@@ -105,16 +105,22 @@ async def play(supervisor: Supervisor, topology: Topology, story: Story) -> None
     async with (
         ChannelPool(supervisor.certs_dir / "admin") as admin_pool,
         StrifeClient(
-            certs=supervisor.certs_dir / "client-default", balancer=balancer,
-            outbox=root / "demo-outbox.db", credentials=credentials, config=config,
+            certs=supervisor.certs_dir / "client-default",
+            balancer=balancer,
+            outbox=root / "demo-outbox.db",
+            credentials=credentials,
+            config=config,
         ) as client,
-    ):  # fmt: skip
+    ):
         books = Books(admin_pool, supervisor, topology)
         opening_total = await books.total()
 
         session = await client.login(payer, password_of(payer), "alpha")
-        story.check(bool(session.customer_id), f"{payer} logs in through bank alpha",
-                    f"customer {session.customer_id}")  # fmt: skip
+        story.check(
+            bool(session.customer_id),
+            f"{payer} logs in through bank alpha",
+            f"customer {session.customer_id}",
+        )
 
         before = await books.balance(*payer_acct), await books.balance(*payee_acct)
         result = await client.pay(f"beta/{payee_acct[1]}", 1234, "USD")
@@ -155,9 +161,11 @@ async def play(supervisor: Supervisor, topology: Topology, story: Story) -> None
         )
 
         async with StrifeClient(
-            certs=supervisor.certs_dir / "client-default", balancer=balancer,
-            outbox=root / "demo-outbox-2.db", credentials=credentials,
-        ) as other:  # fmt: skip
+            certs=supervisor.certs_dir / "client-default",
+            balancer=balancer,
+            outbox=root / "demo-outbox-2.db",
+            credentials=credentials,
+        ) as other:
             reused = await other.pay(f"beta/{payee_acct[1]}", 701, "USD", key=key)
         story.check(
             reused.state == EntryState.FAILED and reused.reason == "IDEMPOTENCY_KEY_REUSED",
@@ -168,10 +176,11 @@ async def play(supervisor: Supervisor, topology: Topology, story: Story) -> None
         unmoved = await books.total(), await books.balance(*payer_acct)
         broke = await client.pay(f"beta/{payee_acct[1]}", 10**11, "USD")
         story.check(
-            broke.state == EntryState.ABORTED and broke.reason == "INSUFFICIENT_FUNDS"
+            broke.state == EntryState.ABORTED
+            and broke.reason == "INSUFFICIENT_FUNDS"
             and (await books.total(), await books.balance(*payer_acct)) == unmoved,
             f"a payment of {_usd(10**11)} aborts with INSUFFICIENT_FUNDS; nothing moves",
-        )  # fmt: skip
+        )
 
         gateways = [c.name for c in supervisor.children if c.name.startswith("gateway-")]
         for name in gateways:
@@ -199,10 +208,11 @@ async def play(supervisor: Supervisor, topology: Topology, story: Story) -> None
             return await books.balance(*payee_acct) == before_payee + 900
 
         story.check(
-            settled is not None and settled.state == EntryState.COMMITTED
+            settled is not None
+            and settled.state == EntryState.COMMITTED
             and await _until(credited, SETTLE_TIMEOUT_S),
             "gateways back: the queued payment is delivered once and its notification arrives",
-        )  # fmt: skip
+        )
 
         before_payee = await books.balance(*payee_acct)
         sends = [
@@ -274,9 +284,13 @@ async def run_demo(data_dir: Path | None, say: Callable[[str], None]) -> int:
     prepare_folder(root)
     topology = default_topology(root)
     topology = Topology(
-        topology.data_dir, f"127.0.0.1:{free_port()}", topology.policy, topology.banks,
-        topology.gateways, topology.timeouts,
-    )  # fmt: skip
+        topology.data_dir,
+        f"127.0.0.1:{free_port()}",
+        topology.policy,
+        topology.banks,
+        topology.gateways,
+        topology.timeouts,
+    )
     supervisor = Supervisor(topology, say=lambda line: say(f"  (supervisor) {line}"))
     say(f"starting a local cluster in {topology.data_dir} ...")
     started = time.monotonic()
@@ -301,10 +315,11 @@ async def run_demo(data_dir: Path | None, say: Callable[[str], None]) -> int:
 
 @click.command()
 @click.option(
-    "--data-dir", type=click.Path(file_okay=False, path_type=Path),
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
     help=f"Certificates, databases and logs (default: {DEFAULT_DATA_DIR}); "
     "certificates are kept between runs, the books start fresh each run.",
-)  # fmt: skip
+)
 def demo(data_dir: Path | None) -> None:
     """Start a local cluster, play a story of real payments, check every step."""
     from strife.observability.logging import configure_logging

@@ -117,12 +117,22 @@ class Supervisor:
         balancer = self.topology.balancer_listen
         children = [
             Child(
-                "balancer", "strife-balancer",
-                ["--certs", str(self.certs_dir / "balancer"), "--policy", self.topology.policy,
-                 "--heartbeat-interval", str(t.heartbeat_s), "--lease-ttl", str(t.lease_ttl_s)],
-                balancer, root / "logs" / "balancer.log",
+                "balancer",
+                "strife-balancer",
+                [
+                    "--certs",
+                    str(self.certs_dir / "balancer"),
+                    "--policy",
+                    self.topology.policy,
+                    "--heartbeat-interval",
+                    str(t.heartbeat_s),
+                    "--lease-ttl",
+                    str(t.lease_ttl_s),
+                ],
+                balancer,
+                root / "logs" / "balancer.log",
             )
-        ]  # fmt: skip
+        ]
         for process, banks in self.topology.bank_processes().items():
             hosted = [] if banks == (process,) else [a for b in banks for a in ("--bank", b)]
             seeds = [a for b in banks for a in ("--seed", str(seed_file(self.topology, b)))]
@@ -130,34 +140,61 @@ class Supervisor:
             # restarted after a crash must find its database, not a new one.
             children.append(
                 Child(
-                    f"bank-{process}", "strife-bank",
-                    ["--name", process, *hosted, "--data-dir", str(root / "data"), *seeds,
-                     "--certs", str(self.certs_dir / f"bank-{process}"),
-                     "--bank-certs", str(self.certs_dir),
-                     "--balancer", balancer, "--in-doubt-timeout", str(t.in_doubt_s)],
-                    "127.0.0.1:0", root / "logs" / f"bank-{process}.log",
+                    f"bank-{process}",
+                    "strife-bank",
+                    [
+                        "--name",
+                        process,
+                        *hosted,
+                        "--data-dir",
+                        str(root / "data"),
+                        *seeds,
+                        "--certs",
+                        str(self.certs_dir / f"bank-{process}"),
+                        "--bank-certs",
+                        str(self.certs_dir),
+                        "--balancer",
+                        balancer,
+                        "--in-doubt-timeout",
+                        str(t.in_doubt_s),
+                    ],
+                    "127.0.0.1:0",
+                    root / "logs" / f"bank-{process}.log",
                     first_args=["--init"],
                 )
-            )  # fmt: skip
+            )
         for name in self.topology.gateways:
             children.append(
                 Child(
-                    f"gateway-{name}", "strife-gateway",
-                    ["--name", name, "--db", str(root / "data" / f"gateway-{name}.db"),
-                     "--certs", str(self.certs_dir / f"gateway-{name}"),
-                     "--token-key", str(root / "token-signing.key"),
-                     "--balancer", balancer, "--prepare-timeout", str(t.prepare_s)],
-                    "127.0.0.1:0", root / "logs" / f"gateway-{name}.log",
+                    f"gateway-{name}",
+                    "strife-gateway",
+                    [
+                        "--name",
+                        name,
+                        "--db",
+                        str(root / "data" / f"gateway-{name}.db"),
+                        "--certs",
+                        str(self.certs_dir / f"gateway-{name}"),
+                        "--token-key",
+                        str(root / "token-signing.key"),
+                        "--balancer",
+                        balancer,
+                        "--prepare-timeout",
+                        str(t.prepare_s),
+                    ],
+                    "127.0.0.1:0",
+                    root / "logs" / f"gateway-{name}.log",
                 )
-            )  # fmt: skip
+            )
         return children
 
     async def up(self) -> None:
         """Start everything and wait until every child answers health checks."""
         existing = read_state(self.root)
         if existing and _alive(existing.get("supervisor_pid", 0)):
-            raise ClusterError(f"a cluster is already running from {self.root} "
-                               f"(pid {existing['supervisor_pid']})")  # fmt: skip
+            raise ClusterError(
+                f"a cluster is already running from {self.root} (pid {existing['supervisor_pid']})"
+            )
         self.prepare_files()
         self._pool = ChannelPool(self.certs_dir / "admin")
         self.children = self._plan()
@@ -178,11 +215,18 @@ class Supervisor:
         start_offset = child.log_path.stat().st_size if child.log_path.exists() else 0
         with child.log_path.open("ab") as log:
             child.proc = await asyncio.create_subprocess_exec(
-                _bin(child.script), *child.args, *child.first_args, "--listen", child.listen,
-                "--metrics-listen", child.metrics_listen,
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-                stderr=log, start_new_session=True,
-            )  # fmt: skip
+                _bin(child.script),
+                *child.args,
+                *child.first_args,
+                "--listen",
+                child.listen,
+                "--metrics-listen",
+                child.metrics_listen,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=log,
+                start_new_session=True,
+            )
         child.started_at = time.monotonic()
         try:
             child.address = await _bound_address(child, start_offset)
@@ -293,11 +337,17 @@ class Supervisor:
             "root": str(self.root),
             "balancer": self.children[0].address if self.children else "",
             "children": [
-                {"name": c.name, "pid": c.pid, "address": c.address, "log": str(c.log_path),
-                 "restarts": c.restarts, "metrics": c.metrics}
+                {
+                    "name": c.name,
+                    "pid": c.pid,
+                    "address": c.address,
+                    "log": str(c.log_path),
+                    "restarts": c.restarts,
+                    "metrics": c.metrics,
+                }
                 for c in self.children
             ],
-        }  # fmt: skip
+        }
         targets = [
             {"targets": [c.metrics], "labels": {"role": _peer_of(c).role, "process": c.name}}
             for c in self.children

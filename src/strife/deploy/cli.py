@@ -23,13 +23,19 @@ def deploy() -> None:
 
 @deploy.command("render")
 @click.option(
-    "--config", "config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    required=True, help="Topology TOML, the same `strife cluster up --config` reads.",
-)  # fmt: skip
+    "--config",
+    "config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="Topology TOML, the same `strife cluster up --config` reads.",
+)
 @click.option(
-    "--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT,
-    show_default=True, help="Where base/, components/ and overlays/ go.",
-)  # fmt: skip
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_OUT,
+    show_default=True,
+    help="Where base/, components/ and overlays/ go.",
+)
 @click.option("--trust-domain", default=DEFAULT_TRUST_DOMAIN, show_default=True)
 def render_cmd(config: Path, out: Path, trust_domain: str) -> None:
     """Write the kustomize base, components and the dev and prod overlays."""
@@ -72,9 +78,12 @@ def validate_cmd(folders: tuple[Path, ...]) -> None:
 
 @deploy.command("issue-secrets")
 @click.option(
-    "--identity", "identities", multiple=True, required=True,
+    "--identity",
+    "identities",
+    multiple=True,
+    required=True,
     help="ROLE/NAME, or bank/HOST:BANK,... for a host of several banks; repeatable.",
-)  # fmt: skip
+)
 @click.option("--trust-domain", default=DEFAULT_TRUST_DOMAIN, show_default=True)
 def issue_secrets_cmd(identities: tuple[str, ...], trust_domain: str) -> None:
     """In a cluster's Job: create the CA and identity Secrets that are missing."""

@@ -139,12 +139,17 @@ def _selector(component: str, instance: str) -> dict[str, str]:
 
 def _server_args(listen: str) -> list[str]:
     return [
-        "--listen", listen,
-        "--health-listen", f"0.0.0.0:{HEALTH_PORT}",
-        "--metrics-listen", f"0.0.0.0:{METRICS_PORT}",
-        "--grace", f"{GRACE_S:g}",
-        "--log-format", "json",
-    ]  # fmt: skip
+        "--listen",
+        listen,
+        "--health-listen",
+        f"0.0.0.0:{HEALTH_PORT}",
+        "--metrics-listen",
+        f"0.0.0.0:{METRICS_PORT}",
+        "--grace",
+        f"{GRACE_S:g}",
+        "--log-format",
+        "json",
+    ]
 
 
 def _identity_volume(identities: list[Identity], token_key: bool = False) -> Manifest:
@@ -271,18 +276,23 @@ def bank_objects(topology: Topology, process: str, banks: tuple[str, ...]) -> li
     if hosted:
         identities += [Identity("bank", bank) for bank in banks]
     args = [
-        "--name", process,
+        "--name",
+        process,
         *(a for bank in banks if hosted for a in ("--bank", bank)),
-        "--data-dir", "/data",
-        "--certs", f"/certs/bank-{process}",
+        "--data-dir",
+        "/data",
+        "--certs",
+        f"/certs/bank-{process}",
         *(["--bank-certs", "/certs"] if hosted else []),
-        "--balancer", f"balancer:{GRPC_PORT}",
-        "--in-doubt-timeout", f"{topology.timeouts.in_doubt_s:g}",
+        "--balancer",
+        f"balancer:{GRPC_PORT}",
+        "--in-doubt-timeout",
+        f"{topology.timeouts.in_doubt_s:g}",
         # Creates each bank's database on the volume's first start; an existing
         # database of the same bank is left as it is (docs/deployment.md).
         "--init",
         *_server_args(f"$(POD_IP):{GRPC_PORT}"),
-    ]  # fmt: skip
+    ]
     container = _container(
         "bank",
         "bank-host" if hosted else "bank",
@@ -314,14 +324,20 @@ def gateway_objects(topology: Topology) -> list[Manifest]:
     name = gateways.statefulset
     identities = [Identity("gateway", n) for n in topology.gateways]
     args = [
-        "--name", "$(POD_NAME)",
-        "--db", "/data/gateway.db",
-        "--certs", "/certs/gateway-$(POD_NAME)",
-        "--token-key", f"/certs/{TOKEN_KEY_FILE}",
-        "--balancer", f"balancer:{GRPC_PORT}",
-        "--prepare-timeout", f"{topology.timeouts.prepare_s:g}",
+        "--name",
+        "$(POD_NAME)",
+        "--db",
+        "/data/gateway.db",
+        "--certs",
+        "/certs/gateway-$(POD_NAME)",
+        "--token-key",
+        f"/certs/{TOKEN_KEY_FILE}",
+        "--balancer",
+        f"balancer:{GRPC_PORT}",
+        "--prepare-timeout",
+        f"{topology.timeouts.prepare_s:g}",
         *_server_args(f"$(POD_IP):{GRPC_PORT}"),
-    ]  # fmt: skip
+    ]
     container = _container(
         "gateway", "gateway", "strife-gateway", args, [{"name": "data", "mountPath": "/data"}]
     )
@@ -360,12 +376,16 @@ def gateway_objects(topology: Topology) -> list[Manifest]:
 def balancer_objects(topology: Topology) -> list[Manifest]:
     t = topology.timeouts
     args = [
-        "--certs", "/certs/balancer",
-        "--policy", topology.policy,
-        "--heartbeat-interval", f"{t.heartbeat_s:g}",
-        "--lease-ttl", f"{t.lease_ttl_s:g}",
+        "--certs",
+        "/certs/balancer",
+        "--policy",
+        topology.policy,
+        "--heartbeat-interval",
+        f"{t.heartbeat_s:g}",
+        "--lease-ttl",
+        f"{t.lease_ttl_s:g}",
         *_server_args(f"0.0.0.0:{GRPC_PORT}"),
-    ]  # fmt: skip
+    ]
     container = _container("balancer", "balancer", "strife-balancer", args, [])
     labels = _labels("balancer", "balancer")
     return [

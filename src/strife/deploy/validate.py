@@ -25,10 +25,17 @@ OLDEST_SUPPORTED = "1.31.0"
 _CERT_MANAGER = "cert-manager.io/v1"
 _KEY_ALGORITHMS = {"RSA", "ECDSA", "Ed25519"}
 _USAGES = {
-    "signing", "digital signature", "content commitment", "key encipherment",
-    "key agreement", "data encipherment", "cert sign", "crl sign", "server auth",
+    "signing",
+    "digital signature",
+    "content commitment",
+    "key encipherment",
+    "key agreement",
+    "data encipherment",
+    "cert sign",
+    "crl sign",
+    "server auth",
     "client auth",
-}  # fmt: skip
+}
 
 
 def kubernetes_versions() -> list[str]:
@@ -98,9 +105,18 @@ def check_cert_manager(obj: Manifest) -> list[str]:
     if not (spec.get("commonName") or spec.get("dnsNames") or spec.get("uris")):
         errors.append(f"{where}: needs a commonName, dnsNames or uris")
     known = {
-        "secretName", "commonName", "subject", "uris", "dnsNames", "duration", "renewBefore",
-        "privateKey", "usages", "issuerRef", "isCA",
-    }  # fmt: skip
+        "secretName",
+        "commonName",
+        "subject",
+        "uris",
+        "dnsNames",
+        "duration",
+        "renewBefore",
+        "privateKey",
+        "usages",
+        "issuerRef",
+        "isCA",
+    }
     if extra := set(spec) - known:
         errors.append(f"{where}: unexpected fields {sorted(extra)}")
     return errors

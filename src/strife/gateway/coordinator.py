@@ -120,12 +120,20 @@ class FingerprintMismatchError(Exception):
 def legs_of(record: PaymentRecord) -> list[LegSpec]:
     """The payment's legs, the payer's bank (the arbiter) first. A one-phase
     payment has one call, to its one bank."""
-    debit = LegSpec(record.from_bank, bank_pb2.LEG_DEBIT, record.from_account,
-                    f"{record.to_bank}/{record.to_account}")  # fmt: skip
+    debit = LegSpec(
+        record.from_bank,
+        bank_pb2.LEG_DEBIT,
+        record.from_account,
+        f"{record.to_bank}/{record.to_account}",
+    )
     if record.one_phase:
         return [debit]
-    credit = LegSpec(record.to_bank, bank_pb2.LEG_CREDIT, record.to_account,
-                     f"{record.from_bank}/{record.from_account}")  # fmt: skip
+    credit = LegSpec(
+        record.to_bank,
+        bank_pb2.LEG_CREDIT,
+        record.to_account,
+        f"{record.from_bank}/{record.from_account}",
+    )
     return [debit, credit]
 
 
@@ -320,8 +328,12 @@ class PaymentCoordinator:
         self, record: PaymentRecord, legs: list[LegSpec], ballots: list[Ballot]
     ) -> PaymentRecord:
         plan = after_votes(ballots, can_retry=False)
-        _log.debug("votes", transfer_id=record.transfer_id, verdict=plan.verdict.value,
-                   votes=[b.vote.value for b in ballots])  # fmt: skip
+        _log.debug(
+            "votes",
+            transfer_id=record.transfer_id,
+            verdict=plan.verdict.value,
+            votes=[b.vote.value for b in ballots],
+        )
         if plan.verdict is Verdict.COMMIT:
             decided = record.decided(PaymentState.COMMITTED)
             await self.store.decide(decided)  # the commit point
@@ -400,11 +412,13 @@ class PaymentCoordinator:
         try:
             reply = await stub.Abort(
                 bank_pb2.AbortRequest(
-                    bank=bank, transfer_id=record.transfer_id,
-                    coordinator=self.config.name, release=release,
+                    bank=bank,
+                    transfer_id=record.transfer_id,
+                    coordinator=self.config.name,
+                    release=release,
                 ),
                 timeout=self.config.decision_timeout_s,
-            )  # fmt: skip
+            )
         except grpc.aio.AioRpcError as exc:
             return _failed(exc)
         return Delivery(True, state=reply.state)
@@ -623,14 +637,22 @@ class PaymentCoordinator:
             # The bank knows the id with the other outcome, or not at all: sending
             # it again cannot change that. Only a violated rule gets here.
             _log.error(
-                "decision_refused", transfer_id=transfer_id, bank=bank, commit=commit,
-                code=delivery.code.name, reason=delivery.reason,
-            )  # fmt: skip
+                "decision_refused",
+                transfer_id=transfer_id,
+                bank=bank,
+                commit=commit,
+                code=delivery.code.name,
+                reason=delivery.reason,
+            )
             return True
         _log.warning(
-            "decision_not_delivered", transfer_id=transfer_id, bank=bank,
-            commit=commit, code=delivery.code.name, reason=delivery.reason,
-        )  # fmt: skip
+            "decision_not_delivered",
+            transfer_id=transfer_id,
+            bank=bank,
+            commit=commit,
+            code=delivery.code.name,
+            reason=delivery.reason,
+        )
         return False
 
     # ------------------------------------------------------------ recovery

@@ -35,17 +35,21 @@ def _require_own_name(certs: Path | TlsFiles | None, name: str) -> None:
     "--name", default="gw-1", show_default=True, help="Replica name; must match its certificate."
 )
 @click.option(
-    "--db", type=click.Path(dir_okay=False, path_type=Path),
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
     help="SQLite file.  [default: data/gateway-NAME.db]",
-)  # fmt: skip
+)
 @click.option(
-    "--bank", "banks", multiple=True,
+    "--bank",
+    "banks",
+    multiple=True,
     help="NAME=HOST:PORT of a bank, or NAME=bft:GROUP.toml of a replicated one (docs/bft.md).",
-)  # fmt: skip
+)
 @click.option(
-    "--bft-signing-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    "--bft-signing-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="This gateway's Ed25519 key for replicated banks (their group files list its public key).",
-)  # fmt: skip
+)
 @click.option("--balancer", default=None, help="Balancer HOST:PORT: register, and find banks.")
 @click.option(
     "--token-key",
@@ -58,20 +62,27 @@ def _require_own_name(certs: Path | TlsFiles | None, name: str) -> None:
 @click.option("--decision-timeout", "decision_timeout_s", default=1.0, show_default=True)
 @click.option("--max-in-flight", default=256, show_default=True, help="Concurrent 2PC payments.")
 @click.option(
-    "--settle-interval", "settle_interval_s", default=0.5, show_default=True,
+    "--settle-interval",
+    "settle_interval_s",
+    default=0.5,
+    show_default=True,
     help="Seconds between resends of undelivered decisions (doubles while failing).",
-)  # fmt: skip
+)
 @click.option(
-    "--reply-after", type=click.Choice(["decision", "settled"]), default="decision",
+    "--reply-after",
+    type=click.Choice(["decision", "settled"]),
+    default="decision",
     show_default=True,
     help="Answer a payment once its decision is durable (banks hear it right after),"
     " or only once every bank acknowledged it.",
-)  # fmt: skip
+)
 @click.option("--retention", "retention_s", default=86_400.0, show_default=True)
 @click.option(
-    "--synchronous", type=click.Choice(["FULL", "NORMAL", "EXTRA"]), default="FULL",
+    "--synchronous",
+    type=click.Choice(["FULL", "NORMAL", "EXTRA"]),
+    default="FULL",
     show_default=True,
-)  # fmt: skip
+)
 @click.option("--max-batch", default=256, show_default=True)
 @server_options
 def main(**options: Any) -> None:

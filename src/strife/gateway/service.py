@@ -75,11 +75,15 @@ def transfer_id_for(bank: str, customer_id: str, key: str) -> str:
 def fingerprint_of(request: gateway_pb2.ProcessPaymentRequest) -> bytes:
     canonical = "\n".join(
         [
-            request.from_account.bank, request.from_account.account_id,
-            request.to_account.bank, request.to_account.account_id,
-            str(request.amount.amount_minor), request.amount.currency, request.description,
+            request.from_account.bank,
+            request.from_account.account_id,
+            request.to_account.bank,
+            request.to_account.account_id,
+            str(request.amount.amount_minor),
+            request.amount.currency,
+            request.description,
         ]
-    )  # fmt: skip
+    )
     return hashlib.sha256(canonical.encode()).digest()
 
 
@@ -131,9 +135,12 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
         attempt = self.throttle.begin(request.bank, request.username, _peer_host(context.peer()))
         if isinstance(attempt, float):
             await abort(
-                context, grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.LOGIN_THROTTLED,
-                "too many failed logins; try again later", retry_delay_s=attempt,
-            )  # fmt: skip
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                Reason.LOGIN_THROTTLED,
+                "too many failed logins; try again later",
+                retry_delay_s=attempt,
+            )
         checked = False
         try:
             reply = await stub.AuthenticateCustomer(
@@ -181,9 +188,12 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
     ) -> gateway_pb2.ProcessPaymentResponse:
         if not self.ready.is_set():
             await abort(
-                context, grpc.StatusCode.UNAVAILABLE, Reason.NOT_READY,
-                "this gateway is starting; try another or again shortly", retry_delay_s=0.5,
-            )  # fmt: skip
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                Reason.NOT_READY,
+                "this gateway is starting; try another or again shortly",
+                retry_delay_s=0.5,
+            )
         claims = current_claims()
         await self._validate_payment(context, request)
         if not claims.owns(request.from_account.bank, request.from_account.account_id):
@@ -215,15 +225,20 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
             await _key_reused(context, key)
         except InProgressError:
             await abort(
-                context, grpc.StatusCode.ABORTED, Reason.REQUEST_IN_PROGRESS,
+                context,
+                grpc.StatusCode.ABORTED,
+                Reason.REQUEST_IN_PROGRESS,
                 "this payment is being processed elsewhere; ask again (GetPayment) shortly",
                 retry_delay_s=0.2,
-            )  # fmt: skip
+            )
         except TooManyInFlightError:
             await abort(
-                context, grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.TOO_MANY_IN_FLIGHT,
-                "too many payments in flight at this gateway", retry_delay_s=0.05,
-            )  # fmt: skip
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                Reason.TOO_MANY_IN_FLIGHT,
+                "too many payments in flight at this gateway",
+                retry_delay_s=0.05,
+            )
         except STORAGE_FAILURES as exc:
             await abort_storage_failure(context, exc, "gateway")
         if replayed:
@@ -232,10 +247,12 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
             # Not ABORTED: that is a promise only a bank's answer can back (the
             # payment may still commit through another replica).
             await abort(
-                context, grpc.StatusCode.ABORTED, Reason.REQUEST_IN_PROGRESS,
+                context,
+                grpc.StatusCode.ABORTED,
+                Reason.REQUEST_IN_PROGRESS,
                 "the outcome is not settled yet; ask again with the same key",
                 retry_delay_s=0.5,
-            )  # fmt: skip
+            )
         request_context.note(status=str(result.state), abort_reason=result.abort_reason or None)
         return gateway_pb2.ProcessPaymentResponse(payment=payment_pb(result), replayed=replayed)
 
@@ -244,10 +261,12 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
     ) -> None:
         if not _KEY.fullmatch(request.idempotency_key):
             await abort(
-                context, grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_IDEMPOTENCY_KEY,
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                Reason.INVALID_IDEMPOTENCY_KEY,
                 "idempotency_key must be 16-255 characters of [A-Za-z0-9._:-]"
                 " (use a random UUIDv4 or ULID)",
-            )  # fmt: skip
+            )
         for name in ("from_account", "to_account"):
             ref = getattr(request, name)
             if not ref.bank or not ref.account_id:
@@ -257,9 +276,11 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
             request.to_account.account_id,
         ):
             await abort(
-                context, grpc.StatusCode.INVALID_ARGUMENT, Reason.SAME_ACCOUNT,
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                Reason.SAME_ACCOUNT,
                 "from_account and to_account are the same account",
-            )  # fmt: skip
+            )
         try:
             check_currency(request.amount.currency)
             check_amount(request.amount.amount_minor, request.amount.currency)
@@ -279,9 +300,12 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
         for bank in (record.from_bank, record.to_bank):
             if not await self.banks.exists(bank):
                 await abort(
-                    context, grpc.StatusCode.NOT_FOUND, Reason.BANK_NOT_FOUND,
-                    f"no bank named {bank!r}", {"bank": bank},
-                )  # fmt: skip
+                    context,
+                    grpc.StatusCode.NOT_FOUND,
+                    Reason.BANK_NOT_FOUND,
+                    f"no bank named {bank!r}",
+                    {"bank": bank},
+                )
 
     async def GetPayment(
         self,
@@ -299,9 +323,11 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
             await _relay(context, exc)
         if record is None:
             await abort(
-                context, grpc.StatusCode.NOT_FOUND, Reason.PAYMENT_NOT_FOUND,
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                Reason.PAYMENT_NOT_FOUND,
                 "no payment with this idempotency key",
-            )  # fmt: skip
+            )
         return gateway_pb2.GetPaymentResponse(payment=payment_pb(record))
 
     # ------------------------------------------------------------------ reads
@@ -367,9 +393,12 @@ class GatewayServicer(gateway_pb2_grpc.PaymentGatewayServicer):
         stub: bank_pb2_grpc.BankServiceAsyncStub | None = await self.coordinator.stub(bank)
         if stub is None:
             await abort(
-                context, grpc.StatusCode.NOT_FOUND, Reason.BANK_NOT_FOUND,
-                f"no bank named {bank!r}", {"bank": bank},
-            )  # fmt: skip
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                Reason.BANK_NOT_FOUND,
+                f"no bank named {bank!r}",
+                {"bank": bank},
+            )
         return stub
 
 
@@ -404,20 +433,30 @@ async def _relay(context: AnyContext, exc: grpc.aio.AioRpcError) -> NoReturn:
     if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         # An open circuit (no call made) says when its probe goes: RetryInfo.
         await abort(
-            context, grpc.StatusCode.UNAVAILABLE, Reason.BANK_UNAVAILABLE, "bank unreachable",
+            context,
+            grpc.StatusCode.UNAVAILABLE,
+            Reason.BANK_UNAVAILABLE,
+            "bank unreachable",
             retry_delay_s=error.retry_after_s,
-        )  # fmt: skip
+        )
     await abort(
-        context, error.code, error.reason or Reason.INTERNAL, error.message, error.metadata,
+        context,
+        error.code,
+        error.reason or Reason.INTERNAL,
+        error.message,
+        error.metadata,
         retry_delay_s=error.retry_after_s,
-    )  # fmt: skip
+    )
 
 
 async def _invalid(context: AnyContext, message: str, field: str = "") -> NoReturn:
     await abort(
-        context, grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_REQUEST, message,
+        context,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        Reason.INVALID_REQUEST,
+        message,
         {"field": field} if field else None,
-    )  # fmt: skip
+    )
 
 
 def _own_accounts(bank: str, accounts: Sequence[money_pb2.Account]) -> list[money_pb2.Account]:
@@ -431,13 +470,18 @@ def _own_accounts(bank: str, accounts: Sequence[money_pb2.Account]) -> list[mone
 
 async def _not_owner(context: AnyContext, ref: money_pb2.AccountRef) -> NoReturn:
     await abort(
-        context, grpc.StatusCode.PERMISSION_DENIED, Reason.NOT_ACCOUNT_OWNER,
+        context,
+        grpc.StatusCode.PERMISSION_DENIED,
+        Reason.NOT_ACCOUNT_OWNER,
         f"account {ref.bank}/{ref.account_id} is not yours",
-    )  # fmt: skip
+    )
 
 
 async def _key_reused(context: AnyContext, key: str) -> NoReturn:
     await abort(
-        context, grpc.StatusCode.INVALID_ARGUMENT, Reason.IDEMPOTENCY_KEY_REUSED,
-        "this idempotency key was used for a different payment", {"idempotency_key": key},
-    )  # fmt: skip
+        context,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        Reason.IDEMPOTENCY_KEY_REUSED,
+        "this idempotency key was used for a different payment",
+        {"idempotency_key": key},
+    )

@@ -274,14 +274,25 @@ class GatewayStore:
         def fill(writes: Writes, at_ms: int) -> None:
             writes.add(
                 _DECIDE,
-                (str(record.state), record.abort_reason, int(record.abort_transient),
-                 int(settled), at_ms, record.transfer_id),
-            )  # fmt: skip
+                (
+                    str(record.state),
+                    record.abort_reason,
+                    int(record.abort_transient),
+                    int(settled),
+                    at_ms,
+                    record.transfer_id,
+                ),
+            )
             writes.add(
                 _AUDIT,
-                (at_ms, record.transfer_id, record.customer_id, str(record.state),
-                 record.abort_reason),
-            )  # fmt: skip
+                (
+                    at_ms,
+                    record.transfer_id,
+                    record.customer_id,
+                    str(record.state),
+                    record.abort_reason,
+                ),
+            )
 
         await self._write(fill)
 
@@ -338,9 +349,21 @@ def _ignore_result(future: asyncio.Future[Any]) -> None:
 
 def _row(record: PaymentRecord) -> tuple[Any, ...]:
     return (
-        record.customer_id, record.idempotency_key, record.transfer_id, record.fingerprint,
-        str(record.state), record.from_bank, record.from_account, record.to_bank,
-        record.to_account, record.amount_minor, record.currency, record.description,
-        record.abort_reason, int(record.abort_transient), int(record.settled),
-        record.created_at_ms, record.updated_at_ms,
-    )  # fmt: skip
+        record.customer_id,
+        record.idempotency_key,
+        record.transfer_id,
+        record.fingerprint,
+        str(record.state),
+        record.from_bank,
+        record.from_account,
+        record.to_bank,
+        record.to_account,
+        record.amount_minor,
+        record.currency,
+        record.description,
+        record.abort_reason,
+        int(record.abort_transient),
+        int(record.settled),
+        record.created_at_ms,
+        record.updated_at_ms,
+    )

@@ -33,14 +33,24 @@ from strife.errors import Reason
 
 # Reasons after which a new attempt under a new key may well succeed.
 TRANSIENT_REASONS = frozenset(
-    {Reason.BANK_UNAVAILABLE, Reason.PREPARE_TIMEOUT, Reason.TRANSFER_ABORTED,
-     Reason.COORDINATOR_RESTARTED}
-)  # fmt: skip
+    {
+        Reason.BANK_UNAVAILABLE,
+        Reason.PREPARE_TIMEOUT,
+        Reason.TRANSFER_ABORTED,
+        Reason.COORDINATOR_RESTARTED,
+    }
+)
 # Refusals a bank records on the transfer id (the leg is ABORTED there for good).
 RECORDED_REFUSALS = frozenset(
-    {Reason.INSUFFICIENT_FUNDS, Reason.ACCOUNT_NOT_FOUND, Reason.CURRENCY_MISMATCH,
-     Reason.AMOUNT_OVERFLOW, Reason.TRANSFER_ABORTED, Reason.NOT_ACCOUNT_OWNER}
-)  # fmt: skip
+    {
+        Reason.INSUFFICIENT_FUNDS,
+        Reason.ACCOUNT_NOT_FOUND,
+        Reason.CURRENCY_MISMATCH,
+        Reason.AMOUNT_OVERFLOW,
+        Reason.TRANSFER_ABORTED,
+        Reason.NOT_ACCOUNT_OWNER,
+    }
+)
 
 
 class Vote(Enum):
@@ -145,9 +155,11 @@ def _after_votes(ballots: Sequence[Ballot], *, can_retry: bool) -> Plan:
         # coordinator holds are theirs to release.
         reason = _why_not(ballots)
         return Plan(
-            Verdict.ABORT, reason, is_transient(reason),
+            Verdict.ABORT,
+            reason,
+            is_transient(reason),
             deliver=_legs(ballots, Vote.YES, Vote.TRANSIENT),
-        )  # fmt: skip
+        )
     return Plan(Verdict.UNDECIDED, _why_not(ballots), is_transient(_why_not(ballots)))
 
 

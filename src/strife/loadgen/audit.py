@@ -103,12 +103,16 @@ class AuditReport:
             and self.held_after_minor == self.held_before_minor
             and not any(
                 (
-                    self.unknown_left, self.lost, self.duplicated, self.wrong_amount,
-                    self.aborted_but_moved, self.unbalanced_transfers,
+                    self.unknown_left,
+                    self.lost,
+                    self.duplicated,
+                    self.wrong_amount,
+                    self.aborted_but_moved,
+                    self.unbalanced_transfers,
                     self.ledger_mismatch_accounts,
                 )
             )
-        )  # fmt: skip
+        )
 
     def problems(self) -> list[str]:
         """One line per failed check, for the loud failure message."""
@@ -218,8 +222,9 @@ class Auditor:
             for entry in page.entries:
                 if entry.sequence <= after_sequence:
                     return lines
-                lines.append(Line(ref, entry.sequence, entry.transfer_id,
-                                  entry.amount.amount_minor))  # fmt: skip
+                lines.append(
+                    Line(ref, entry.sequence, entry.transfer_id, entry.amount.amount_minor)
+                )
             budget[0] -= len(page.entries)
             if budget[0] < 0:
                 raise AuditError(f"more than {MAX_LINES} new ledger lines; refusing to read on")
@@ -260,8 +265,14 @@ class Auditor:
         per_account = await asyncio.gather(
             *(self.lines_since(ref, before[ref].last_sequence, budget) for ref in self.accounts)
         )
-        return check(before, after, dict(zip(self.accounts, per_account, strict=True)),
-                     payments, settled, self._clock() - started)  # fmt: skip
+        return check(
+            before,
+            after,
+            dict(zip(self.accounts, per_account, strict=True)),
+            payments,
+            settled,
+            self._clock() - started,
+        )
 
 
 def check(
@@ -302,8 +313,10 @@ def check(
             credits = [x for x in found if x.ref == p.payee.ref]
             if not debits or not credits:
                 report.lost += 1
-                example(f"lost: {p.transfer_id} {p.payer.ref}->{p.payee.ref} "
-                        f"(payer lines {len(debits)}, payee lines {len(credits)})")  # fmt: skip
+                example(
+                    f"lost: {p.transfer_id} {p.payer.ref}->{p.payee.ref} "
+                    f"(payer lines {len(debits)}, payee lines {len(credits)})"
+                )
             elif len(debits) > 1 or len(credits) > 1 or len(found) > 2:
                 report.duplicated += 1
                 example(f"duplicated: {p.transfer_id} has {len(found)} lines")
@@ -312,8 +325,10 @@ def check(
                 p.amount_minor,
             ):
                 report.wrong_amount += 1
-                example(f"wrong amount: {p.transfer_id} sent {p.amount_minor}, lines "
-                        f"{debits[0].amount_minor}/{credits[0].amount_minor}")  # fmt: skip
+                example(
+                    f"wrong amount: {p.transfer_id} sent {p.amount_minor}, lines "
+                    f"{debits[0].amount_minor}/{credits[0].amount_minor}"
+                )
         elif p.outcome is Outcome.ABORTED:
             report.aborted_checked += 1
             known.add(p.transfer_id)

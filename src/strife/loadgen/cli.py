@@ -248,16 +248,21 @@ def main(
                     f"starting {len(topology.banks)} banks and "
                     f"{len(topology.gateways)} gateways in {root}"
                 )
-                async with own_cluster(topology, lambda line: console.log(line),
-                                       on_lost=lost) as target:  # fmt: skip
-                    outcome.append(await _run(config, target, out_dir, console, show_progress,
-                                              not no_plots))  # fmt: skip
+                async with own_cluster(
+                    topology, lambda line: console.log(line), on_lost=lost
+                ) as target:
+                    outcome.append(
+                        await _run(config, target, out_dir, console, show_progress, not no_plots)
+                    )
             else:
                 assert balancer is not None and certs is not None
                 target = running_cluster(
-                    balancer, certs, admin_certs=admin_certs, config=config_path,
+                    balancer,
+                    certs,
+                    admin_certs=admin_certs,
+                    config=config_path,
                     usernames=usernames,
-                )  # fmt: skip
+                )
                 outcome.append(
                     await _run(config, target, out_dir, console, show_progress, not no_plots)
                 )
@@ -286,8 +291,9 @@ def main(
 async def _run(
     config: LoadConfig, target: Target, out_dir: Path, console: Console, progress: bool, plot: bool
 ) -> LoadResult:
-    return await run_load(config, target, out_dir=out_dir, console=console, progress=progress,
-                          plot=plot)  # fmt: skip
+    return await run_load(
+        config, target, out_dir=out_dir, console=console, progress=progress, plot=plot
+    )
 
 
 # The console script: this process is the program (signals, uvloop).

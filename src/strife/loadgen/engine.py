@@ -315,13 +315,16 @@ class Engine:
         """Send until a final answer, the attempt budget or the deadline; never raises."""
         request = gateway_pb2.ProcessPaymentRequest(
             idempotency_key=payment.key,
-            from_account=money_pb2.AccountRef(bank=payment.payer.bank,
-                                              account_id=payment.payer.account_id),
-            to_account=money_pb2.AccountRef(bank=payment.payee.bank,
-                                            account_id=payment.payee.account_id),
-            amount=money_pb2.Money(amount_minor=payment.amount_minor,
-                                   currency=self.config.currency),
-        )  # fmt: skip
+            from_account=money_pb2.AccountRef(
+                bank=payment.payer.bank, account_id=payment.payer.account_id
+            ),
+            to_account=money_pb2.AccountRef(
+                bank=payment.payee.bank, account_id=payment.payee.account_id
+            ),
+            amount=money_pb2.Money(
+                amount_minor=payment.amount_minor, currency=self.config.currency
+            ),
+        )
         for attempt in range(self.config.max_attempts):
             remaining_s = deadline - self._clock()
             if remaining_s <= 0:
@@ -352,8 +355,9 @@ class Engine:
                 self._failed(payment.reason)
                 action = action_for(error)
                 if action is Action.FINAL:
-                    self._finish(payment, Outcome.REJECTED, error.reason or error.code.name,
-                                 "", name, False)  # fmt: skip
+                    self._finish(
+                        payment, Outcome.REJECTED, error.reason or error.code.name, "", name, False
+                    )
                     return
                 if action is Action.FAILOVER:
                     session.failed(name)
@@ -363,12 +367,19 @@ class Engine:
                 continue
             status = reply.payment.status
             if status == gateway_pb2.PAYMENT_STATUS_COMMITTED:
-                self._finish(payment, Outcome.COMMITTED, "", reply.payment.transfer_id, name,
-                             reply.replayed)  # fmt: skip
+                self._finish(
+                    payment, Outcome.COMMITTED, "", reply.payment.transfer_id, name, reply.replayed
+                )
                 return
             if status == gateway_pb2.PAYMENT_STATUS_ABORTED:
-                self._finish(payment, Outcome.ABORTED, reply.payment.abort_reason,
-                             reply.payment.transfer_id, name, reply.replayed)  # fmt: skip
+                self._finish(
+                    payment,
+                    Outcome.ABORTED,
+                    reply.payment.abort_reason,
+                    reply.payment.transfer_id,
+                    name,
+                    reply.replayed,
+                )
                 return
             payment.reason = f"STATUS_{status}"  # PENDING is not a final answer: ask again
             await self._backoff(attempt, None, deadline)

@@ -36,8 +36,13 @@ def throughput(series: Sequence[dict[str, Any]], path: Path, title: str) -> Path
     ax = fig.add_subplot()
     t = [row["t_s"] for row in series]
     ax.plot(t, [row["answered_per_s"] for row in series], label="answered", drawstyle="steps-pre")
-    ax.plot(t, [row["committed_per_s"] for row in series], label="committed",
-            drawstyle="steps-pre", linestyle="--")  # fmt: skip
+    ax.plot(
+        t,
+        [row["committed_per_s"] for row in series],
+        label="committed",
+        drawstyle="steps-pre",
+        linestyle="--",
+    )
     ax.set_xlabel("time since start (s)")
     ax.set_ylabel("payments / s")
     ax.set_ylim(bottom=0)
@@ -75,8 +80,13 @@ def latency_cdf(payments: Sequence[Payment], path: Path, title: str) -> Path:
         for fraction in (0.5, 0.9, 0.99):
             value = ordered[min(n - 1, max(0, int(fraction * n + 0.999999) - 1))]
             ax.axvline(value, color="grey", linestyle=":", linewidth=1)
-            ax.annotate(f"p{round(fraction * 100)} {value:.1f} ms", (value, fraction),
-                        textcoords="offset points", xytext=(4, -10), fontsize=8)  # fmt: skip
+            ax.annotate(
+                f"p{round(fraction * 100)} {value:.1f} ms",
+                (value, fraction),
+                textcoords="offset points",
+                xytext=(4, -10),
+                fontsize=8,
+            )
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(PLAIN)
         ax.xaxis.set_minor_formatter(SPARSE)
@@ -94,18 +104,30 @@ def distribution(results: dict[str, Any], path: Path, title: str) -> Path:
     gateways = results["gateways"]
     names = list(gateways)
     left.bar(names, [gateways[n]["answers"] for n in names], label="answers")
-    left.bar(names, [gateways[n]["sends"] - gateways[n]["answers"] for n in names],
-             bottom=[gateways[n]["answers"] for n in names], label="failed sends")  # fmt: skip
+    left.bar(
+        names,
+        [gateways[n]["sends"] - gateways[n]["answers"] for n in names],
+        bottom=[gateways[n]["answers"] for n in names],
+        label="failed sends",
+    )
     left.set_title("requests per gateway")
     left.set_ylabel("ProcessPayment calls")
     left.legend(fontsize=8)
     banks = results["banks"]
     bank_names = list(banks)
     x = range(len(bank_names))
-    right.bar([i - 0.2 for i in x], [banks[b]["as_payer"] for b in bank_names], width=0.4,
-              label="payer's bank")  # fmt: skip
-    right.bar([i + 0.2 for i in x], [banks[b]["as_payee"] for b in bank_names], width=0.4,
-              label="payee's bank")  # fmt: skip
+    right.bar(
+        [i - 0.2 for i in x],
+        [banks[b]["as_payer"] for b in bank_names],
+        width=0.4,
+        label="payer's bank",
+    )
+    right.bar(
+        [i + 0.2 for i in x],
+        [banks[b]["as_payee"] for b in bank_names],
+        width=0.4,
+        label="payee's bank",
+    )
     right.set_xticks(list(x), bank_names, rotation=45 if len(bank_names) > 6 else 0, fontsize=8)
     right.set_title("payments per bank")
     right.legend(fontsize=8)

@@ -136,10 +136,14 @@ def print_summary(console: Console, results: dict[str, Any]) -> None:
     total = sum(g["answers"] for g in results["gateways"].values()) or 1
     for name, g in results["gateways"].items():
         gateways.add_row(
-            name, _fmt(g["sends"]), _fmt(g["answers"]), f"{100 * g['answers'] / total:.1f}%",
-            _fmt(g["logins"]), _fmt(g["latency_ms"]["p50_ms"], 2),
+            name,
+            _fmt(g["sends"]),
+            _fmt(g["answers"]),
+            f"{100 * g['answers'] / total:.1f}%",
+            _fmt(g["logins"]),
+            _fmt(g["latency_ms"]["p50_ms"], 2),
             _fmt(g["latency_ms"]["p99_ms"], 2),
-        )  # fmt: skip
+        )
     console.print(gateways)
 
     banks = Table(title="banks", title_justify="left")

@@ -71,10 +71,10 @@ def running_cluster(
         raise ConfigError("name the customers with exactly one of --config or --customers")
     topology = load_topology(config) if config is not None else None
     customers = (
-        from_topology(topology) if topology is not None else from_usernames(
-            (usernames or "").split(",")
-        )
-    )  # fmt: skip
+        from_topology(topology)
+        if topology is not None
+        else from_usernames((usernames or "").split(","))
+    )
     target = Target(balancer, client, admin, customers, topology=topology)
     if topology is not None:
         root = topology.data_dir.resolve()

@@ -188,8 +188,9 @@ def get_logger(name: str) -> Any:
     return _Logger(name)
 
 
-def log_line(component: str, level: str, event: str, trusted: dict[str, Any],
-             untrusted: dict[str, Any]) -> None:  # fmt: skip
+def log_line(
+    component: str, level: str, event: str, trusted: dict[str, Any], untrusted: dict[str, Any]
+) -> None:
     """One JSON line straight to the stream, for lines written on every RPC.
 
     Same fields and redaction as the processor chain at a fraction of the

@@ -58,9 +58,12 @@ def open_circuit_error(reason: str, peer: str, retry_after_s: float) -> grpc.aio
     """What a call refused by an open circuit raises: no answer, and when to ask again."""
     message = f"circuit open towards {peer}; not called"
     status = make_status(
-        grpc.StatusCode.UNAVAILABLE, reason, message, {"circuit": "open", "peer": peer},
+        grpc.StatusCode.UNAVAILABLE,
+        reason,
+        message,
+        {"circuit": "open", "peer": peer},
         retry_after_s,
-    )  # fmt: skip
+    )
     return grpc.aio.AioRpcError(
         grpc.StatusCode.UNAVAILABLE,
         grpc.aio.Metadata(),
@@ -163,10 +166,13 @@ class Circuits:
         CIRCUIT_TRANSITIONS.labels(self.kind, peer, change.new.value).inc()
         log = _log.warning if change.new is State.OPEN else _log.info
         log(
-            "circuit_" + change.new.value, peer_kind=self.kind, peer=peer,
-            previous=change.old.value, failures=change.failures,
+            "circuit_" + change.new.value,
+            peer_kind=self.kind,
+            peer=peer,
+            previous=change.old.value,
+            failures=change.failures,
             retry_after_s=round(change.retry_after_s, 3),
-        )  # fmt: skip
+        )
 
 
 class GuardedStub:

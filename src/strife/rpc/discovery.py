@@ -345,9 +345,12 @@ class Heartbeat:
         code = exc.code()
         if from_rpc_error(exc).reason == Reason.INSTANCE_LIVE:
             _log.error(
-                "instance_live", balancer=self._balancer, service=self.service,
-                instance=self.instance, detail=exc.details(),
-            )  # fmt: skip
+                "instance_live",
+                balancer=self._balancer,
+                service=self.service,
+                instance=self.instance,
+                detail=exc.details(),
+            )
             self.conflict.set()
         unreachable = code in _UNREACHABLE
         if failures == 1 or not unreachable:

@@ -647,9 +647,13 @@ def dev(
         if force or not _identity_is_current(folder, ca, ids[p.label], served):
             role_hosts = hosts if p.role in SERVICE_ROLES else None
             leaf = issue(
-                ca, role=p.role, name=p.name, trust_domain=trust_domain, hosts=role_hosts,
+                ca,
+                role=p.role,
+                name=p.name,
+                trust_domain=trust_domain,
+                hosts=role_hosts,
                 serves=served,
-            )  # fmt: skip
+            )
             write_identity(folder, ca.cert, leaf)
         folders[p.label] = folder
     return folders

@@ -130,9 +130,14 @@ def issue_cmd(
     domain = trust_domain or ca.trust_domain or certs.DEFAULT_TRUST_DOMAIN
     with _as_click_errors():
         leaf = certs.issue(
-            ca, role=role, name=name, trust_domain=domain, hosts=_split_hosts(hosts), days=days,
+            ca,
+            role=role,
+            name=name,
+            trust_domain=domain,
+            hosts=_split_hosts(hosts),
+            days=days,
             serves=_split_hosts(serves) or (),
-        )  # fmt: skip
+        )
         certs.write_identity(out, ca.cert, leaf)
     _describe(f"{role}-{name}", out, leaf.cert, "issued")
     sans = leaf.cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

@@ -35,9 +35,13 @@ class SimResolver(Resolver):
     over the simulated network instead of a channel."""
 
     def __init__(
-        self, store: SimBankStore, network: Network, *, in_doubt_s: float,
+        self,
+        store: SimBankStore,
+        network: Network,
+        *,
+        in_doubt_s: float,
         clock: Callable[[], float],
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__(
             cast(Any, store), cast(Any, None), _unused_lookup, in_doubt_s=in_doubt_s, clock=clock
         )

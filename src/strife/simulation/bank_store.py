@@ -28,9 +28,13 @@ class SimBankStore:
     """`BankStore`'s interface over a `Ledger` whose every change is durable on apply."""
 
     def __init__(
-        self, name: str, accounts: list[Account], rng: random.Random, applied: Applied,
+        self,
+        name: str,
+        accounts: list[Account],
+        rng: random.Random,
+        applied: Applied,
         broken: Broken,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.name = name
         self.ledger = Ledger(accounts)
         self.disk = Disk(name, rng)

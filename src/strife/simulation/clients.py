@@ -163,9 +163,15 @@ class Client:
         )
 
     async def _ask(
-        self, intent: Intent, key: str, transfer_id: str, gateway: str, method: str,
-        request: Any, mix: FaultMix,
-    ) -> Answer:  # fmt: skip
+        self,
+        intent: Intent,
+        key: str,
+        transfer_id: str,
+        gateway: str,
+        method: str,
+        request: Any,
+        mix: FaultMix,
+    ) -> Answer:
         """One call about `key`; its answer, reported to the checker when final."""
         deadline, expiry = self._deadline(mix)
         payer = intent.payer
@@ -191,16 +197,22 @@ class Client:
         payment = reply.payment
         status = gateway_pb2.PaymentStatus.Name(payment.status).removeprefix("PAYMENT_STATUS_")
         transient = " transient" if payment.abort_transient else ""
-        self._trace(self.name, f"{method} {key} at {gateway}: {status} {payment.abort_reason}"
-                    f"{transient}")  # fmt: skip
+        self._trace(
+            self.name, f"{method} {key} at {gateway}: {status} {payment.abort_reason}{transient}"
+        )
         if status == "PENDING":
             return Answer(gateway, "")
         if payment.transfer_id != transfer_id:
             self._checker.refused(intent, key, gateway, f"transfer id {payment.transfer_id}")
         self._checker.answered(
-            intent, key, transfer_id, f"{gateway}/{method}", status, payment.abort_reason,
+            intent,
+            key,
+            transfer_id,
+            f"{gateway}/{method}",
+            status,
+            payment.abort_reason,
             payment.abort_transient,
-        )  # fmt: skip
+        )
         return Answer(gateway, status, payment.abort_transient)
 
 

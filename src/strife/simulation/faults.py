@@ -72,9 +72,17 @@ class FaultMix:
     def calm(self) -> FaultMix:
         """No more faults: what the world heals to before quiescence."""
         return replace(
-            self, drop=0.0, duplicate=0.0, delay=0.0, reorder=0.0, gateway_crash=0.0,
-            bank_crash=0.0, partition=0.0, slow_disk=0.0, client_cancel=0.0,
-        )  # fmt: skip
+            self,
+            drop=0.0,
+            duplicate=0.0,
+            delay=0.0,
+            reorder=0.0,
+            gateway_crash=0.0,
+            bank_crash=0.0,
+            partition=0.0,
+            slow_disk=0.0,
+            client_cancel=0.0,
+        )
 
     def describe(self) -> str:
         values = asdict(self)

@@ -28,9 +28,12 @@ class SimGatewayStore:
     """`GatewayStore`'s interface over rows in a dict: the replica's disk."""
 
     def __init__(
-        self, rows: dict[str, PaymentRecord], disk: Disk, clock: Callable[[], float],
+        self,
+        rows: dict[str, PaymentRecord],
+        disk: Disk,
+        clock: Callable[[], float],
         rng: random.Random,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self._rows = rows
         self._disk = disk
         self._clock = clock

@@ -116,9 +116,15 @@ class Checker:
     # ------------------------------------------------------------ as it goes
 
     def answered(
-        self, intent: Intent, key: str, transfer_id: str, replica: str, status: str,
-        reason: str, transient: bool,
-    ) -> None:  # fmt: skip
+        self,
+        intent: Intent,
+        key: str,
+        transfer_id: str,
+        replica: str,
+        status: str,
+        reason: str,
+        transient: bool,
+    ) -> None:
         if status not in ("COMMITTED", "ABORTED"):
             self.violation("unexpected-answer", f"{replica} answered {status} for key {key}")
             return
@@ -161,8 +167,11 @@ class Checker:
         """After every change a bank applied (durably)."""
         transfer = outcome.transfer
         transfer_id = transfer.transfer_id
-        self._trace(bank, f"{operation} {transfer_id[:8]} -> {transfer.state}"
-                    f"{' (replay)' if outcome.replayed else ''}")  # fmt: skip
+        self._trace(
+            bank,
+            f"{operation} {transfer_id[:8]} -> {transfer.state}"
+            f"{' (replay)' if outcome.replayed else ''}",
+        )
         if outcome.replayed:
             return
         for entry in outcome.changes.entries:

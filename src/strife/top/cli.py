@@ -65,42 +65,62 @@ def _targets(discover: Discover) -> list[Target]:
 
 @click.command("top")
 @click.option(
-    "--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    "--config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="The topology TOML the cluster was started with (finds its data folder).",
-)  # fmt: skip
+)
 @click.option(
-    "--data-dir", type=click.Path(file_okay=False, path_type=Path),
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
     help="The cluster's data folder (default: .strife/cluster).",
-)  # fmt: skip
+)
 @click.option(
-    "--target", "given", multiple=True, metavar="NAME=HOST:PORT",
+    "--target",
+    "given",
+    multiple=True,
+    metavar="NAME=HOST:PORT",
     help="A process's /metrics address, instead of a local cluster's; repeatable.",
-)  # fmt: skip
+)
 @click.option(
-    "--balancer", default=None, metavar="HOST:PORT",
+    "--balancer",
+    default=None,
+    metavar="HOST:PORT",
     help="Find the banks and gateways in this balancer's registry instead; each serves "
     "/metrics on --metrics-port of its registered host.",
-)  # fmt: skip
+)
 @click.option(
-    "--certs", type=click.Path(exists=True, file_okay=False, path_type=Path),
+    "--certs",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="With --balancer: an identity folder to ask it with (e.g. a client's).",
-)  # fmt: skip
+)
 @click.option(
-    "--metrics-port", type=click.IntRange(1, 65535), default=7402, show_default=True,
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=7402,
+    show_default=True,
     help="With --balancer: the port every process serves /metrics on.",
-)  # fmt: skip
+)
 @click.option(
-    "--interval", "interval_s", type=click.FloatRange(min=0.2), default=2.0, show_default=True,
+    "--interval",
+    "interval_s",
+    type=click.FloatRange(min=0.2),
+    default=2.0,
+    show_default=True,
     help="Seconds between scrapes; rates are over this interval.",
-)  # fmt: skip
+)
 @click.option(
-    "--timeout", "timeout_s", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0.1),
+    default=2.0,
+    show_default=True,
     help="Seconds to wait for one process's /metrics.",
-)  # fmt: skip
+)
 @click.option(
-    "--once", is_flag=True,
+    "--once",
+    is_flag=True,
     help="Scrape twice, --interval apart, print one plain-text screen and exit.",
-)  # fmt: skip
+)
 def top(
     config: Path | None,
     data_dir: Path | None,

@@ -13,13 +13,31 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
 
 COLUMNS = (
-    "process", "role", "state", "rpc/s", "in flight", "2pc open", "in doubt", "unsettled",
-    "commit ms", "rss MiB", "restarts",
-)  # fmt: skip
+    "process",
+    "role",
+    "state",
+    "rpc/s",
+    "in flight",
+    "2pc open",
+    "in doubt",
+    "unsettled",
+    "commit ms",
+    "rss MiB",
+    "restarts",
+)
 RICH_HEADINGS = (
-    "process", "role", "state", "rpc/s", "in\nflight", "2pc\nopen", "in\ndoubt",
-    "un-\nsettled", "commit\nms", "rss\nMiB", "re-\nstarts",
-)  # fmt: skip
+    "process",
+    "role",
+    "state",
+    "rpc/s",
+    "in\nflight",
+    "2pc\nopen",
+    "in\ndoubt",
+    "un-\nsettled",
+    "commit\nms",
+    "rss\nMiB",
+    "re-\nstarts",
+)
 BAR_WIDTH = 30
 
 
@@ -95,18 +113,24 @@ def as_rich(snap: Snapshot, title: str) -> RenderableType:
 
     # Fits 80 columns: light rules, a space between columns, two-line headings.
     table = Table(
-        title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
         padding=0,
-    )  # fmt: skip
+    )
     for i, heading in enumerate(RICH_HEADINGS):
         table.add_column(heading, justify="left" if i < 3 else "right", no_wrap=True)
     for row in snap.rows:
         style = "bold red" if not row.up else ("yellow" if row.in_doubt else "")
         table.add_row(*_cells(row), style=style)
     picks = Table(
-        title="balancer picks of gateways", title_justify="left", box=box.SIMPLE_HEAD,
-        show_edge=False, padding=(0, 1, 0, 0),
-    )  # fmt: skip
+        title="balancer picks of gateways",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        padding=(0, 1, 0, 0),
+    )
     for column in ("gateway", "picks", "rate", "share", ""):
         picks.add_column(column, justify="left" if column in ("gateway", "") else "right")
     for pick in snap.picks:
