@@ -73,10 +73,11 @@ class ReplicaGroup:
         for index in list(self.processes):
             self.stop(index)
 
-    def pool(self, role: str = "admin", name: str = "tester") -> ChannelPool:
+    def pool(self, role: str = "gateway", name: str = "gw-1") -> ChannelPool:
         return ChannelPool(self.pki.identity(role, name))
 
-    def bank(self, pool: ChannelPool, identity: str = "admin/tester") -> ReplicatedBank:
+    def bank(self, pool: ChannelPool, identity: str = "gateway/gw-1") -> ReplicatedBank:
+        """The f + 1 client as `identity`, whose certificate `pool` must hold."""
         invoker = Invoker(self.group, identity, self.client_keys[identity], pool, retry_s=1.0)
         return ReplicatedBank(invoker)
 

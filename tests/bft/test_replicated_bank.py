@@ -106,11 +106,11 @@ def expected(rounds: int) -> dict[str, int]:
     }
 
 
-async def settle_states(group: ReplicaGroup, pool: ChannelPool, honest: list[int]) -> None:
+async def settle_states(group: ReplicaGroup, admin: ChannelPool, honest: list[int]) -> None:
     """Wait until the honest replicas have executed the same requests; their states agree."""
 
     async def agreed() -> bool:
-        seen = [await group.status(pool, i) for i in honest]
+        seen = [await group.status(admin, i) for i in honest]
         return len({(s["last_executed"], s["app_digest"]) for s in seen}) == 1
 
     await until(agreed, "honest replicas to agree on their state", within_s=30.0)
@@ -118,13 +118,13 @@ async def settle_states(group: ReplicaGroup, pool: ChannelPool, honest: list[int
 
 async def test_a_replicated_bank_answers_as_one_bank_would(pki: Pki, tmp_path: Path) -> None:
     with replica_group(pki, tmp_path / "group") as group:
-        async with group.pool() as pool:
+        async with group.pool() as pool, group.pool("admin", "tester") as admin:
             bank = group.bank(pool)
             await workload(bank, 2)
             found = await balances(bank)
             assert found == expected(2)
             assert sum(found.values()) == TOTAL_MINOR
-            await settle_states(group, pool, [0, 1, 2, 3])
+            await settle_states(group, admin, [0, 1, 2, 3])
             transfer = await bank.GetTransfer(
                 bank_pb2.GetTransferRequest(bank=BANK, transfer_id="d0"), timeout=CALL_S
             )
@@ -153,14 +153,14 @@ async def test_one_byzantine_replica_changes_no_outcome(
 ) -> None:
     honest = [i for i in range(4) if i != replica]
     with replica_group(pki, tmp_path / "group", byzantine={replica: behaviour}) as group:
-        async with group.pool() as pool:
+        async with group.pool() as pool, group.pool("admin", "tester") as admin:
             bank = group.bank(pool)
             await workload(bank, 2)
             found = await balances(bank)
             assert found == expected(2)
             assert sum(found.values()) == TOTAL_MINOR
-            await settle_states(group, pool, honest)
-            statuses = [await group.status(pool, i) for i in honest]
+            await settle_states(group, admin, honest)
+            statuses = [await group.status(admin, i) for i in honest]
             if view_change:
                 # The faulty primary was replaced.
                 assert all(s["view"] >= 1 for s in statuses), statuses
@@ -176,7 +176,7 @@ async def test_a_replica_that_fell_behind_catches_up_by_state_transfer(
     pki: Pki, tmp_path: Path
 ) -> None:
     with replica_group(pki, tmp_path / "group") as group:
-        async with group.pool() as pool:
+        async with group.pool() as pool, group.pool("admin", "tester") as admin:
             bank = group.bank(pool)
             await workload(bank, 1, tag="x")
             group.stop(3)
@@ -184,17 +184,25 @@ async def test_a_replica_that_fell_behind_catches_up_by_state_transfer(
             await workload(bank, 3, tag="y")
             restarted = group.start(3)
             await workload(bank, 2, tag="z")
-            await settle_states(group, pool, [0, 1, 2, 3])
+            assert await balances(bank) == expected(6)
+            stable = (await group.status(admin, 0))["stable"]
+
+            async def caught_up() -> bool:
+                status = await group.status(admin, 3)
+                return bool(status["stable"] >= stable and status["last_executed"] >= stable)
+
+            # The others' checkpoints (sent again while the group is quiet) tell it
+            # how far behind it is; it takes the certified state from one of them.
+            await until(caught_up, "the restarted replica to reach the stable checkpoint")
             events = [e.get("event") for e in restarted.log_events()]
             assert "state_installed" in events
-            assert await balances(bank) == expected(6)
 
 
 async def test_a_group_restarted_as_a_whole_comes_back_from_its_journals(
     pki: Pki, tmp_path: Path
 ) -> None:
     with replica_group(pki, tmp_path / "group") as group:
-        async with group.pool() as pool:
+        async with group.pool() as pool, group.pool("admin", "tester") as admin:
             bank = group.bank(pool)
             await workload(bank, 2, tag="a")
             for i in range(4):
@@ -204,14 +212,14 @@ async def test_a_group_restarted_as_a_whole_comes_back_from_its_journals(
             assert await balances(bank) == expected(2)
             await workload(bank, 1, tag="b")
             assert await balances(bank) == expected(3)
-            await settle_states(group, pool, [0, 1, 2, 3])
+            await settle_states(group, admin, [0, 1, 2, 3])
 
 
 async def test_with_two_silent_replicas_the_client_times_out_rather_than_accept(
     pki: Pki, tmp_path: Path
 ) -> None:
     with replica_group(pki, tmp_path / "group", byzantine={2: "silent", 3: "silent"}) as group:
-        async with group.pool() as pool:
+        async with group.pool() as pool, group.pool("admin", "tester") as admin:
             bank = group.bank(pool)
             with pytest.raises(grpc.aio.AioRpcError) as stalled:
                 await bank.Prepare(
@@ -225,4 +233,22 @@ async def test_with_two_silent_replicas_the_client_times_out_rather_than_accept(
             assert from_rpc_error(stalled.value).reason == Reason.BANK_UNAVAILABLE
             # Nothing executed anywhere: two of four cannot form a quorum of three.
             for i in (0, 1):
-                assert (await group.status(pool, i))["last_executed"] == 0
+                assert (await group.status(admin, i))["last_executed"] == 0
+
+
+async def test_a_client_asks_only_what_its_certificate_allows(pki: Pki, tmp_path: Path) -> None:
+    """The auditor reads; a gateway moves money only as its own coordinator."""
+    with replica_group(pki, tmp_path / "group") as group:
+        async with group.pool() as pool, group.pool("admin", "tester") as admin:
+            auditor = group.bank(admin, "admin/tester")
+            assert (await balances(auditor))["ann-usd"] == 100_000
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await _prepare(auditor, "t-admin", bank_pb2.LEG_DEBIT, "ann-usd", 1)
+            assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+            gateway = group.bank(pool)
+            with pytest.raises(grpc.aio.AioRpcError) as impostor:
+                await gateway.Commit(
+                    bank_pb2.CommitRequest(bank=BANK, transfer_id="t", coordinator="gw-2"),
+                    timeout=CALL_S,
+                )
+            assert impostor.value.code() is grpc.StatusCode.PERMISSION_DENIED

@@ -37,9 +37,9 @@ async def test_a_payment_into_a_replicated_bank_is_right_despite_a_lying_replica
         with cluster(pki, tmp_path / "cluster", gateway_extra=extra) as c:
             async with (
                 ChannelPool(pki.identity("client", "default")) as customers,
-                group.pool() as admin,
+                group.pool("admin", "tester") as admin,
             ):
-                vault = group.bank(admin)
+                vault = group.bank(admin, "admin/tester")
                 ada = Customer(customers, c.gateways["gw-1"].address)
                 await ada.login("ada", "alpha")
                 ada0 = (await ada.balance("alpha", "ada-usd"))[0]

@@ -38,7 +38,10 @@ from strife.bank.ledger import (
 )
 from strife.bank.seed import SeedRow
 
-__all__ = ["BankMachine", "canonical", "operation"]
+__all__ = ["READS", "BankMachine", "admits", "canonical", "operation"]
+
+READS = frozenset({"account", "transfer", "history"})
+"""Operations that change nothing: a gateway or an admin (the auditor) may ask them."""
 
 _DIGEST_PREFIX = b"strife-bft/bank-ledger/v1\n"
 
@@ -50,6 +53,23 @@ def canonical(value: object) -> bytes:
 def operation(op: str, **fields: object) -> bytes:
     """An operation's canonical bytes (what a client signs into its request)."""
     return canonical({"op": op, **fields})
+
+
+def admits(client: str, op: bytes) -> bool:
+    """Who may ask what, as a plain bank's authorization and coordinator check say:
+    reads for gateways and admins; anything else only for a gateway, and only
+    under its own name as the transfer's coordinator (`client` is `role/name#lane`)."""
+    role, _, rest = client.partition("/")
+    name = rest.split("#", 1)[0]
+    try:
+        request = json.loads(op)
+    except (ValueError, RecursionError):
+        return role == "gateway"  # refused by `execute`, as any malformed operation
+    if not isinstance(request, dict):
+        return role == "gateway"
+    if request.get("op") in READS:
+        return role in ("gateway", "admin")
+    return role == "gateway" and request.get("coordinator") == name
 
 
 class BankMachine:

@@ -6,7 +6,9 @@ signed reply to the pure `strife.bft.client.Client`, which accepts a result
 only when f + 1 distinct replicas vouch for the same one. A replica that does
 not answer in time is asked again until the caller's deadline; when the
 deadline comes first, `NoQuorumError`: the client never settles for fewer
-vouchers, whatever arrived.
+vouchers, whatever arrived. A request the replicas refuse to take at all (a
+client asking what its certificate does not allow) fails with their status
+once f + 1 of them refused alike.
 
 The paper's client has one request outstanding. Concurrency comes from lanes:
 lane k is client `<identity>#k` with its own timestamps (the wall clock in
@@ -88,6 +90,8 @@ class Invoker:
         calls: dict[asyncio.Task[bytes], int] = {}
         retry_at: dict[int, float] = dict.fromkeys(range(len(self._calls)), loop.time())
         votes: dict[int, bytes] = {}
+        refusals: dict[int, tuple[grpc.StatusCode, str]] = {}
+        weak = self.group.config.weak
         try:
             while True:
                 now = loop.time()
@@ -111,6 +115,14 @@ class Invoker:
                 )
                 for task in done:
                     replica = calls.pop(task)
+                    refusal = _refusal_of(task)
+                    if refusal is not None:
+                        # Unsigned, but f + 1 alike include an honest replica's.
+                        refusals[replica] = (refusal.code(), refusal.details() or "")
+                        if list(refusals.values()).count(refusals[replica]) >= weak:
+                            raise refusal
+                        retry_at[replica] = loop.time() + self.retry_s
+                        continue
                     reply = _reply_of(task)
                     if reply is None or reply.replica != replica:
                         # Nothing yet, or not this replica's own answer: ask again later.
@@ -123,6 +135,19 @@ class Invoker:
         finally:
             for task in calls:
                 task.cancel()
+
+
+_REFUSALS = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT)
+
+
+def _refusal_of(task: asyncio.Task[Any]) -> grpc.aio.AioRpcError | None:
+    """A replica's refusal to take the request at all (not a failure to answer)."""
+    if task.cancelled():
+        return None
+    error = task.exception()
+    if isinstance(error, grpc.aio.AioRpcError) and error.code() in _REFUSALS:
+        return error
+    return None
 
 
 def _reply_of(task: asyncio.Task[Any]) -> Reply | None:

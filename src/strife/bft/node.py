@@ -20,10 +20,22 @@ logging as every Strife server:
   the answer is this replica's signed reply once it executed the request (or
   an empty answer when the call's deadline comes first: the client retries).
   Only the certificate named by the request's client id may send it.
+
+What a client may ask is the application's rule (`admit`). It is part of
+what makes a request valid, next to its client's signature, so the node
+checks it wherever the replica checks a request's signature: a request
+arriving by itself, and every request inside a pre-prepare, a view change's
+prepared certificates and a new view. A faulty primary therefore cannot get
+a request the rule refuses prepared at an honest replica, even one its
+client sent to that primary alone.
 - `Status` (admin): the replica's view, sequence numbers and state digest, as JSON.
 
 Messages to peers are fire-and-forget calls with a short deadline: PBFT
-tolerates loss, and a slow or dead peer must not hold anything up.
+tolerates loss, and a slow or dead peer must not hold anything up. What loss
+can cost is a replica that never hears of a checkpoint it is behind (it was
+restarting while the group moved on, and the group went quiet): so every
+`CHECKPOINT_RESEND_S` a node sends its own latest checkpoint again, and a
+replica that is behind sees 2f+1 of them and fetches the state.
 """
 
 from __future__ import annotations
@@ -31,7 +43,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -53,10 +65,10 @@ from strife.bft.effects import (
 )
 from strife.bft.group import Group, client_base
 from strife.bft.journal import Journal
-from strife.bft.messages import Message, Reply, Request, state_digest
+from strife.bft.messages import DOMAIN, Checkpoint, Message, Reply, Request, state_digest
 from strife.bft.recovery import resume, stable_state
 from strife.bft.replica import Replica
-from strife.bft.signing import Signer
+from strife.bft.signing import Signer, Verifier
 from strife.bft.statemachine import StateMachine
 from strife.bft.wire import WireError, decode, encode
 from strife.errors import AnyContext, Reason, abort
@@ -73,8 +85,36 @@ INVOKE = f"/{SERVICE}/Invoke"
 STATUS = f"/{SERVICE}/Status"
 AUTHZ = AuthzTable({DELIVER: ("bank",), INVOKE: ("gateway", "admin"), STATUS: ("admin",)})
 SEND_TIMEOUT_S = 2.0
+CHECKPOINT_RESEND_S = 2.0
 MAX_INVOKE_WAIT_S = 30.0
 _log = get_logger("strife.bft")
+
+
+Admit = Callable[[str, bytes], bool]
+"""Whether client `client` (`role/name#lane`) may ask for `operation`; deterministic."""
+
+
+class AdmittingVerifier:
+    """A verifier that also refuses the requests `admit` refuses (see the module's docstring)."""
+
+    def __init__(self, inner: Verifier, admit: Admit) -> None:
+        self._inner = inner
+        self._admit = admit
+
+    def verify(self, identity: str, payload: bytes, signature: bytes) -> bool:
+        if not self._inner.verify(identity, payload, signature):
+            return False
+        if not payload.startswith(_REQUEST_PAYLOAD):
+            return True
+        try:
+            body = json.loads(payload[len(_REQUEST_PAYLOAD) :])
+            operation = bytes.fromhex(body["operation"])
+        except (ValueError, KeyError, TypeError):
+            return False
+        return body.get("client") == identity and self._admit(identity, operation)
+
+
+_REQUEST_PAYLOAD = DOMAIN + Request.KIND.encode() + b"\n"
 
 
 class ReplicaNode:
@@ -89,12 +129,17 @@ class ReplicaNode:
         journal: Journal,
         pool: ChannelPool,
         behaviour: Behaviour | None = None,
+        admit: Admit | None = None,
     ) -> None:
         self.group = group
         self.index = index
         self.journal = journal
         self.behaviour = behaviour
-        self.replica = Replica(group.config, index, signer, group.verifier(), app)
+        self._admit = admit
+        verifier: Verifier = group.verifier()
+        if admit is not None:
+            verifier = AdmittingVerifier(verifier, admit)
+        self.replica = Replica(group.config, index, signer, verifier, app)
         self.dropped: Counter[str] = Counter()
         self._pool = pool
         self._peers: dict[int, Any] = {
@@ -107,6 +152,8 @@ class ReplicaNode:
         self._sends: set[asyncio.Task[None]] = set()
         self._saved_seq = -1
         self._loop = asyncio.get_running_loop()
+        self._checkpoint: Checkpoint | None = None
+        self._resend = self._loop.call_later(CHECKPOINT_RESEND_S, self._resend_checkpoint)
 
     # -- life cycle ----------------------------------------------------------
 
@@ -143,6 +190,7 @@ class ReplicaNode:
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
 
     async def close(self) -> None:
+        self._resend.cancel()
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
@@ -186,6 +234,11 @@ class ReplicaNode:
             await abort(
                 context, grpc.StatusCode.PERMISSION_DENIED, Reason.NOT_COORDINATOR,
                 f"peer {caller!r} may not send requests of client {request.client!r}",
+            )  # fmt: skip
+        if self._admit is not None and not self._admit(request.client, request.operation):
+            await abort(
+                context, grpc.StatusCode.PERMISSION_DENIED, Reason.METHOD_NOT_ALLOWED,
+                f"client {request.client!r} may not ask for this operation",
             )  # fmt: skip
         key = (request.client, request.timestamp)
         future: asyncio.Future[bytes] = self._loop.create_future()
@@ -251,6 +304,8 @@ class ReplicaNode:
                     wires.append(Wire(o.to, o.message))
                 case Broadcast():
                     wires += [Wire(to, o.message) for to in range(n) if to != self.index]
+                    if isinstance(o.message, Checkpoint) and o.message.replica == self.index:
+                        self._checkpoint = o.message
                 case SendReply():
                     wires.append(Wire(o.reply.client, o.reply))
                 case SetTimer():
@@ -291,6 +346,11 @@ class ReplicaNode:
         if stable is not None:
             self._saved_seq = stable.seq
             _log.info("checkpoint_stable", replica=self.index, seq=stable.seq)
+
+    def _resend_checkpoint(self) -> None:
+        self._resend = self._loop.call_later(CHECKPOINT_RESEND_S, self._resend_checkpoint)
+        if self._checkpoint is not None:
+            self._carry([Broadcast(self._checkpoint)])
 
     def _set_timer(self, kind: str, after: float) -> None:
         handle = self._timers.pop(kind, None)

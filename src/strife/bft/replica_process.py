@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import Literal
 
 from strife.bank.seed import SeedRow
-from strife.bft.bank_machine import BankMachine
+from strife.bft.bank_machine import BankMachine, admits
 from strife.bft.faults import behaviour as make_behaviour
 from strife.bft.group import Group
 from strife.bft.journal import Journal
@@ -87,7 +87,7 @@ class ReplicaProcess:
             behaviour = make_behaviour(s.byzantine, s.group.config, s.index, s.signer)
         app = BankMachine.from_seed(s.seed)
         self.node = ReplicaNode(
-            s.group, s.index, s.signer, app, self._journal, self._pool, behaviour
+            s.group, s.index, s.signer, app, self._journal, self._pool, behaviour, admits
         )
         self.node.recover()
         self.server.add_service(SERVICE, self.node.register)
