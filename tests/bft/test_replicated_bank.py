@@ -135,6 +135,21 @@ async def test_a_replicated_bank_answers_as_one_bank_would(pki: Pki, tmp_path: P
                     bank_pb2.GetTransferRequest(bank=BANK, transfer_id="nope"), timeout=CALL_S
                 )
             assert unknown.value.code() is grpc.StatusCode.NOT_FOUND
+            first = await bank.GetTransactionHistory(
+                bank_pb2.BankHistoryRequest(bank=BANK, account_id="ann-usd", page_size=3),
+                timeout=CALL_S,
+            )
+            rest = await bank.GetTransactionHistory(
+                bank_pb2.BankHistoryRequest(
+                    bank=BANK, account_id="ann-usd", page_token=first.next_page_token
+                ),
+                timeout=CALL_S,
+            )
+            assert not rest.next_page_token
+            lines = [
+                (e.transfer_id, e.amount.amount_minor) for e in [*first.entries, *rest.entries]
+            ]
+            assert lines == [("p1", -50), ("d1", -100), ("p0", -50), ("d0", -100)]
 
 
 @pytest.mark.parametrize(

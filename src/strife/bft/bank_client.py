@@ -37,6 +37,7 @@ from strife.bft.group import Group, GroupError, load_signing_key
 from strife.bft.invoker import Invoker, NoQuorumError
 from strife.errors import Reason, from_rpc_error, make_status
 from strife.rpc.channels import ChannelPool
+from strife.rpc.limits import MAX_PAGE_SIZE
 from strife.v1 import bank_pb2, money_pb2
 
 __all__ = ["ReplicatedBank", "connect"]
@@ -56,6 +57,7 @@ _STATES = {
 }
 _LEGS_PB = {leg: pb for pb, leg in LEGS.items()}
 DEFAULT_TIMEOUT_S = 5.0
+DEFAULT_PAGE_SIZE = 50
 
 _R = TypeVar("_R")
 
@@ -293,6 +295,37 @@ class ReplicatedBank:
                 customer_id=a["customer_id"],
                 currency=a["currency"],
             )
+        )
+
+    async def GetTransactionHistory(
+        self,
+        request: bank_pb2.BankHistoryRequest,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        **_: Any,
+    ) -> bank_pb2.BankHistoryResponse:
+        """Newest first; the page token is the position of the last entry given."""
+        if request.page_size < 0 or (request.page_token and not request.page_token.isdigit()):
+            raise rpc_error(grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_PAGE_TOKEN, "bad page")
+        size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        op = operation(
+            "history", account_id=request.account_id,
+            before=int(request.page_token or 0), limit=size + 1,
+        )  # fmt: skip
+        rows = (await self._run(op, timeout))["entries"]
+        page, more = rows[:size], len(rows) > size
+        return bank_pb2.BankHistoryResponse(
+            entries=[
+                money_pb2.LedgerEntry(
+                    sequence=seq,
+                    transfer_id=transfer_id,
+                    account=money_pb2.AccountRef(bank=self.bank, account_id=account_id),
+                    amount=money_pb2.Money(amount_minor=amount, currency=currency),
+                    counterparty=counterparty,
+                )
+                for seq, transfer_id, account_id, amount, currency, counterparty in page
+            ],
+            next_page_token=str(page[-1][0]) if more else "",
         )
 
     async def AuthenticateCustomer(self, request: Any, **_: Any) -> NoReturn:
