@@ -106,6 +106,12 @@ def test_seven_replicas_with_two_byzantine() -> None:
     assert result.views >= 1
 
 
+def test_view_changes_that_hide_what_prepared_change_nothing() -> None:
+    config = Config(n=7, checkpoint_interval=2, window=4, batch_size=4, max_in_flight=2)
+    result = check(run(scenario(4, config=config, faulty=((0, "slow"), (2, "amnesia")))))
+    assert result.views >= 1
+
+
 def test_more_than_f_silent_stops_the_group_but_breaks_nothing() -> None:
     result = run(scenario(3, faulty=((0, "silent"), (1, "silent"))))
     assert result.ok  # no safety check failed; liveness is not promised beyond f

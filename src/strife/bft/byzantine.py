@@ -26,6 +26,7 @@ from strife.bft.messages import (
     Reply,
     Request,
     StateReply,
+    ViewChange,
     batch_digest,
 )
 from strife.bft.signing import Signer
@@ -214,8 +215,23 @@ class Collude(_Base):
         return out
 
 
+class Amnesia(_Base):
+    """View-changes that claim nothing prepared here: validly signed, and a lie by omission
+    that leaves the new view to the other view-changes in its proof."""
+
+    name = "amnesia"
+
+    def speaks(self, wires: Sequence[Wire]) -> list[Wire]:
+        return [
+            replace(w, message=self.resign(replace(w.message, prepared=())))
+            if isinstance(w.message, ViewChange) and w.message.prepared
+            else w
+            for w in wires
+        ]
+
+
 BEHAVIOURS: dict[str, type[_Base]] = {
-    b.name: b for b in (Silent, Equivocate, Lie, Slow, Forge, Collude)
+    b.name: b for b in (Silent, Equivocate, Lie, Slow, Forge, Collude, Amnesia)
 }  # fmt: skip
 
 
