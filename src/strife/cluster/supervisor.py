@@ -28,8 +28,9 @@ from typing import Any
 from grpc_health.v1 import health_pb2
 
 from strife.backoff import Backoff
-from strife.cluster.seeds import seed_file
-from strife.cluster.topology import Topology
+from strife.bft.cluster import GroupPlan, plan_group, replica_names, write_seed
+from strife.cluster.seeds import generated_rows, seed_file
+from strife.cluster.topology import ReplicatedBankSpec, Topology
 from strife.rpc.channels import ChannelPool, Peer, health_stub
 from strife.rpc.server import install_stop_signals
 from strife.security import certs
@@ -102,11 +103,15 @@ class Supervisor:
         for sub in ("data", "logs"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         processes = self.topology.bank_processes()
+        replicas = [
+            name for r in self.topology.replicated for name in replica_names(r.name, r.replicas)
+        ]
         certs.dev(
             self.certs_dir,
             # One identity per bank, and one per host serving several, which
-            # also names the banks it serves (gateways dial them by bank name).
-            banks=(*(b.name for b in self.topology.banks), *processes),
+            # also names the banks it serves (gateways dial them by bank name);
+            # one per replica of a replicated bank.
+            banks=(*(b.name for b in self.topology.banks), *processes, *replicas),
             gateways=self.topology.gateways,
             clients=("default",),
             serves={p: banks for p, banks in processes.items() if banks != (p,)},
@@ -163,7 +168,9 @@ class Supervisor:
                     first_args=["--init"],
                 )
             )
+        groups = [self._replicated(spec, children) for spec in self.topology.replicated]
         for name in self.topology.gateways:
+            replicated = [arg for plan in groups for arg in plan.gateway_args(name)]
             children.append(
                 Child(
                     f"gateway-{name}",
@@ -181,12 +188,47 @@ class Supervisor:
                         balancer,
                         "--prepare-timeout",
                         str(t.prepare_s),
+                        *replicated,
                     ],
                     "127.0.0.1:0",
                     root / "logs" / f"gateway-{name}.log",
                 )
             )
         return children
+
+    def _replicated(self, spec: ReplicatedBankSpec, children: list[Child]) -> GroupPlan:
+        """A replicated bank's group (made once, then kept) and its replicas' children."""
+        plan = plan_group(self.root / "bft", spec.name, spec.replicas, self.topology.gateways)
+        seed = spec.seed or write_seed(
+            self.root / "seeds" / f"{spec.name}.json", generated_rows(spec.name, spec.customers)
+        )
+        byzantine = dict(spec.byzantine)
+        for i, replica in enumerate(plan.group.replicas):
+            faulty = ["--byzantine", byzantine[i]] if i in byzantine else []
+            children.append(
+                Child(
+                    f"bank-{replica.name}",
+                    "strife-bank-replica",
+                    [
+                        "--group",
+                        str(plan.group_file),
+                        "--replica",
+                        replica.name,
+                        "--signing-key",
+                        str(plan.replica_keys[replica.name]),
+                        "--db",
+                        str(self.root / "data" / f"replica-{replica.name}.db"),
+                        "--seed",
+                        str(seed),
+                        "--certs",
+                        str(self.certs_dir / f"bank-{replica.name}"),
+                        *faulty,
+                    ],
+                    replica.address,
+                    self.root / "logs" / f"bank-{replica.name}.log",
+                )
+            )
+        return plan
 
     async def up(self) -> None:
         """Start everything and wait until every child answers health checks."""

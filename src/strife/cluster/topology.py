@@ -10,6 +10,11 @@ name = "alpha"
 seed = "seed.json"                # optional; default: generated customers
 customers = 3                     # generated customers when no seed is given
 host = "east"                     # optional: banks with the same host share one process
+[[replicated_banks]]               # optional: a bank run by 3f + 1 PBFT replicas
+name = "vault"
+replicas = 4
+customers = 3                     # or: seed = "vault.json"
+byzantine = { 1 = "wrong-results" }   # optional: a replica that misbehaves on purpose
 [gateways]
 count = 2                         # or: names = ["gw-1", "gw-2"]
 [timeouts]
@@ -21,7 +26,10 @@ lease_ttl_s = 3.0
 Banks and gateways listen on ephemeral ports and register with the balancer;
 the supervisor keeps each child's port across restarts. A bank without a
 `host` gets its own process (`bank-<name>`); banks naming the same host share
-one (`bank-<host>`), each still with its own database (docs/bank.md).
+one (`bank-<host>`), each still with its own database (docs/bank.md). A
+replicated bank is a group of `strife-bank-replica` processes on fixed
+loopback ports (`bank-<name>-<i>`), which gateways reach through its f + 1
+client rather than the balancer (docs/bft.md).
 """
 
 from __future__ import annotations
@@ -44,6 +52,15 @@ class BankSpec:
 
 
 @dataclass(frozen=True)
+class ReplicatedBankSpec:
+    name: str
+    replicas: int = 4
+    seed: Path | None = None
+    customers: int = 3
+    byzantine: tuple[tuple[int, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class Timeouts:
     prepare_s: float = 2.0
     in_doubt_s: float = 5.0
@@ -59,6 +76,7 @@ class Topology:
     banks: tuple[BankSpec, ...] = ()
     gateways: tuple[str, ...] = ("gw-1", "gw-2")
     timeouts: Timeouts = field(default_factory=Timeouts)
+    replicated: tuple[ReplicatedBankSpec, ...] = ()
 
     def with_data_dir(self, data_dir: Path) -> Topology:
         return replace(self, data_dir=data_dir)
@@ -115,6 +133,11 @@ def parse_topology(raw: dict[str, Any], base: Path) -> Topology:
         raise TopologyError("bank names must be unique")
     if clash := {b.host for b in banks if b.host} & {b.name for b in banks}:
         raise TopologyError(f"a host may not be named like a bank: {', '.join(sorted(clash))}")
+    replicated = tuple(_replicated(entry, base) for entry in raw.get("replicated_banks", []))
+    if clash := {r.name for r in replicated} & ({b.name for b in banks} | {b.host for b in banks}):
+        raise TopologyError(f"a replicated bank is named like a bank: {', '.join(sorted(clash))}")
+    if len({r.name for r in replicated}) != len(replicated):
+        raise TopologyError("replicated bank names must be unique")
     gw = raw.get("gateways", {})
     names = gw.get("names") or [f"gw-{i + 1}" for i in range(int(gw.get("count", 2)))]
     if not names:
@@ -133,4 +156,24 @@ def parse_topology(raw: dict[str, Any], base: Path) -> Topology:
         banks=tuple(banks),
         gateways=tuple(str(n) for n in names),
         timeouts=timeouts,
+        replicated=replicated,
+    )
+
+
+def _replicated(entry: dict[str, Any], base: Path) -> ReplicatedBankSpec:
+    if "name" not in entry:
+        raise TopologyError("every [[replicated_banks]] entry needs a name")
+    replicas = int(entry.get("replicas", 4))
+    if replicas < 4 or (replicas - 1) % 3:
+        raise TopologyError(f"replicas must be 3f + 1 >= 4, not {replicas}")
+    byzantine = tuple(sorted((int(i), str(b)) for i, b in entry.get("byzantine", {}).items()))
+    if any(not 0 <= i < replicas for i, _ in byzantine):
+        raise TopologyError("byzantine names replicas by index, 0..replicas-1")
+    seed = entry.get("seed")
+    return ReplicatedBankSpec(
+        name=str(entry["name"]),
+        replicas=replicas,
+        seed=(base / seed) if seed else None,
+        customers=int(entry.get("customers", 3)),
+        byzantine=byzantine,
     )

@@ -1,0 +1,103 @@
+"""A replicated bank in a local cluster (`[[replicated_banks]]` in a topology).
+
+Everything a group needs that a plain bank does not, made once and kept (a
+restarted cluster must find the same keys, or its journals' signed
+checkpoints would no longer verify): under `<data_dir>/bft/<bank>/`, one
+Ed25519 signing key per replica, one per gateway and one for the admin
+identity (the auditor, the demo), and the group file listing their public
+keys and the replicas' fixed loopback addresses. Certificates come from the
+cluster's CA like every other identity (`bank-<bank>-<i>`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from strife.bft.config import Config
+from strife.bft.group import (
+    ClientEntry,
+    Group,
+    ReplicaEntry,
+    load_signing_key,
+    write_signing_key,
+)
+from strife.rpc.addresses import free_port
+
+__all__ = ["GroupPlan", "plan_group", "replica_names"]
+
+ADMIN = "admin/admin"
+
+
+def replica_names(bank: str, replicas: int) -> list[str]:
+    return [f"{bank}-{i}" for i in range(replicas)]
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    group_file: Path
+    group: Group
+    replica_keys: dict[str, Path]
+    """Replica name -> its signing key file."""
+    client_keys: dict[str, Path]
+    """Client identity (`gateway/gw-1`, `admin/admin`) -> its signing key file."""
+
+    def gateway_args(self, gateway: str) -> list[str]:
+        return [
+            f"--bank={self.group.bank}=bft:{self.group_file}",
+            "--bft-signing-key",
+            str(self.client_keys[f"gateway/{gateway}"]),
+        ]
+
+
+def plan_group(
+    root: Path,
+    bank: str,
+    replicas: int,
+    gateways: Sequence[str],
+    tunables: Mapping[str, int | float] | None = None,
+) -> GroupPlan:
+    """The group of `bank` under `root` (`<data_dir>/bft/<bank>`), made if missing."""
+    folder = root / bank
+    folder.mkdir(parents=True, exist_ok=True)
+    group_file = folder / "group.toml"
+    names = replica_names(bank, replicas)
+    identities = [*(f"gateway/{g}" for g in gateways), ADMIN]
+    replica_keys = {name: folder / f"{name}.key" for name in names}
+    client_keys = {c: folder / f"{c.replace('/', '-')}.key" for c in identities}
+    if group_file.exists():
+        group = Group.load(group_file)
+        known = {c.identity for c in group.clients}
+        if [r.name for r in group.replicas] == names and known == set(identities):
+            return GroupPlan(group_file, group, replica_keys, client_keys)
+    entries = tuple(
+        ReplicaEntry(name, f"127.0.0.1:{free_port()}", _public(_key(replica_keys[name])))
+        for name in names
+    )
+    clients = tuple(ClientEntry(c, _public(_key(client_keys[c]))) for c in identities)
+    settings = {"checkpoint_interval": 16, "window": 64, "batch_size": 16, "max_in_flight": 4}
+    config = Config(n=replicas, **{**settings, **(tunables or {})})  # type: ignore[arg-type]
+    group = Group(bank, config, entries, clients)
+    group_file.write_text(group.to_toml())
+    return GroupPlan(group_file, group, replica_keys, client_keys)
+
+
+def write_seed(path: Path, rows: Sequence[Mapping[str, str]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(list(rows), indent=1))
+    return path
+
+
+def _key(path: Path) -> Ed25519PrivateKey:
+    """The key at `path`, made if missing (kept across cluster restarts)."""
+    if path.exists():
+        return load_signing_key(path, "").key
+    return write_signing_key(path)
+
+
+def _public(key: Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes_raw()

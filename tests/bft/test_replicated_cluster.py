@@ -1,0 +1,73 @@
+"""`deploy/bft.toml` as a local cluster: plain banks and a replicated one side by side."""
+
+from __future__ import annotations
+
+import tomllib
+import uuid
+from pathlib import Path
+
+import pytest
+
+from strife.bft.bank_client import connect
+from strife.cluster.seeds import account_of, password_of
+from strife.cluster.supervisor import Supervisor
+from strife.cluster.topology import parse_topology
+from strife.rpc.addresses import free_port
+from strife.rpc.channels import ChannelPool
+from strife.v1 import bank_pb2, gateway_pb2
+
+from ..cluster_fixtures import Customer
+from ..support import until
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+async def test_the_bft_topology_pays_into_its_replicated_bank_despite_a_liar(
+    tmp_path: Path,
+) -> None:
+    raw = tomllib.loads((REPO / "deploy" / "bft.toml").read_text())
+    raw["data_dir"] = "cluster"
+    raw["balancer"]["listen"] = f"127.0.0.1:{free_port()}"
+    raw["replicated_banks"][0]["byzantine"] = {"1": "wrong-results"}
+    topology = parse_topology(raw, base=tmp_path)
+    supervisor = Supervisor(topology, say=lambda _: None)
+    await supervisor.up()
+    try:
+        root = topology.data_dir.resolve()
+        async with (
+            ChannelPool(root / "certs" / "client-default") as customers,
+            ChannelPool(root / "certs" / "admin") as admin,
+        ):
+            payer = Customer(customers, supervisor.child("gateway-gw-1").address)
+            login = await payer.stub.Login(
+                gateway_pb2.LoginRequest(
+                    username="alpha-1", password=password_of("alpha-1"), bank="alpha"
+                ),
+                timeout=5,
+            )
+            payer.token = login.access_token
+            paid = await payer.pay(
+                str(uuid.uuid4()), ("alpha", account_of("alpha-1")),
+                ("vault", account_of("vault-1")), 2_500,
+            )  # fmt: skip
+            assert paid.payment.status == gateway_pb2.PAYMENT_STATUS_COMMITTED
+            vault = connect(
+                root / "bft" / "vault" / "group.toml",
+                "admin/admin",
+                root / "bft" / "vault" / "admin-admin.key",
+                admin,
+            )
+
+            async def credited() -> bool:
+                reply = await vault.GetAccountBalance(
+                    bank_pb2.GetAccountBalanceRequest(account_id=account_of("vault-1")),
+                    timeout=10,
+                )
+                # The 1,000.00 opening balance and the payment (its decision is
+                # delivered right after the gateway answered).
+                return reply.balance.balance.amount_minor == 102_500
+
+            await until(credited, "the payment to reach the replicated bank")
+    finally:
+        await supervisor.down()
