@@ -3,6 +3,8 @@ than f faulty replicas do what the bound says they may."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from strife.bft.byzantine import BEHAVIOURS
@@ -124,6 +126,22 @@ def test_more_than_f_colluding_liars_can_fool_a_client() -> None:
     result = run(scenario(3, faulty=((1, "lie"), (2, "lie"))))
     assert {v.check for v in result.violations} == {"client-rule"}
     assert "b'forged ok" in str(result.violations[0])
+
+
+@pytest.mark.parametrize("behaviour", ["equivocate", "forge"])
+def test_the_run_is_the_same_with_ed25519_as_with_the_stand_in(behaviour: str) -> None:
+    """Nothing the protocol does depends on which scheme made the signatures."""
+
+    def shape(result: Result) -> tuple[object, ...]:
+        return (
+            result.events, result.views, result.accepted, result.installs,
+            result.last_executed, result.virtual_s, result.dropped,
+        )  # fmt: skip
+
+    world = scenario(5, faulty=((0, behaviour),), requests=3)
+    ed25519 = run(replace(world, signatures="ed25519"))
+    assert ed25519.ok and ed25519.views >= 1
+    assert shape(ed25519) == shape(run(world))
 
 
 def test_a_seed_replays_exactly() -> None:
