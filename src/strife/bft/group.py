@@ -6,7 +6,7 @@ One TOML file, the same at every replica and every client of the group:
     checkpoint_interval = 16       # PBFT's tunables (strife.bft.config.Config)
     window = 64
     batch_size = 16
-    max_in_flight = 4
+    max_in_flight = 1
     timeout_s = 1.0
 
     [[replica]]                    # replica i is the i-th entry
@@ -138,7 +138,7 @@ class Group:
                 checkpoint_interval=_int(raw, "checkpoint_interval", 16),
                 window=_int(raw, "window", 64),
                 batch_size=_int(raw, "batch_size", 16),
-                max_in_flight=_int(raw, "max_in_flight", 4),
+                max_in_flight=_int(raw, "max_in_flight", 1),
                 timeout=float(_number(raw, "timeout_s", 1.0)),
             )
             return cls(str(raw["bank"]), config, replicas, clients)

@@ -11,11 +11,12 @@ Three methods on one generic service (no protobuf: the payload is the core's
 canonical encoding, `strife.bft.wire`), behind the same mTLS, authorization and
 logging as every Strife server:
 
-- `Deliver` (replica to replica, role bank): one protocol message. The
-  delivering peer's certificate must be the claimed sender's (the group file
-  names each replica's certificate), so a replica cannot speak in another's
-  name even before the signature is checked, and a replayed message of
-  another replica is dropped here.
+- `Deliver` (replica to replica, role bank): a stream of protocol messages
+  from one peer (`strife.bft.links`). Every message's claimed sender must be
+  the replica whose certificate opened the stream (the group file names
+  each replica's certificate), so a replica cannot speak in another's name
+  even before the signature is checked, and a replayed message of another
+  replica is dropped here.
 - `Invoke` (client to replica, roles gateway and admin): one signed request;
   the answer is this replica's signed reply once it executed the request (or
   an empty answer when the call's deadline comes first: the client retries).
@@ -30,7 +31,7 @@ a request the rule refuses prepared at an honest replica, even one its
 client sent to that primary alone.
 - `Status` (admin): the replica's view, sequence numbers and state digest, as JSON.
 
-Messages to peers are fire-and-forget calls with a short deadline: PBFT
+Messages to peers go on one stream per peer, never waited for: PBFT
 tolerates loss, and a slow or dead peer must not hold anything up. What loss
 can cost is a replica that never hears of a checkpoint it is behind (it was
 restarting while the group moved on, and the group went quiet): so every
@@ -43,7 +44,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -65,7 +66,16 @@ from strife.bft.effects import (
 )
 from strife.bft.group import Group, client_base
 from strife.bft.journal import Journal
-from strife.bft.messages import DOMAIN, Checkpoint, Message, Reply, Request, state_digest
+from strife.bft.links import Link
+from strife.bft.messages import (
+    DOMAIN,
+    Checkpoint,
+    Message,
+    NewView,
+    Reply,
+    Request,
+    state_digest,
+)
 from strife.bft.recovery import resume, stable_state
 from strife.bft.replica import Replica
 from strife.bft.signing import Signer, Verifier
@@ -117,6 +127,16 @@ class AdmittingVerifier:
 _REQUEST_PAYLOAD = DOMAIN + Request.KIND.encode() + b"\n"
 
 
+def _may_send(sender: int, message: Message) -> bool:
+    """A replica speaks only for itself, with one exception: a NEW-VIEW, which
+    proves itself (its primary's signature over 2f+1 signed view-changes), is
+    passed on by replicas already in that view to one that missed it. Requests
+    come from their clients (Invoke), never from a replica."""
+    if isinstance(message, Request):
+        return False
+    return isinstance(message, NewView) or message.replica == sender
+
+
 class ReplicaNode:
     """Replica `index` of `group`, executing into `app`; build it inside the running loop."""
 
@@ -142,14 +162,14 @@ class ReplicaNode:
         self.replica = Replica(group.config, index, signer, verifier, app)
         self.dropped: Counter[str] = Counter()
         self._pool = pool
-        self._peers: dict[int, Any] = {
-            i: pool.get(entry.address, Peer("bank", entry.name)).unary_unary(DELIVER)
+        self._links = {
+            i: Link(pool.get(entry.address, Peer("bank", entry.name)).stream_unary(DELIVER),
+                    self.dropped)
             for i, entry in enumerate(group.replicas)
             if i != index
-        }
+        }  # fmt: skip
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._waiting: dict[tuple[str, int], list[asyncio.Future[bytes]]] = {}
-        self._sends: set[asyncio.Task[None]] = set()
         self._saved_seq = -1
         self._loop = asyncio.get_running_loop()
         self._checkpoint: Checkpoint | None = None
@@ -183,7 +203,7 @@ class ReplicaNode:
 
     def register(self, server: grpc.aio.Server) -> None:
         handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {
-            "Deliver": grpc.unary_unary_rpc_method_handler(self._deliver),
+            "Deliver": grpc.stream_unary_rpc_method_handler(self._deliver),
             "Invoke": grpc.unary_unary_rpc_method_handler(self._invoke),
             "Status": grpc.unary_unary_rpc_method_handler(self._status),
         }
@@ -197,25 +217,22 @@ class ReplicaNode:
         for waiters in self._waiting.values():
             for future in waiters:
                 future.cancel()
-        sends, self._sends = set(self._sends), set()
-        for task in sends:
-            task.cancel()
-        await asyncio.gather(*sends, return_exceptions=True)
+        await asyncio.gather(*(link.close() for link in self._links.values()))
 
     # -- the three methods -------------------------------------------------------
 
-    async def _deliver(self, data: bytes, context: AnyContext) -> bytes:
+    async def _deliver(self, stream: AsyncIterator[bytes], context: AnyContext) -> bytes:
         sender = self._peer_replica()
-        try:
-            message = decode(data)
-        except WireError:
-            self.dropped["malformed"] += 1
-            return b""
-        if isinstance(message, Request) or sender is None or message.replica != sender:
-            # Requests come from their clients (Invoke); a replica speaks only for itself.
-            self.dropped["wrong-sender"] += 1
-            return b""
-        self._receive(message)
+        async for data in stream:
+            try:
+                message = decode(data)
+            except WireError:
+                self.dropped["malformed"] += 1
+                continue
+            if sender is None or not _may_send(sender, message):
+                self.dropped["wrong-sender"] += 1
+                continue
+            self._receive(message)
         return b""
 
     async def _invoke(self, data: bytes, context: AnyContext) -> bytes:
@@ -363,18 +380,9 @@ class ReplicaNode:
             assert isinstance(wire.message, Reply), wire
             self._answer(wire.message)
             return
-        call = self._peers.get(wire.to)
-        if call is None:
-            return
-        task = asyncio.ensure_future(self._call(call, encode(wire.message)))
-        self._sends.add(task)
-        task.add_done_callback(self._sends.discard)
-
-    async def _call(self, call: Any, data: bytes) -> None:
-        try:
-            await call(data, timeout=SEND_TIMEOUT_S)
-        except grpc.aio.AioRpcError as exc:
-            self.dropped[f"send-{exc.code().name.lower()}"] += 1
+        link = self._links.get(wire.to)
+        if link is not None:
+            link.send(encode(wire.message))
 
     def _answer(self, reply: Reply) -> None:
         data = encode(reply)
