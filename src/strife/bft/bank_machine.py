@@ -79,6 +79,8 @@ class BankMachine:
         self.ledger = ledger or Ledger()
         self.entries: list[list[Any]] = [list(e) for e in entries]
         """Posted lines, oldest first: transfer, account, signed amount, currency, counterparty."""
+        # A checkpoint asks for the digest and then the snapshot of the same state.
+        self._snapshot: bytes | None = None
 
     @classmethod
     def from_seed(cls, rows: Iterable[SeedRow]) -> BankMachine:
@@ -96,6 +98,7 @@ class BankMachine:
     # -- StateMachine -----------------------------------------------------
 
     def execute(self, op: bytes) -> bytes:
+        self._snapshot = None
         try:
             request = json.loads(op)
             if not isinstance(request, dict) or not isinstance(request.get("op"), str):
@@ -118,6 +121,11 @@ class BankMachine:
         return hashlib.sha256(_DIGEST_PREFIX + self.snapshot()).digest()
 
     def snapshot(self) -> bytes:
+        if self._snapshot is None:
+            self._snapshot = self._serialise()
+        return self._snapshot
+
+    def _serialise(self) -> bytes:
         accounts = [asdict(a) for a in sorted(self.ledger.accounts.values(), key=_account_key)]
         transfers = [
             _transfer_json(t) for t in sorted(self.ledger.transfers.values(), key=_transfer_key)
@@ -138,6 +146,7 @@ class BankMachine:
             raise ValueError(f"not a bank ledger snapshot: {type(exc).__name__}") from None
         self.ledger = ledger
         self.entries = entries
+        self._snapshot = None
 
     # -- the operations ---------------------------------------------------
 

@@ -1,0 +1,158 @@
+"""The replicated bank's pure parts: the ledger as a state machine, who may ask
+what, the wire encoding, the group file and the journal."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from strife.bank.seed import SeedRow
+from strife.bft.bank_machine import BankMachine, admits, operation
+from strife.bft.config import Config
+from strife.bft.group import (
+    ClientEntry,
+    Group,
+    GroupError,
+    ReplicaEntry,
+    public_hex,
+    write_signing_key,
+)
+from strife.bft.journal import Journal, Saved
+from strife.bft.messages import Checkpoint, ClientRecord, Request
+from strife.bft.recovery import resume, stable_state
+from strife.bft.replica import Replica
+from strife.bft.signing import keyed_hash_keys, replica_identity
+from strife.bft.wire import WireError, decode, encode
+
+ROWS = [
+    SeedRow("vault", "c-ann", "ann", "Ann", "pw", "ann-usd", "USD", 10_000),
+    SeedRow("vault", "c-ben", "ben", "Ben", "pw", "ben-usd", "USD", 0),
+]
+
+
+def prepare(transfer_id: str, account: str, minor: int, leg: str = "DEBIT") -> bytes:
+    return operation(
+        "prepare", transfer_id=transfer_id, coordinator="gw-1", leg=leg, account_id=account,
+        amount_minor=minor, currency="USD", fingerprint="ab", counterparty="x", customer_id="",
+    )  # fmt: skip
+
+
+def test_replicas_fed_the_same_operations_answer_and_hash_alike() -> None:
+    ops = [
+        prepare("t1", "ann-usd", 500),
+        operation("commit", transfer_id="t1", coordinator="gw-1"),
+        prepare("t2", "ben-usd", 1),  # refused: ben has nothing, recorded as NO
+        operation("abort", transfer_id="t3", coordinator="gw-1", release=False),
+        operation("account", account_id="ann-usd"),
+        b"not json",
+    ]
+    a, b = BankMachine.from_seed(ROWS), BankMachine.from_seed(reversed(ROWS))
+    assert [a.execute(op) for op in ops] == [b.execute(op) for op in ops]
+    assert a.digest() == b.digest()
+    assert (
+        json.loads(a.execute(operation("account", account_id="ann-usd")))["account"][
+            "balance_minor"
+        ]
+        == 9_500
+    )
+    assert json.loads(a.execute(b"not json"))["error"]["reason"] == "INVALID_REQUEST"
+    assert a.total_minor == 9_500  # the debit left for the other bank
+
+
+def test_a_snapshot_restores_exactly_and_a_forged_one_is_refused() -> None:
+    source = BankMachine.from_seed(ROWS)
+    source.execute(prepare("t1", "ann-usd", 500))
+    copy = BankMachine()
+    copy.restore(source.snapshot())
+    assert copy.digest() == source.digest()
+    assert copy.execute(operation("commit", transfer_id="t1", coordinator="gw-1")) == (
+        source.execute(operation("commit", transfer_id="t1", coordinator="gw-1"))
+    )
+    forged = json.loads(source.snapshot())
+    forged["accounts"][0]["held_minor"] = 7  # a hold no transfer accounts for
+    with pytest.raises(ValueError):
+        copy.restore(json.dumps(forged).encode())
+    with pytest.raises(ValueError):
+        copy.restore(b'{"mallory": 1000000}')
+    assert copy.digest() == source.digest()
+
+
+def test_gateways_move_money_only_as_themselves_and_admins_only_read() -> None:
+    commit = operation("commit", transfer_id="t", coordinator="gw-1")
+    assert admits("gateway/gw-1#3", commit)
+    assert not admits("gateway/gw-2#0", commit)
+    assert not admits("admin/auditor#0", commit)
+    assert admits("admin/auditor#0", operation("account", account_id="a"))
+    assert not admits("client/someone#0", operation("account", account_id="a"))
+
+
+def test_the_wire_encoding_round_trips_and_refuses_what_is_not_a_message() -> None:
+    keys = keyed_hash_keys(["replica-1"])
+    cp = Checkpoint(8, b"\x01" * 32, 1)
+    cp = Checkpoint(8, b"\x01" * 32, 1, keys.signer("replica-1").sign(cp.payload))
+    assert decode(encode(cp)) == cp
+    body = json.loads(encode(cp))
+    for broken in (
+        {**body, "kind": "nope"},
+        {**body, "message": {**body["message"], "seq": True}},
+        {**body, "message": {**body["message"], "seq": 8.0}},
+        {**body, "message": {**body["message"], "extra": 1}},
+        {**body, "message": {**body["message"], "state_digest": "ZZ"}},
+    ):
+        with pytest.raises(WireError):
+            decode(json.dumps(broken).encode())
+    with pytest.raises(WireError):
+        decode(b"\xff")
+
+
+def test_a_group_file_round_trips_and_a_bad_one_is_refused(tmp_path: Path) -> None:
+    keys = [write_signing_key(tmp_path / f"{i}.key") for i in range(4)]
+    group = Group(
+        "vault",
+        Config(n=4, checkpoint_interval=4, window=8),
+        tuple(
+            ReplicaEntry(f"vault-{i}", f"127.0.0.1:{7000 + i}", bytes.fromhex(public_hex(k)))
+            for i, k in enumerate(keys)
+        ),
+        (ClientEntry("gateway/gw-1", bytes.fromhex(public_hex(keys[0]))),),
+    )
+    (tmp_path / "group.toml").write_text(group.to_toml())
+    assert Group.load(tmp_path / "group.toml") == group
+    (tmp_path / "three.toml").write_text(group.to_toml().rsplit("[[replica]]", 1)[0])
+    with pytest.raises(GroupError):
+        Group.load(tmp_path / "three.toml")
+
+
+def test_the_journal_gives_back_a_checkpoint_and_the_log_above_it(tmp_path: Path) -> None:
+    config = Config(n=4, checkpoint_interval=2, window=4)
+    names = [replica_identity(i) for i in range(4)] + ["gateway/gw-1#0"]
+    keys = keyed_hash_keys(names)
+    replica = Replica(
+        config, 0, keys.signer("replica-0"), keys.verifier, BankMachine.from_seed(ROWS)
+    )
+    genesis = stable_state(replica)
+    assert genesis is not None
+    journal = Journal(tmp_path / "r0.db", synchronous="NORMAL")
+    journal.identity("vault", 0)
+    request = Request("gateway/gw-1#0", 1, prepare("t1", "ann-usd", 5))
+    request = Request(
+        request.client, 1, request.operation, keys.signer(request.client).sign(request.payload)
+    )
+    journal.write([(1, (request,))], genesis)
+    journal.close()
+    journal = Journal(tmp_path / "r0.db", synchronous="NORMAL")
+    with pytest.raises(ValueError):
+        journal.identity("vault", 1)
+    saved = journal.load()
+    assert saved is not None and saved.log == ((1, (request,)),)
+    fresh = Replica(config, 0, keys.signer("replica-0"), keys.verifier, BankMachine.from_seed(ROWS))
+    resume(fresh, saved)
+    assert fresh.last_executed == 1
+    assert fresh.clients["gateway/gw-1#0"] == ClientRecord(
+        "gateway/gw-1#0", 1, fresh.clients["gateway/gw-1#0"].result
+    )
+    broken = Saved(0, b"\x00" * 32, (), saved.snapshot, (), ())
+    with pytest.raises(ValueError):
+        resume(Replica(config, 0, keys.signer("replica-0"), keys.verifier, BankMachine()), broken)
