@@ -67,7 +67,7 @@ def main() -> int:
     views = installs = partitions = 0
     slowest_after_settled = 0.0
     failed = []
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for seed in range(args.first, args.first + args.seeds):
         result = run_seed(seed)
         scheme = result.scenario.signatures
@@ -83,11 +83,14 @@ def main() -> int:
             failed.append(seed)
             print(result.report(), file=sys.stderr)
     total = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
     figures = {
         "seeds": args.seeds,
         "first": args.first,
         "wall_s": round(total, 2),
         "seeds_per_s": round(args.seeds / total, 1),
+        "cpu_s": round(cpu, 2),
+        "seeds_per_cpu_s": round(args.seeds / cpu, 1),
         "events_per_s": round(events / total),
         "seeds_per_s_by_scheme": {
             k: round(seeds[k] / wall[k], 1) for k in sorted(seeds) if wall.get(k)
