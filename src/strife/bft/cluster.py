@@ -80,8 +80,9 @@ def plan_group(
     )
     clients = tuple(ClientEntry(c, _public(_key(client_keys[c]))) for c in identities)
     # One sequence number in flight: on a machine short of cores, fewer and fuller
-    # batches beat more and emptier ones (benchmarks/bench_bft.py).
-    settings = {"checkpoint_interval": 16, "window": 64, "batch_size": 16, "max_in_flight": 1}
+    # batches beat more and emptier ones; a checkpoint serialises the whole ledger,
+    # so not too often (benchmarks/bench_bft.py).
+    settings = {"checkpoint_interval": 64, "window": 256, "batch_size": 16, "max_in_flight": 1}
     config = Config(n=replicas, **{**settings, **(tunables or {})})  # type: ignore[arg-type]
     group = Group(bank, config, entries, clients)
     group_file.write_text(group.to_toml())
