@@ -138,8 +138,7 @@ def coordinator(
     config = CoordinatorConfig(
         name="gw-1", reply_after=reply_after, max_in_flight=max_in_flight, decision_timeout_s=5
     )
-    # The fake has what the coordinator calls of `Banks`, not the class itself.
-    return PaymentCoordinator(config, store, banks)  # type: ignore[arg-type]
+    return PaymentCoordinator(config, store, banks)
 
 
 async def test_reply_after_decision_does_not_wait_for_the_banks(store: GatewayStore) -> None:
@@ -305,8 +304,7 @@ async def test_prepares_queue_behind_one_call_and_keep_their_deadline(
     beta = banks.by_name["beta"]
     beta.votes.clear()
     config = CoordinatorConfig(name="gw-1", max_in_flight=16, prepare_timeout_s=0.3)
-    # The fake has what the coordinator calls of `Banks`, not the class itself.
-    coord = PaymentCoordinator(config, store, banks)  # type: ignore[arg-type]
+    coord = PaymentCoordinator(config, store, banks)
 
     # Beta holds the first call: all three payments time out in prepare...
     results = await asyncio.gather(*(coord.run(payment(n)) for n in (20, 21, 22)))

@@ -140,8 +140,7 @@ ACCOUNTS = {"alpha": {"ada-usd"}, "beta": {"cy-usd"}}
 
 def coordinator(store: GatewayStore, banks: Directory) -> PaymentCoordinator:
     config = CoordinatorConfig(name="gw-1", max_in_flight=16, decision_timeout_s=5)
-    # The fake has what the coordinator calls of `Banks`, not the class itself.
-    return PaymentCoordinator(config, store, banks)  # type: ignore[arg-type]
+    return PaymentCoordinator(config, store, banks)
 
 
 # ------------------------------------------------------------- the batcher

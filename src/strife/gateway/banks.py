@@ -77,6 +77,15 @@ class RegistryDirectory:
         return True
 
 
+class BankServers(Protocol):
+    """What a coordinator needs of the banks: where each one is served, and
+    the stub (plain or replicated) for a server's address."""
+
+    async def address(self, bank: str) -> str | None: ...
+
+    def at(self, address: str) -> Any: ...
+
+
 class Banks:
     """Stubs per bank server over the process's long-lived channels.
 

@@ -29,7 +29,7 @@ import grpc
 from strife.backoff import Backoff, Pace
 from strife.errors import Reason, from_rpc_error
 from strife.faults import failpoint
-from strife.gateway.banks import Banks
+from strife.gateway.banks import BankServers
 from strife.gateway.decisions import BankBatcher, Delivery, status_code
 from strife.gateway.store import GatewayStore, PaymentRecord, PaymentState
 from strife.gateway.twophase import (
@@ -144,7 +144,7 @@ class _Run:
 
 
 class PaymentCoordinator:
-    def __init__(self, config: CoordinatorConfig, store: GatewayStore, banks: Banks) -> None:
+    def __init__(self, config: CoordinatorConfig, store: GatewayStore, banks: BankServers) -> None:
         self.config = config
         self.store = store
         self.banks = banks
