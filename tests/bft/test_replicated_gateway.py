@@ -1,4 +1,4 @@
-"""A gateway paying between a plain bank and a replicated one, with a replica that lies.
+"""A gateway paying both ways between a plain bank and a replicated one, a replica lying.
 
 Real processes throughout: plain banks alpha and beta, a gateway configured
 with `--bank vault=bft:GROUP.toml`, and the four replicas of vault, replica 1
@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+
+import grpc
+import pytest
 
 from strife.bft.bank_client import ReplicatedBank
 from strife.bft.group import write_signing_key
@@ -58,6 +61,28 @@ async def test_a_payment_into_a_replicated_bank_is_right_despite_a_lying_replica
                     str(uuid.uuid4()), ("alpha", "ada-usd"), (BANK, "nobody"), 1
                 )
                 assert refused.payment.status == gateway_pb2.PAYMENT_STATUS_ABORTED
+
+                # And out of it: a customer of the replicated bank logs in there.
+                ann = Customer(customers, c.gateways["gw-1"].address)
+                with pytest.raises(grpc.aio.AioRpcError) as wrong:
+                    await ann.stub.Login(
+                        gateway_pb2.LoginRequest(username="ann", password="nope", bank=BANK),
+                        timeout=20,
+                    )
+                assert wrong.value.code() is grpc.StatusCode.UNAUTHENTICATED
+                login = await ann.stub.Login(
+                    gateway_pb2.LoginRequest(username="ann", password="pw-ann", bank=BANK),
+                    timeout=20,
+                )
+                ann.token = login.access_token
+                back = await ann.pay(str(uuid.uuid4()), (BANK, "ann-usd"), ("alpha", "ada-usd"), 77)
+                assert back.payment.status == gateway_pb2.PAYMENT_STATUS_COMMITTED
+
+                async def returned() -> bool:
+                    alpha = (await ada.balance("alpha", "ada-usd"))[0]
+                    return alpha == ada0 - 700 and await _vault_balance(vault) == ann0 + 700
+
+                await until(returned, "the payment out of the replicated bank to land at alpha")
 
 
 async def _vault_balance(vault: ReplicatedBank) -> int:

@@ -25,6 +25,7 @@ from strife.bft.recovery import resume, stable_state
 from strife.bft.replica import Replica
 from strife.bft.signing import keyed_hash_keys, replica_identity
 from strife.bft.wire import WireError, decode, encode
+from strife.security.passwords import verify_password
 
 ROWS = [
     SeedRow("vault", "c-ann", "ann", "Ann", "pw", "ann-usd", "USD", 10_000),
@@ -86,6 +87,22 @@ def test_gateways_move_money_only_as_themselves_and_admins_only_read() -> None:
     assert not admits("admin/auditor#0", commit)
     assert admits("admin/auditor#0", operation("account", account_id="a"))
     assert not admits("client/someone#0", operation("account", account_id="a"))
+    # A customer's record carries its password hash: for logging in, so gateways only.
+    assert admits("gateway/gw-1#0", operation("customer", username="ann"))
+    assert not admits("admin/auditor#0", operation("customer", username="ann"))
+
+
+def test_every_replica_derives_the_same_customers_and_their_passwords_check() -> None:
+    a, b = BankMachine.from_seed(ROWS), BankMachine.from_seed(list(reversed(ROWS)))
+    assert a.digest() == b.digest()
+    found = json.loads(a.execute(operation("customer", username="ann")))["customer"]
+    assert found["accounts"] == [["ann-usd", "USD"]]
+    assert verify_password("pw", found["password_hash"])
+    assert not verify_password("wrong", found["password_hash"])
+    assert json.loads(a.execute(operation("customer", username="nobody"))) == {"customer": None}
+    copy = BankMachine()
+    copy.restore(a.snapshot())
+    assert copy.customers == a.customers
 
 
 def test_the_wire_encoding_round_trips_and_refuses_what_is_not_a_message() -> None:

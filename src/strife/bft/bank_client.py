@@ -9,7 +9,8 @@ with f + 1 matching signed replies (`Invoker`). When the call's deadline comes
 first the call fails DEADLINE_EXCEEDED (BANK_UNAVAILABLE), which 2PC treats as
 a bank that did not answer: it asks again, never assumes.
 
-Logins (AuthenticateCustomer) are not served by a replicated bank yet.
+A login reads the customer's agreed record (password hash included) and
+checks the password here, so the password never enters an ordered request.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from strife.bft.invoker import Invoker, NoQuorumError
 from strife.errors import Reason, from_rpc_error, make_status
 from strife.rpc.channels import ChannelPool
 from strife.rpc.limits import MAX_PAGE_SIZE
+from strife.security.passwords import HashingBusyError, verify_password_async
 from strife.v1 import bank_pb2, money_pb2
 
 __all__ = ["ReplicatedBank", "connect"]
@@ -328,11 +330,44 @@ class ReplicatedBank:
             next_page_token=str(page[-1][0]) if more else "",
         )
 
-    async def AuthenticateCustomer(self, request: Any, **_: Any) -> NoReturn:
-        raise rpc_error(
-            grpc.StatusCode.UNIMPLEMENTED,
-            Reason.METHOD_NOT_ALLOWED,
-            "a replicated bank does not serve logins yet",
+    async def AuthenticateCustomer(
+        self,
+        request: bank_pb2.AuthenticateCustomerRequest,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        **_: Any,
+    ) -> bank_pb2.AuthenticateCustomerResponse:
+        """The customer's agreed record, and the password checked here against its hash."""
+        if not request.username or not request.password:
+            raise rpc_error(
+                grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_REQUEST, "credentials required"
+            )
+        result = await self._run(operation("customer", username=request.username), timeout)
+        customer = result["customer"]
+        stored = None if customer is None else str(customer["password_hash"])
+        try:
+            ok = await verify_password_async(request.password, stored, timeout)
+        except HashingBusyError as exc:
+            raise rpc_error(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.PASSWORD_CHECKS_BUSY, str(exc)
+            ) from None
+        if not ok or customer is None:
+            raise rpc_error(
+                grpc.StatusCode.UNAUTHENTICATED,
+                Reason.INVALID_CREDENTIALS,
+                "wrong username or password",
+            )
+        return bank_pb2.AuthenticateCustomerResponse(
+            customer_id=customer["customer_id"],
+            display_name=customer["display_name"],
+            accounts=[
+                money_pb2.Account(
+                    ref=money_pb2.AccountRef(bank=self.bank, account_id=account_id),
+                    customer_id=customer["customer_id"],
+                    currency=currency,
+                )
+                for account_id, currency in customer["accounts"]
+            ],
         )
 
 

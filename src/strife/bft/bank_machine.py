@@ -12,12 +12,18 @@ every honest replica; a malformed operation is refused as INVALID_REQUEST.
 What the ledger keeps outside its model stays outside here too: the `votes`
 counter (volatile at a plain bank as well) is not replicated.
 
-Customers and passwords are not replicated state: logins at a replicated bank
-are not served yet (docs/bft.md).
+Customers are replicated state too (username, id, name, password hash), so
+a gateway can log a customer in: it reads the agreed hash through the f + 1
+client and checks the password itself (`customer` is a gateway-only read).
+A password never travels inside an ordered request, where every replica would
+log it. A seed's plain-text password is hashed at genesis with a salt derived
+from the bank and the username, since every replica must derive the same
+state; a seed for production carries scrypt hashes instead (docs/bft-bank.md).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
@@ -37,11 +43,14 @@ from strife.bank.ledger import (
     TransferState,
 )
 from strife.bank.seed import SeedRow
+from strife.security.passwords import DEFAULT_PARAMS, is_hash
 
 __all__ = ["READS", "BankMachine", "admits", "canonical", "operation"]
 
 READS = frozenset({"account", "transfer", "history"})
 """Operations that change nothing: a gateway or an admin (the auditor) may ask them."""
+GATEWAY_READS = frozenset({"customer"})
+"""A customer's record, password hash included: for logging in, so gateways only."""
 
 _DIGEST_PREFIX = b"strife-bft/bank-ledger/v1\n"
 
@@ -69,6 +78,8 @@ def admits(client: str, op: bytes) -> bool:
         return role == "gateway"
     if request.get("op") in READS:
         return role in ("gateway", "admin")
+    if request.get("op") in GATEWAY_READS:
+        return role == "gateway"
     return role == "gateway" and request.get("coordinator") == name
 
 
@@ -77,6 +88,8 @@ class BankMachine:
 
     def __init__(self, ledger: Ledger | None = None, entries: Iterable[list[Any]] = ()) -> None:
         self.ledger = ledger or Ledger()
+        self.customers: dict[str, dict[str, str]] = {}
+        """username -> customer_id, display_name, password_hash."""
         self.entries: list[list[Any]] = [list(e) for e in entries]
         """Posted lines, oldest first: transfer, account, signed amount, currency, counterparty."""
         # A checkpoint asks for the digest and then the snapshot of the same state.
@@ -84,9 +97,17 @@ class BankMachine:
 
     @classmethod
     def from_seed(cls, rows: Iterable[SeedRow]) -> BankMachine:
-        """The genesis state every replica of the group starts from (accounts only)."""
+        """The genesis state every replica of the group starts from."""
         machine = cls()
-        for row in sorted(rows, key=lambda r: r.account_id):
+        rows = sorted(rows, key=lambda r: r.account_id)
+        for row in rows:
+            if row.username not in machine.customers:
+                machine.customers[row.username] = {
+                    "customer_id": row.customer_id,
+                    "display_name": row.display_name,
+                    "password_hash": genesis_hash(row.bank, row.username, row.password),
+                }
+        for row in rows:
             machine.ledger.add_account(
                 account_id=row.account_id,
                 customer_id=row.customer_id,
@@ -130,7 +151,14 @@ class BankMachine:
         transfers = [
             _transfer_json(t) for t in sorted(self.ledger.transfers.values(), key=_transfer_key)
         ]
-        return canonical({"accounts": accounts, "transfers": transfers, "entries": self.entries})
+        return canonical(
+            {
+                "accounts": accounts,
+                "transfers": transfers,
+                "entries": self.entries,
+                "customers": self.customers,
+            }
+        )
 
     def restore(self, snapshot: bytes) -> None:
         """Replace the state; a snapshot that is not a consistent ledger is refused."""
@@ -141,11 +169,15 @@ class BankMachine:
             entries = [list(e) for e in raw["entries"]]
             if not all(len(e) == 5 for e in entries):
                 raise ValueError("entries")
+            customers = {
+                str(name): _typed(c, _CUSTOMER_FIELDS) for name, c in raw["customers"].items()
+            }
             ledger = Ledger(accounts, transfers)  # checks every invariant
         except (ValueError, TypeError, KeyError, AttributeError, AssertionError) as exc:
             raise ValueError(f"not a bank ledger snapshot: {type(exc).__name__}") from None
         self.ledger = ledger
         self.entries = entries
+        self.customers = customers
         self._snapshot = None
 
     # -- the operations ---------------------------------------------------
@@ -206,6 +238,19 @@ class BankMachine:
             )
         return {"account": asdict(account)}
 
+    def _customer(self, r: Mapping[str, Any]) -> dict[str, Any]:
+        """A customer and their accounts; null for an unknown username (the caller
+        then checks against a dummy hash, so that costs the same as a wrong password)."""
+        customer = self.customers.get(_s(r, "username"))
+        if customer is None:
+            return {"customer": None}
+        accounts = [
+            [a.account_id, a.currency]
+            for a in sorted(self.ledger.accounts.values(), key=_account_key)
+            if a.customer_id == customer["customer_id"]
+        ]
+        return {"customer": {**customer, "accounts": accounts}}
+
     def _history(self, r: Mapping[str, Any]) -> dict[str, Any]:
         """Entries of one account, newest first, `limit` of them before position `before`."""
         account_id = _s(r, "account_id")
@@ -237,12 +282,33 @@ _HANDLERS = {
     "transfer": BankMachine._transfer,
     "account": BankMachine._account,
     "history": BankMachine._history,
+    "customer": BankMachine._customer,
 }
 
 _ACCOUNT_FIELDS = {
     "account_id": str, "customer_id": str, "currency": str,
     "balance_minor": int, "held_minor": int, "pending_credit_minor": int,
 }  # fmt: skip
+
+
+_CUSTOMER_FIELDS = {"customer_id": str, "display_name": str, "password_hash": str}
+
+
+def genesis_hash(bank: str, username: str, password: str) -> str:
+    """A seed's password as every replica hashes it: scrypt with a salt derived from
+    the bank and the username (a seed's scrypt hash is taken as it is)."""
+    if is_hash(password):
+        return password
+    salt = hashlib.sha256(f"strife-bft/genesis-salt/{bank}/{username}".encode()).digest()[:16]
+    params = DEFAULT_PARAMS
+    digest = hashlib.scrypt(
+        password.encode(), salt=salt, n=params.n, r=params.r, p=params.p, dklen=32,
+        maxmem=64 * 1024 * 1024,
+    )  # fmt: skip
+    encode = base64.b64encode
+    return (
+        f"scrypt${params.n}${params.r}${params.p}${encode(salt).decode()}${encode(digest).decode()}"
+    )
 
 
 def _bad(message: str) -> LedgerError:
