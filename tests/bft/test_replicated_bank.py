@@ -16,8 +16,10 @@ from typing import Any
 
 import grpc
 import pytest
+from click.testing import CliRunner
 
 from strife.bft.bank_client import ReplicatedBank
+from strife.bft.status_cli import replicas
 from strife.errors import Reason, from_rpc_error
 from strife.rpc.channels import ChannelPool
 from strife.v1 import bank_pb2, money_pb2
@@ -267,3 +269,20 @@ async def test_a_client_asks_only_what_its_certificate_allows(pki: Pki, tmp_path
                     timeout=CALL_S,
                 )
             assert impostor.value.code() is grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_the_replicas_command_shows_each_replica_and_who_is_unreachable(
+    pki: Pki, tmp_path: Path
+) -> None:
+    with replica_group(pki, tmp_path / "group", byzantine={2: "wrong-results"}) as group:
+        group.stop(3)
+        result = CliRunner().invoke(
+            replicas,
+            ["--group", str(group.group_file), "--certs", str(pki.identity("admin", "tester"))],
+        )
+    assert result.exit_code == 3, result.output
+    rows = result.output.splitlines()
+    assert rows[0] == "vault: n=4 f=1"
+    assert "view 0 (active), executed 0, stable 0" in rows[1]
+    assert ", lie;" in rows[3]  # the behaviour `wrong-results` wears
+    assert "unreachable (UNAVAILABLE" in rows[4]
