@@ -94,7 +94,6 @@ DELIVER = f"/{SERVICE}/Deliver"
 INVOKE = f"/{SERVICE}/Invoke"
 STATUS = f"/{SERVICE}/Status"
 AUTHZ = AuthzTable({DELIVER: ("bank",), INVOKE: ("gateway", "admin"), STATUS: ("admin",)})
-SEND_TIMEOUT_S = 2.0
 CHECKPOINT_RESEND_S = 2.0
 MAX_INVOKE_WAIT_S = 30.0
 _log = get_logger("strife.bft")

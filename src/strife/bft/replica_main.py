@@ -67,6 +67,9 @@ def main(**options: Any) -> None:
         raise click.BadParameter(
             f"{name!r} is not in {options['group_file']}", param_hint="--replica"
         )
+    if options["insecure"]:
+        # Peers and clients are known by their certificates: without them nobody is.
+        raise click.UsageError("a replica needs its certificate (--certs); --insecure is refused")
     if options["listen"] == "127.0.0.1:0" and options["port"] is None:
         options["listen"] = group.replicas[index].address
     config = server_config(name, options, identity=f"bank-{name}")
