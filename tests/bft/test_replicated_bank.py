@@ -286,3 +286,27 @@ def test_the_replicas_command_shows_each_replica_and_who_is_unreachable(
     assert "view 0 (active), executed 0, stable 0" in rows[1]
     assert ", lie;" in rows[3]  # the behaviour `wrong-results` wears
     assert "unreachable (UNAVAILABLE" in rows[4]
+
+
+async def test_with_a_liar_and_a_silent_replica_no_lie_is_ever_accepted(
+    pki: Pki, tmp_path: Path
+) -> None:
+    """Two faulty of four, more than f, and PBFT promises nothing: here the group
+    still runs (the liar takes part in agreement, only its replies lie), and the
+    liar's replies never find a second voucher, so every answer accepted is right."""
+    byzantine = {1: "wrong-results", 3: "silent"}
+    with replica_group(pki, tmp_path / "group", byzantine=byzantine) as group:
+        async with group.pool() as pool:
+            bank = group.bank(pool)
+            for n in range(6):
+                reply = await bank.ProcessTransaction(
+                    bank_pb2.ProcessTransactionRequest(
+                        bank=BANK, transfer_id=f"p{n}", coordinator="gw-1",
+                        from_account_id="ann-usd", to_account_id="ben-usd",
+                        amount=_usd(1), fingerprint=b"p",
+                    ),
+                    timeout=CALL_S,
+                )  # fmt: skip
+                assert (reply.state, reply.replayed) == (bank_pb2.TRANSFER_STATE_COMMITTED, False)
+            found = await balances(bank)
+            assert (found["ann-usd"], found["ben-usd"]) == (100_000 - 6, 50_000 + 6)
