@@ -1,7 +1,11 @@
-"""`deploy/bft.toml` as a local cluster: plain banks and a replicated one side by side."""
+"""`deploy/bft.toml` as a local cluster: plain banks and a replicated one side by
+side, paid through by a customer and by the load generator."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import tomllib
 import uuid
 from pathlib import Path
@@ -71,3 +75,24 @@ async def test_the_bft_topology_pays_into_its_replicated_bank_despite_a_liar(
             await until(credited, "the payment to reach the replicated bank")
     finally:
         await supervisor.down()
+
+
+@pytest.mark.slow
+def test_the_load_generator_pays_through_and_audits_a_replicated_bank(tmp_path: Path) -> None:
+    """Customers of every bank pay each other across banks; the auditor reads the
+    replicated bank's books through its f + 1 client, and the money checks out."""
+    run = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "strife-loadgen"),
+            "--topology", str(REPO / "deploy" / "bft.toml"), "--start",
+            "--data-dir", str(tmp_path / "cluster"), "--clients", "9", "--count", "60",
+            "--concurrency", "6", "--no-plots", "--no-progress", "--json",
+        ],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout)
+    audit = result["audit"]
+    assert audit["ok"] and audit["conserved"], audit
+    assert audit["committed_checked"] == 60
+    assert audit["accounts"] == 15  # five customers at each of alpha, beta and vault

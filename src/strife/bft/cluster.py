@@ -18,6 +18,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from strife.bft.bank_client import ReplicatedBank, connect
 from strife.bft.config import Config
 from strife.bft.group import (
     ClientEntry,
@@ -27,8 +28,9 @@ from strife.bft.group import (
     write_signing_key,
 )
 from strife.rpc.addresses import free_port
+from strife.rpc.channels import ChannelPool
 
-__all__ = ["GroupPlan", "plan_group", "replica_names"]
+__all__ = ["GroupPlan", "auditor_clients", "plan_group", "replica_names"]
 
 ADMIN = "admin/admin"
 
@@ -87,6 +89,22 @@ def plan_group(
     group = Group(bank, config, entries, clients)
     group_file.write_text(group.to_toml())
     return GroupPlan(group_file, group, replica_keys, client_keys)
+
+
+def auditor_clients(
+    data_dir: Path, banks: Sequence[str], pool: ChannelPool
+) -> dict[str, ReplicatedBank]:
+    """The f + 1 client of each replicated bank of a cluster, as its admin identity
+    (`pool` holds the admin certificate): how an auditor reads their books."""
+    return {
+        bank: connect(
+            data_dir / "bft" / bank / "group.toml",
+            ADMIN,
+            data_dir / "bft" / bank / f"{ADMIN.replace('/', '-')}.key",
+            pool,
+        )
+        for bank in banks
+    }
 
 
 def write_seed(path: Path, rows: Sequence[Mapping[str, str]]) -> Path:

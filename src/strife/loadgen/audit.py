@@ -2,7 +2,8 @@
 
 The auditor uses the `admin` identity and talks to the banks directly
 (`GetAccountBalance`, `GetTransactionHistory`), never through a gateway, so a
-gateway bug cannot hide itself. After the load it checks that
+gateway bug cannot hide itself (a replicated bank through its f + 1 client).
+After the load it checks that
 
 - the total balance over all accounts used is unchanged, and no hold is left;
 - every payment answered COMMITTED has exactly one ledger line at the payer's
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
@@ -151,8 +152,11 @@ class Auditor:
         *,
         timeout_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        replicated: Mapping[str, Any] | None = None,
     ) -> None:
         self._pool = pool
+        # Replicated banks' f + 1 clients (stub-shaped): no address to resolve.
+        self._replicated = dict(replicated or {})
         self._balancer = balancer
         self.accounts = sorted(set(accounts))
         self._timeout_s = timeout_s
@@ -165,8 +169,10 @@ class Auditor:
         """One read at `bank`, retried on transient errors with a fresh address."""
         refresh = False
         for attempt in range(READ_ATTEMPTS):
-            address = await self._balancer.resolve("bank", bank, refresh=refresh)
-            stub = bank_pb2_grpc.BankServiceStub(self._pool.get(address, Peer("bank", bank)))
+            stub = self._replicated.get(bank)
+            if stub is None:
+                address = await self._balancer.resolve("bank", bank, refresh=refresh)
+                stub = bank_pb2_grpc.BankServiceStub(self._pool.get(address, Peer("bank", bank)))
             try:
                 async with self._slots:
                     return await call(stub)

@@ -15,21 +15,23 @@ from pathlib import Path
 
 from strife.bank.seed import load_seed
 from strife.cluster.seeds import account_of, generated_rows, password_of
-from strife.cluster.topology import Topology
+from strife.cluster.topology import BankSpec, ReplicatedBankSpec, Topology
 from strife.loadgen._model import Customer
 from strife.loadgen.config import ConfigError, Mix, PayeeSet
 from strife.security.passwords import is_hash
 
 
 def from_topology(topology: Topology, currency: str = "USD") -> list[Customer]:
-    """Every customer the topology's banks are seeded with, interleaved across banks.
+    """Every customer the topology's banks (replicated ones too) are seeded with,
+    interleaved across banks.
 
     From a seed file: each customer's first account in `currency`; customers
     whose password is stored already hashed cannot be logged in as and are
     left out.
     """
     per_bank: list[list[Customer]] = []
-    for bank in topology.banks:
+    banks: list[BankSpec | ReplicatedBankSpec] = [*topology.banks, *topology.replicated]
+    for bank in banks:
         if bank.seed is None:
             rows = [
                 Customer(r["username"], r["password"], bank.name, r["account_id"])

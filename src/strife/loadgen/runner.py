@@ -68,7 +68,10 @@ async def run_load(
         engine = Engine(config, payers, payees, pool, BalancerClient(pool, target.balancer))
         gateways = await engine.directory.refresh()
         auditor = Auditor(
-            admin, BalancerClient(admin, target.balancer), [c.ref for c in target.customers]
+            admin,
+            BalancerClient(admin, target.balancer),
+            [c.ref for c in target.customers],
+            replicated=_replicated(target, admin),
         )
         began = time.perf_counter()
         before = await auditor.snapshot()
@@ -122,6 +125,17 @@ async def run_load(
             results["plots"] = [p.name for p in plot_paths]
         results_path = report.write(out_dir, results)
     return LoadResult(results, engine.payments, audit, results_path, plot_paths)
+
+
+def _replicated(target: Target, admin: ChannelPool) -> dict[str, Any]:
+    """The f + 1 clients of the target's replicated banks, if its topology has any."""
+    topology = target.topology
+    if topology is None or not topology.replicated:
+        return {}
+    from strife.bft.cluster import auditor_clients  # only for a cluster that has them
+
+    banks = [spec.name for spec in topology.replicated]
+    return dict(auditor_clients(topology.data_dir.resolve(), banks, admin))
 
 
 def _title(config: LoadConfig) -> str:

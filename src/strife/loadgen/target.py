@@ -99,8 +99,16 @@ def sized_topology(
         bank if bank.seed is not None else replace(bank, customers=max(bank.customers, per_bank))
         for bank in topology.banks
     )
+    replicated = tuple(
+        bank if bank.seed is not None else replace(bank, customers=max(bank.customers, per_bank))
+        for bank in topology.replicated
+    )
     return replace(
-        topology, data_dir=data_dir, balancer_listen=f"127.0.0.1:{free_port()}", banks=banks
+        topology,
+        data_dir=data_dir,
+        balancer_listen=f"127.0.0.1:{free_port()}",
+        banks=banks,
+        replicated=replicated,
     )
 
 
