@@ -1,9 +1,11 @@
-"""A gateway paying both ways between a plain bank and a replicated one, a replica lying.
+"""A gateway paying both ways between a plain bank and a replicated one, a replica faulty.
 
 Real processes throughout: plain banks alpha and beta, a gateway configured
-with `--bank vault=bft:GROUP.toml`, and the four replicas of vault, replica 1
-answering every request with a wrong result. The payment is right at both
-banks, and the money that left alpha is the money that reached vault.
+with `--bank vault=bft:GROUP.toml`, and the four replicas of vault, one of
+them answering every request with a wrong result, or the first primary
+silent (the group changes view under the first payment). Every payment is
+right at both banks, and the money that left one is the money that reached
+the other.
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ from ..support import until
 from .replicated import BANK, replica_group
 
 
-async def test_a_payment_into_a_replicated_bank_is_right_despite_a_lying_replica(
-    pki: Pki, tmp_path: Path
+@pytest.mark.parametrize(("replica", "behaviour"), [(1, "wrong-results"), (0, "silent")])
+async def test_payments_with_a_replicated_bank_are_right_despite_a_faulty_replica(
+    pki: Pki, tmp_path: Path, replica: int, behaviour: str
 ) -> None:
-    with replica_group(pki, tmp_path / "vault", byzantine={1: "wrong-results"}) as group:
+    with replica_group(pki, tmp_path / "vault", byzantine={replica: behaviour}) as group:
         key = write_signing_key(tmp_path / "gw-1.bft.key", group.client_keys["gateway/gw-1"])
         assert key is group.client_keys["gateway/gw-1"]
         extra = [
