@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -49,6 +49,9 @@ class ReplicaGroup:
     def group_file(self) -> Path:
         return self.root / "group.toml"
 
+    extra: list[str] = field(default_factory=list)
+    """Arguments every replica gets (e.g. --coordinator)."""
+
     def start(self, index: int, byzantine: str | None = None) -> ServiceProcess:
         name = self.group.replicas[index].name
         args = [
@@ -60,6 +63,7 @@ class ReplicaGroup:
         ]  # fmt: skip
         if byzantine:
             args += ["--byzantine", byzantine]
+        args += self.extra
         process = ServiceProcess("strife-bank-replica", args, self.root / f"{name}.log")
         self.processes[index] = process.start()
         return process
@@ -116,10 +120,15 @@ def make_group(pki: Pki, root: Path, n: int = 4, **tunables: Any) -> ReplicaGrou
 
 @contextmanager
 def replica_group(
-    pki: Pki, root: Path, byzantine: Mapping[int, str] | None = None, **tunables: Any
+    pki: Pki,
+    root: Path,
+    byzantine: Mapping[int, str] | None = None,
+    extra: Sequence[str] = (),
+    **tunables: Any,
 ) -> Iterator[ReplicaGroup]:
     """A started group of four; every process is stopped when the block ends."""
     group = make_group(pki, root, **tunables)
+    group.extra = list(extra)
     try:
         # Side by side: each start waits for its process's first log lines.
         with ThreadPoolExecutor(group.group.config.n) as starting:

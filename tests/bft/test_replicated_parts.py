@@ -173,3 +173,40 @@ def test_the_journal_gives_back_a_checkpoint_and_the_log_above_it(tmp_path: Path
     broken = Saved(0, b"\x00" * 32, (), saved.snapshot, (), ())
     with pytest.raises(ValueError):
         resume(Replica(config, 0, keys.signer("replica-0"), keys.verifier, BankMachine()), broken)
+
+
+def test_an_in_doubt_leg_is_settled_by_f_plus_one_votes_alike() -> None:
+    machine = BankMachine.from_seed(ROWS, weak=2)
+    machine.execute(prepare("t1", "ann-usd", 500))
+
+    def vote(voter: str, commit: bool, seen: int = 0) -> str:
+        op = operation("resolve", transfer_id="t1", commit=commit, voter=voter, seen=seen)
+        return str(json.loads(machine.execute(op))["transfer"]["state"])
+
+    assert vote("vault-0", False) == "PREPARED"  # one vote may be a faulty replica's
+    assert vote("vault-0", False) == "PREPARED"  # and it cannot vote twice
+    assert vote("vault-1", True) == "PREPARED"  # nor do unlike votes add up
+    # A YES given again since (a newer attempt): votes to abort that saw 0 are stale.
+    machine.execute(prepare("t1", "ann-usd", 500))
+    assert vote("vault-2", False) == "PREPARED"
+    assert vote("vault-3", False, seen=1) == "PREPARED"
+    assert vote("vault-2", True) == "COMMITTED"  # vault-1 and vault-2: f + 1 alike
+    assert machine.resolutions == {}
+    assert (
+        json.loads(machine.execute(operation("account", account_id="ann-usd")))["account"][
+            "balance_minor"
+        ]
+        == 9_500
+    )
+    copy = BankMachine(weak=2)
+    copy.restore(machine.snapshot())
+    assert copy.digest() == machine.digest()
+
+
+def test_only_a_replica_of_the_group_votes_and_only_as_itself() -> None:
+    op = operation("resolve", transfer_id="t", commit=False, voter="vault-1", seen=0)
+    voters = frozenset({"vault-0", "vault-1"})
+    assert admits("bank/vault-1#0", op, voters)
+    assert not admits("bank/vault-0#0", op, voters)
+    assert not admits("bank/alpha#0", op, voters)
+    assert not admits("gateway/vault-1#0", op, voters)

@@ -64,10 +64,12 @@ def operation(op: str, **fields: object) -> bytes:
     return canonical({"op": op, **fields})
 
 
-def admits(client: str, op: bytes) -> bool:
+def admits(client: str, op: bytes, voters: frozenset[str] = frozenset()) -> bool:
     """Who may ask what, as a plain bank's authorization and coordinator check say:
     reads for gateways and admins; anything else only for a gateway, and only
-    under its own name as the transfer's coordinator (`client` is `role/name#lane`)."""
+    under its own name as the transfer's coordinator (`client` is `role/name#lane`);
+    and a vote on an in-doubt transfer only from a replica of the group (`voters`),
+    in its own name."""
     role, _, rest = client.partition("/")
     name = rest.split("#", 1)[0]
     try:
@@ -80,14 +82,22 @@ def admits(client: str, op: bytes) -> bool:
         return role in ("gateway", "admin")
     if request.get("op") in GATEWAY_READS:
         return role == "gateway"
+    if request.get("op") == "resolve":
+        return role == "bank" and name in voters and request.get("voter") == name
     return role == "gateway" and request.get("coordinator") == name
 
 
 class BankMachine:
     """One replica's copy of a bank: accounts, transfers and posted entries."""
 
-    def __init__(self, ledger: Ledger | None = None, entries: Iterable[list[Any]] = ()) -> None:
+    def __init__(
+        self, ledger: Ledger | None = None, entries: Iterable[list[Any]] = (), *, weak: int = 1
+    ) -> None:
         self.ledger = ledger or Ledger()
+        self.weak = weak
+        """f + 1: votes that settle an in-doubt transfer (one of them is honest)."""
+        self.resolutions: dict[str, dict[str, list[Any]]] = {}
+        """transfer id -> voter -> [commit, the prepare count it saw]."""
         self.customers: dict[str, dict[str, str]] = {}
         """username -> customer_id, display_name, password_hash."""
         self.entries: list[list[Any]] = [list(e) for e in entries]
@@ -96,9 +106,9 @@ class BankMachine:
         self._snapshot: bytes | None = None
 
     @classmethod
-    def from_seed(cls, rows: Iterable[SeedRow]) -> BankMachine:
+    def from_seed(cls, rows: Iterable[SeedRow], *, weak: int = 1) -> BankMachine:
         """The genesis state every replica of the group starts from."""
-        machine = cls()
+        machine = cls(weak=weak)
         rows = sorted(rows, key=lambda r: r.account_id)
         for row in rows:
             if row.username not in machine.customers:
@@ -157,6 +167,8 @@ class BankMachine:
                 "transfers": transfers,
                 "entries": self.entries,
                 "customers": self.customers,
+                "votes": self.ledger.votes,
+                "resolutions": self.resolutions,
             }
         )
 
@@ -173,11 +185,17 @@ class BankMachine:
                 str(name): _typed(c, _CUSTOMER_FIELDS) for name, c in raw["customers"].items()
             }
             ledger = Ledger(accounts, transfers)  # checks every invariant
+            ledger.votes = {str(t): _int(n) for t, n in raw["votes"].items()}
+            resolutions = {
+                str(t): {str(v): [bool(c), _int(seen)] for v, (c, seen) in by.items()}
+                for t, by in raw["resolutions"].items()
+            }
         except (ValueError, TypeError, KeyError, AttributeError, AssertionError) as exc:
             raise ValueError(f"not a bank ledger snapshot: {type(exc).__name__}") from None
         self.ledger = ledger
         self.entries = entries
         self.customers = customers
+        self.resolutions = resolutions
         self._snapshot = None
 
     # -- the operations ---------------------------------------------------
@@ -214,11 +232,43 @@ class BankMachine:
         outcome = self.ledger.commit(
             transfer_id=_s(r, "transfer_id"), coordinator=_s(r, "coordinator")
         )
+        self.resolutions.pop(outcome.transfer.transfer_id, None)
         return self._posted(outcome)
 
     def _abort(self, r: Mapping[str, Any]) -> dict[str, Any]:
         settle = self.ledger.release if r.get("release") is True else self.ledger.abort
-        return _outcome(settle(transfer_id=_s(r, "transfer_id"), coordinator=_s(r, "coordinator")))
+        outcome = settle(transfer_id=_s(r, "transfer_id"), coordinator=_s(r, "coordinator"))
+        self.resolutions.pop(outcome.transfer.transfer_id, None)
+        return _outcome(outcome)
+
+    def _resolve(self, r: Mapping[str, Any]) -> dict[str, Any]:
+        """A replica's vote on an in-doubt transfer: what its coordinator told that
+        replica. f + 1 votes alike settle it, under the coordinator's name, as the
+        coordinator's own decision would. A vote to abort counts only while the
+        leg's prepare count is the one the voter saw before asking: a YES given
+        since belongs to a newer attempt the coordinator is counting on (the
+        plain bank's resolver rule, `Ledger.abort(unless_voted_since=...)`)."""
+        transfer_id, voter = _s(r, "transfer_id"), _s(r, "voter")
+        commit, seen = r.get("commit"), _i(r, "seen")
+        if type(commit) is not bool:
+            raise _bad("commit must be true or false")
+        transfer = self.ledger.transfers.get(transfer_id)
+        if transfer is None or transfer.state != TransferState.PREPARED:
+            self.resolutions.pop(transfer_id, None)
+            return self._transfer({"transfer_id": transfer_id})
+        votes = self.resolutions.setdefault(transfer_id, {})
+        votes[voter] = [commit, seen]
+        count = self.ledger.votes.get(transfer_id, 0)
+        alike = sum(1 for c, s in votes.values() if c == commit and (commit or s == count))
+        if alike < self.weak:
+            return {"transfer": _transfer_json(transfer), "replayed": True}
+        del self.resolutions[transfer_id]
+        coordinator = transfer.coordinator
+        if commit:
+            return self._posted(
+                self.ledger.commit(transfer_id=transfer_id, coordinator=coordinator)
+            )
+        return _outcome(self.ledger.abort(transfer_id=transfer_id, coordinator=coordinator))
 
     def _transfer(self, r: Mapping[str, Any]) -> dict[str, Any]:
         transfer_id = _s(r, "transfer_id")
@@ -283,6 +333,7 @@ _HANDLERS = {
     "account": BankMachine._account,
     "history": BankMachine._history,
     "customer": BankMachine._customer,
+    "resolve": BankMachine._resolve,
 }
 
 _ACCOUNT_FIELDS = {

@@ -105,13 +105,17 @@ class Group:
         return None
 
     def verifier(self) -> Ed25519Verifier:
-        """Every replica's key under `replica-<i>`, every client's under its identity."""
+        """Every replica's key under `replica-<i>` (and as a client, `bank/<name>`),
+        every client's under its identity."""
         keys: dict[str, Ed25519PublicKey] = {
             replica_identity(i): Ed25519PublicKey.from_public_bytes(r.public_key)
             for i, r in enumerate(self.replicas)
         }
         for client in self.clients:
             keys[client.identity] = Ed25519PublicKey.from_public_bytes(client.public_key)
+        # A replica is also a client of its own group (its resolver's votes), with its key.
+        for r in self.replicas:
+            keys[f"bank/{r.name}"] = Ed25519PublicKey.from_public_bytes(r.public_key)
         return LaneVerifier(keys)
 
     @classmethod

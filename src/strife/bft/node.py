@@ -17,7 +17,8 @@ logging as every Strife server:
   each replica's certificate), so a replica cannot speak in another's name
   even before the signature is checked, and a replayed message of another
   replica is dropped here.
-- `Invoke` (client to replica, roles gateway and admin): one signed request;
+- `Invoke` (client to replica; gateways, admins, and replicas voting on an
+  in-doubt transfer): one signed request;
   the answer is this replica's signed reply once it executed the request (or
   an empty answer when the call's deadline comes first: the client retries).
   Only the certificate named by the request's client id may send it.
@@ -93,7 +94,7 @@ SERVICE = "strife.bft.Replica"
 DELIVER = f"/{SERVICE}/Deliver"
 INVOKE = f"/{SERVICE}/Invoke"
 STATUS = f"/{SERVICE}/Status"
-AUTHZ = AuthzTable({DELIVER: ("bank",), INVOKE: ("gateway", "admin"), STATUS: ("admin",)})
+AUTHZ = AuthzTable({DELIVER: ("bank",), INVOKE: ("gateway", "admin", "bank"), STATUS: ("admin",)})
 CHECKPOINT_RESEND_S = 2.0
 MAX_INVOKE_WAIT_S = 30.0
 _log = get_logger("strife.bft")

@@ -20,7 +20,7 @@ from strife.bft.group import Group, GroupError, load_signing_key
 from strife.bft.replica_process import ReplicaProcess, ReplicaSettings
 from strife.bft.signing import replica_identity
 from strife.program import entry as program_entry
-from strife.rpc.cli import server_config, server_options
+from strife.rpc.cli import named_addresses, server_config, server_options
 from strife.rpc.serving import run_process
 
 
@@ -50,6 +50,12 @@ from strife.rpc.serving import run_process
     "--byzantine", type=click.Choice(NAMES), default=None,
     help="Misbehave on purpose (tests and the demo): see strife.bft.faults.",
 )  # fmt: skip
+@click.option(
+    "--coordinator", "coordinators", multiple=True,
+    help="NAME=HOST:PORT of a gateway, for resolving in-doubt transfers.",
+)  # fmt: skip
+@click.option("--balancer", default=None, help="Balancer HOST:PORT: where to find gateways.")
+@click.option("--in-doubt-timeout", "in_doubt_s", default=5.0, show_default=True)
 @click.option(
     "--synchronous", type=click.Choice(["FULL", "NORMAL", "EXTRA"]), default="FULL",
     show_default=True, help="SQLite durability of the journal.",
@@ -88,6 +94,9 @@ def main(**options: Any) -> None:
         seed=seed,
         byzantine=options["byzantine"],
         synchronous=options["synchronous"],
+        coordinators=named_addresses(options["coordinators"]),
+        balancer=options["balancer"],
+        in_doubt_s=options["in_doubt_s"],
     )
     run_process(lambda: ReplicaProcess(config, settings), listen=config.listen, logger="strife.bft")
 

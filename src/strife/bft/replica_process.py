@@ -8,21 +8,27 @@ when the process is asked to stop.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import asyncio
+import functools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
+from strife.bank.resolver import cancel, registry_lookup, static_lookup
 from strife.bank.seed import SeedRow
 from strife.bft.bank_machine import BankMachine, admits
 from strife.bft.faults import behaviour as make_behaviour
 from strife.bft.group import Group
+from strife.bft.invoker import Invoker
 from strife.bft.journal import Journal
 from strife.bft.node import AUTHZ, SERVICE, ReplicaNode
-from strife.bft.signing import Signer
+from strife.bft.resolver import GroupResolver
+from strife.bft.signing import Ed25519Signer
 from strife.observability.logging import get_logger
 from strife.rpc.channels import ChannelPool
+from strife.rpc.discovery import BalancerClient
 from strife.rpc.server import ServerConfig, StrifeServer
 
 __all__ = ["ReplicaProcess", "ReplicaSettings"]
@@ -34,11 +40,15 @@ _log = get_logger("strife.bft")
 class ReplicaSettings:
     group: Group
     index: int
-    signer: Signer
+    signer: Ed25519Signer
     db: Path
     seed: Sequence[SeedRow] = ()
     byzantine: str | None = None
     synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
+    # Where coordinators are, for the resolver: by name, and through the balancer.
+    coordinators: Mapping[str, str] = field(default_factory=dict)
+    balancer: str | None = None
+    in_doubt_s: float = 5.0
 
 
 class ReplicaProcess:
@@ -50,6 +60,7 @@ class ReplicaProcess:
         self._journal: Journal | None = None
         self._pool: ChannelPool | None = None
         self.node: ReplicaNode | None = None
+        self._resolver: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> str:
@@ -85,13 +96,17 @@ class ReplicaProcess:
         behaviour = None
         if s.byzantine:
             behaviour = make_behaviour(s.byzantine, s.group.config, s.index, s.signer)
-        app = BankMachine.from_seed(s.seed)
+        app = BankMachine.from_seed(s.seed, weak=s.group.config.weak)
+        name = s.group.replicas[s.index].name
+        voters = frozenset(r.name for r in s.group.replicas)
         self.node = ReplicaNode(
-            s.group, s.index, s.signer, app, self._journal, self._pool, behaviour, admits
-        )
+            s.group, s.index, s.signer, app, self._journal, self._pool, behaviour,
+            functools.partial(admits, voters=voters),
+        )  # fmt: skip
         self.node.recover()
         self.server.add_service(SERVICE, self.node.register)
         await self.server.start()
+        self._resolver = asyncio.create_task(self._resolve(app, name), name="resolver")
         _log.info(
             "replica_serving",
             bank=s.group.bank,
@@ -101,7 +116,23 @@ class ReplicaProcess:
             byzantine=s.byzantine or "honest",
         )
 
+    async def _resolve(self, app: BankMachine, name: str) -> None:
+        """Each replica's resolver votes on the legs left in doubt (`strife.bft.resolver`)."""
+        s = self.settings
+        assert self._pool is not None
+        lookup = static_lookup(dict(s.coordinators))
+        if s.balancer:
+            lookup = registry_lookup(BalancerClient(self._pool, s.balancer), dict(s.coordinators))
+        invoker = Invoker(s.group, f"bank/{name}", s.signer.key, self._pool, lanes=8)
+        resolver = GroupResolver(
+            lambda: app, name, invoker, self._pool, lookup, in_doubt_s=s.in_doubt_s
+        )
+        await resolver.run()
+
     async def _close(self) -> None:
+        if self._resolver is not None:
+            await cancel(self._resolver)
+            self._resolver = None
         await self.server.stop()
         if self.node is not None:
             await self.node.close()
