@@ -135,7 +135,7 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 *(["--byzantine", args.byzantine] if args.byzantine and i == 1 else []),
             ],
             work / f"{r.name}.log",
-        )  # fmt: skip
+        )
         for i, r in enumerate(plan.group.replicas)
     ]
     children = [plain, *replicas]
@@ -160,7 +160,7 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     "vault",
                 ),
             }
-            for name, (stub, bank) in stubs.items():  # warm-up: channels, first checkpoint
+            for stub, bank in stubs.values():  # warm-up: channels, the first batches
                 await closed_loop(leg_pair(stub, bank), args.concurrency, 1.0)
             rounds: list[dict[str, Any]] = []
             for r in range(args.rounds):
@@ -183,7 +183,7 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 def median(rounds: list[dict[str, Any]], name: str, key: str) -> float:
-    return round(statistics.median(r[name][key] for r in rounds), 2)
+    return round(float(statistics.median(r[name][key] for r in rounds)), 2)
 
 
 def main() -> int:

@@ -34,7 +34,7 @@ __all__ = ["MAX_WIRE_BYTES", "WireError", "decode", "encode"]
 
 MAX_WIRE_BYTES = 4 * 1024 * 1024
 """The transport's message bound; a larger encoding is refused before parsing."""
-_MAX_DEPTH_ITEMS = 100_000
+_MAX_ITEMS = 100_000
 
 
 class WireError(ValueError):
@@ -89,7 +89,7 @@ def _bytes(value: Any) -> bytes:
 
 def _tuple(item: Callable[[Any], Any]) -> Callable[[Any], tuple[Any, ...]]:
     def decode_items(value: Any) -> tuple[Any, ...]:
-        if type(value) is not list or len(value) > _MAX_DEPTH_ITEMS:
+        if type(value) is not list or len(value) > _MAX_ITEMS:
             raise WireError("expected a list")
         return tuple(item(v) for v in value)
 
