@@ -18,10 +18,12 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from queue import SimpleQueue
 from typing import Any, Literal, NamedTuple, TypeVar
 
 from prometheus_client import Histogram
@@ -74,19 +76,23 @@ class Database:
 
     Open with `await connect(path)`. Everything goes through `run` (or the
     helpers built on it), one call per hop to the thread, so a batch of
-    statements costs one hop. The connection does not check which thread uses
-    it, because a `CommitLane` runs a writer's commits on the lane's thread
-    instead (only while that writer awaits them, so never two at once).
-    An idle thread does not keep the interpreter alive at exit.
+    statements costs one hop. A call once made runs to its end even if its
+    caller is cancelled meanwhile, as with aiosqlite: a COMMIT or ROLLBACK is
+    never dropped halfway through a transaction. The connection does not check
+    which thread uses it, because a `CommitLane` runs a writer's commits on
+    the lane's thread instead (only while that writer awaits them, so never
+    two at once). The thread is not a daemon: it ends when the database is
+    closed.
     """
 
-    def __init__(self, raw: sqlite3.Connection, thread: ThreadPoolExecutor) -> None:
+    def __init__(self, raw: sqlite3.Connection, thread: _Thread) -> None:
         self.raw = raw
         self._thread = thread
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """`fn(connection)` on the database's thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, self.raw)
+        raw = self.raw
+        return await self._thread.call(lambda: fn(raw))
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> Executed:
         def execute(raw: sqlite3.Connection) -> Executed:
@@ -104,11 +110,70 @@ class Database:
         return await self.run(lambda raw: raw.execute(sql, params).fetchone())
 
     async def close(self) -> None:
-        """Close the connection on its thread, then let the thread end."""
+        """Close the connection on its thread, then end the thread (once)."""
+        if self._thread.stopped:
+            return
         try:
             await self.run(lambda raw: raw.close())
         finally:
-            self._thread.shutdown(wait=False)
+            self._thread.stop()
+
+
+class _Thread:
+    """One thread running calls in order, each answered on its caller's loop.
+
+    Unlike a one-thread executor's, a call once queued always runs (cancelling
+    its caller does not withdraw it), and costs only a queue put and one
+    `call_soon_threadsafe` back.
+    """
+
+    def __init__(self) -> None:
+        self._calls: SimpleQueue[tuple[Callable[[], Any], asyncio.Future[Any]] | None] = (
+            SimpleQueue()
+        )
+        self.stopped = False
+        self._thread = threading.Thread(target=self._serve, name="sqlite")
+        self._thread.start()
+
+    def call(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        if self.stopped:
+            raise StorageError("database is closed")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._calls.put((fn, future))
+        return future
+
+    def stop(self) -> None:
+        """End the thread once the calls made so far have run."""
+        if not self.stopped:
+            self.stopped = True
+            self._calls.put(None)
+
+    def _serve(self) -> None:
+        while (call := self._calls.get()) is not None:
+            fn, future = call
+            try:
+                result = fn()
+            except BaseException as exc:  # handed to the caller, like a result
+                _answer(future, _set_exception, exc)
+            else:
+                _answer(future, _set_result, result)
+
+
+def _answer(
+    future: asyncio.Future[T], settle: Callable[[asyncio.Future[T], Any], None], value: Any
+) -> None:
+    with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody waits
+        future.get_loop().call_soon_threadsafe(settle, future, value)
+
+
+def _set_result(future: asyncio.Future[T], result: T) -> None:
+    if not future.done():  # a caller cancelled meanwhile
+        future.set_result(result)
+
+
+def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
 
 
 def _open(path: str | Path, synchronous: Synchronous) -> sqlite3.Connection:
@@ -126,11 +191,11 @@ def _open(path: str | Path, synchronous: Synchronous) -> sqlite3.Connection:
 
 async def connect(path: str | Path, *, synchronous: Synchronous = "FULL") -> Database:
     """Open a connection in WAL mode with an explicit `synchronous` level."""
-    thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite")
+    thread = _Thread()
     try:
-        raw = await asyncio.get_running_loop().run_in_executor(thread, _open, path, synchronous)
+        raw = await thread.call(lambda: _open(path, synchronous))
     except BaseException:
-        thread.shutdown(wait=False)
+        thread.stop()
         raise
     return Database(raw, thread)
 
