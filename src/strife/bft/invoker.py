@@ -75,7 +75,11 @@ class Invoker:
         """The agreed result of `operation`; NoQuorumError when `timeout_s` passes first."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        client = await self._lanes.get()
+        try:
+            async with asyncio.timeout_at(deadline):  # every lane busy: the deadline still holds
+                client = await self._lanes.get()
+        except TimeoutError:
+            raise NoQuorumError(f"no free lane to {self.group.bank} in time", {}) from None
         try:
             client.current = None  # an earlier call that timed out is given up
             client.timestamp = max(client.timestamp, time.time_ns())
