@@ -8,7 +8,9 @@ PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 if [ ! -x "$VENV/bin/strife" ]; then
   "$PYTHON" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet -e '.[dev]'
+  # The versions CI tests (constraints.txt), not whatever was released today.
+  "$VENV/bin/python" -m pip install --quiet --upgrade -c constraints.txt pip
+  "$VENV/bin/python" -m pip install --quiet -c constraints.txt --build-constraint constraints.txt \
+    -e '.[dev]'
 fi
 exec "$VENV/bin/strife" demo "$@"
