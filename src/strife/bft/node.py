@@ -13,15 +13,16 @@ logging as every Strife server:
 
 - `Deliver` (replica to replica, role bank): a stream of protocol messages
   from one peer (`strife.bft.links`). Every message's claimed sender must be
-  the replica whose certificate opened the stream (the group file names
-  each replica's certificate), so a replica cannot speak in another's name
-  even before the signature is checked, and a replayed message of another
-  replica is dropped here.
-- `Invoke` (client to replica; gateways, admins, and replicas voting on an
-  in-doubt transfer): one signed request;
-  the answer is this replica's signed reply once it executed the request (or
-  an empty answer when the call's deadline comes first: the client retries).
-  Only the certificate named by the request's client id may send it.
+  the replica whose certificate opened the stream (the group file names each
+  replica's certificate), so a replica cannot speak in another's name even
+  before the signature is checked, and a replayed message of another replica
+  is dropped here. (A NEW-VIEW, which proves itself, may be passed on.)
+- `Invoke` (client to replica: gateways, admins, and replicas voting on an
+  in-doubt transfer): one signed request; the answer is this replica's signed
+  reply once it executed the request, or an empty answer when the call's
+  deadline comes first (the client asks again). Only the certificate named by
+  the request's client id may send it.
+- `Status` (admin): the replica's view, sequence numbers and state digest, as JSON.
 
 What a client may ask is the application's rule (`admit`). It is part of
 what makes a request valid, next to its client's signature, so the node
@@ -30,7 +31,6 @@ arriving by itself, and every request inside a pre-prepare, a view change's
 prepared certificates and a new view. A faulty primary therefore cannot get
 a request the rule refuses prepared at an honest replica, even one its
 client sent to that primary alone.
-- `Status` (admin): the replica's view, sequence numbers and state digest, as JSON.
 
 Messages to peers go on one stream per peer, never waited for: PBFT
 tolerates loss, and a slow or dead peer must not hold anything up. What loss
