@@ -9,8 +9,9 @@ checkpoint's digest is the SHA-256 of the canonical snapshot.
 
 An operation the ledger refuses (`LedgerError`) is a result too, the same at
 every honest replica; a malformed operation is refused as INVALID_REQUEST.
-What the ledger keeps outside its model stays outside here too: the `votes`
-counter (volatile at a plain bank as well) is not replicated.
+The ledger's `votes` counter (volatile at a plain bank) is replicated state
+here, in every snapshot, since the resolver's rule for aborting reads it; so
+are the resolver's votes not yet settled (`_resolve`).
 
 Customers are replicated state too (username, id, name, password hash), so
 a gateway can log a customer in: it reads the agreed hash through the f + 1
