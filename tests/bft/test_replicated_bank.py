@@ -163,6 +163,7 @@ async def test_a_replicated_bank_answers_as_one_bank_would(pki: Pki, tmp_path: P
         (0, "slow-primary", True),
         (2, "forge", False),
         (3, "replay", False),
+        (1, "amnesia", False),
     ],
 )
 async def test_one_byzantine_replica_changes_no_outcome(

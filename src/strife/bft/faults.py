@@ -28,6 +28,7 @@ _ALIASES = {
     "slow-primary": "slow",
     "forge": "forge",
     "collude": "collude",
+    "amnesia": "amnesia",
 }
 NAMES = (*sorted(_ALIASES), "replay")
 
