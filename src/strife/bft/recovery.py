@@ -11,9 +11,9 @@ is answered with the group's NEW-VIEW).
 
 from __future__ import annotations
 
-from strife.bft import replica as _core
 from strife.bft.effects import Output
 from strife.bft.journal import Saved
+from strife.bft.log import Slot, Snapshot, Stable
 from strife.bft.messages import PrePrepare, batch_digest, state_digest
 from strife.bft.replica import Replica
 
@@ -40,14 +40,14 @@ def resume(replica: Replica, saved: Saved) -> list[Output]:
         raise ValueError("the journal's checkpoint does not match its digest")
     replica.clients = {record.client: record for record in saved.clients}
     replica.last_executed = saved.seq
-    replica.stable = _core._Stable(saved.seq, saved.digest, saved.proof)
+    replica.stable = Stable(saved.seq, saved.digest, saved.proof)
     replica._snapshots = {
-        saved.seq: _core._Snapshot(saved.seq, saved.digest, saved.snapshot, saved.clients)
+        saved.seq: Snapshot(saved.seq, saved.digest, saved.snapshot, saved.clients)
     }
     primary = replica.config.primary(0)
     for seq, requests in saved.log:
         pp = PrePrepare(0, seq, batch_digest(requests), requests, primary)
-        replica._slots[seq] = _core._Slot(pre_prepare=pp, committed=True)
+        replica._slots[seq] = Slot(pre_prepare=pp, committed=True)
     out: list[Output] = []
     replica._execute(out)
     replica.next_seq = replica.last_executed
