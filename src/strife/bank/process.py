@@ -14,7 +14,6 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 from prometheus_client import Gauge, Histogram
 
@@ -28,6 +27,7 @@ from strife.observability.metrics import REGISTRY as METRICS
 from strife.rpc.channels import ChannelPool
 from strife.rpc.discovery import BalancerClient, Heartbeat
 from strife.rpc.server import ServerConfig, StrifeServer
+from strife.rpc.serving import ServerProcess
 from strife.security.passwords import hash_password
 from strife.security.tls import TlsFiles
 from strife.storage.sqlite import CommitLane, Synchronous, watch_file
@@ -78,16 +78,16 @@ class BankSettings:
     init: bool = False
 
 
-class BankProcess:
+class BankProcess(ServerProcess):
     """One `strife-bank`: build it inside the running event loop, then
     `async with` it and `await serve()` until it is asked to stop."""
 
     def __init__(self, config: ServerConfig, settings: BankSettings) -> None:
+        super().__init__()
         self.config = config
         self.settings = settings
         self.stores: dict[str, BankStore] = {}
         self.server = StrifeServer(config, AUTHZ)
-        self._requested = self.server.install_signal_handlers()
         # Several banks' writers share one commit thread: a call that reaches
         # five banks then costs one thread hop, not five.
         self._lane = CommitLane() if len(settings.banks) > 1 else None
@@ -99,26 +99,6 @@ class BankProcess:
     @property
     def address(self) -> str:
         return self.server.address
-
-    def request_stop(self) -> None:
-        """What SIGTERM does in a Strife program; for a host running the bank in-process."""
-        self._requested.set()
-
-    async def __aenter__(self) -> BankProcess:
-        try:
-            await self._start()
-        except BaseException:
-            await self._close()
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._close()
 
     async def serve(self) -> int:
         """Serve until asked to stop (0), or until a store fails or a database

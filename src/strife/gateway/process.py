@@ -14,7 +14,6 @@ import contextlib
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -31,7 +30,8 @@ from strife.observability.logging import get_logger
 from strife.observability.metrics import REGISTRY as METRICS
 from strife.rpc.channels import ChannelPool
 from strife.rpc.discovery import BalancerClient, Heartbeat
-from strife.rpc.server import ServerConfig, StrifeServer, install_stop_signals
+from strife.rpc.server import ServerConfig, StrifeServer
+from strife.rpc.serving import ServerProcess
 from strife.storage.sqlite import Synchronous, watch_file
 from strife.v1 import coordinator_pb2_grpc, gateway_pb2_grpc
 
@@ -83,15 +83,15 @@ class GatewaySettings:
     max_batch: int = 256
 
 
-class GatewayProcess:
+class GatewayProcess(ServerProcess):
     """One `strife-gateway`: build it inside the running event loop, then
     `async with` it and `await serve()` until it is asked to stop."""
 
     def __init__(self, config: ServerConfig, settings: GatewaySettings) -> None:
+        super().__init__()
         self.config = config
         self.settings = settings
         self.server: StrifeServer | None = None  # built once the token key is loaded
-        self._requested = install_stop_signals()
         self.store: GatewayStore | None = None
         self.coordinator: PaymentCoordinator | None = None
         self._pool: ChannelPool | None = None
@@ -104,26 +104,6 @@ class GatewayProcess:
     def address(self) -> str:
         assert self.server is not None, "not started"
         return self.server.address
-
-    def request_stop(self) -> None:
-        """What SIGTERM does in a Strife program; for a host running the gateway in-process."""
-        self._requested.set()
-
-    async def __aenter__(self) -> GatewayProcess:
-        try:
-            await self._start()
-        except BaseException:
-            await self._close()
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._close()
 
     async def serve(self) -> int:
         """Serve until asked to stop (0), or until storage fails, the database

@@ -1,4 +1,4 @@
-"""Running a server process object to its exit status, the same way for every role.
+"""Server process objects: one lifecycle, and one way to run them to an exit status.
 
 A process object (`BankProcess`, `GatewayProcess`) opens and starts in
 `async with`, serves in `serve()` and says how it ended. What is fatal at
@@ -12,11 +12,51 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol, TypeVar
+from types import TracebackType
+from typing import Protocol, Self, TypeVar
 
 from strife.observability.logging import get_logger
-from strife.rpc.server import AddressInUseError, run
+from strife.rpc.server import AddressInUseError, install_stop_signals, run
 from strife.storage.sqlite import StorageError
+
+
+class ServerProcess:
+    """What every server process shares: `async with` starts all or nothing,
+    and SIGTERM (in a Strife program) or `request_stop()` ends `serve()`.
+
+    A subclass writes `_start` (open, start; may fail half-way) and `_close`
+    (stop what started, in reverse order; must cope with a half-started
+    process), and `serve`.
+    """
+
+    def __init__(self) -> None:
+        self._requested = install_stop_signals()
+
+    def request_stop(self) -> None:
+        """What SIGTERM does in a Strife program; for a host running the process in-process."""
+        self._requested.set()
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self._start()
+        except BaseException:
+            await self._close()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._close()
+
+    async def _start(self) -> None:
+        raise NotImplementedError
+
+    async def _close(self) -> None:
+        raise NotImplementedError
 
 
 class Serving(Protocol):
