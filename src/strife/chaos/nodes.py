@@ -25,7 +25,7 @@ from pathlib import Path
 from grpc_health.v1 import health_pb2
 
 from strife.chaos.net import Network
-from strife.cluster.supervisor import Child, Supervisor, _bin, _bound_address, _peer_of
+from strife.cluster.supervisor import Child, ClusterError, Supervisor, _peer_of, spawn
 from strife.cluster.topology import BankSpec, Timeouts, Topology
 from strife.rpc.channels import ChannelPool, health_stub
 from strife.security import certs
@@ -125,27 +125,10 @@ class Nodes:
             child.first_args = []  # a restart finds its database: no --init
 
     async def _spawn(self, child: Child) -> None:
-        child.log_path.parent.mkdir(parents=True, exist_ok=True)
-        offset = child.log_path.stat().st_size if child.log_path.exists() else 0
-        with child.log_path.open("ab") as log:
-            child.proc = await asyncio.create_subprocess_exec(
-                *self.prefix[child.name],
-                _bin(child.script),
-                *child.args,
-                *child.first_args,
-                "--listen",
-                child.listen,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=log,
-                start_new_session=True,
-            )
-        child.started_at = time.monotonic()
         try:
-            child.address = await _bound_address(child, offset)
-        except Exception as exc:
-            raise NodeError(f"{child.name} did not start; see {child.log_path}: {exc}") from exc
-        child.listen = child.address
+            await spawn(child, prefix=self.prefix[child.name])
+        except ClusterError as exc:
+            raise NodeError(str(exc)) from exc
 
     async def wait_healthy(self, name: str, timeout_s: float = HEALTHY_TIMEOUT_S) -> None:
         assert self._pool is not None
