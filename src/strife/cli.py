@@ -34,7 +34,7 @@ OPERATOR_COMMANDS: dict[str, _Lazy] = {
     "cluster": _Lazy("strife.cluster.cli", "cluster", "Run a local cluster."),
     "demo": _Lazy("strife.cluster.demo", "demo", "Start a local cluster and make real payments."),
     "chaos": _Lazy("strife.chaos.cli", "chaos", "The Jepsen-style bank test.", "loadgen"),
-    "bft": _Lazy("strife.bft.generals_cli", "bft", "Byzantine fault tolerance tools."),
+    "bft": _Lazy("strife.bft.cli", "bft", "Byzantine fault tolerance tools."),
     "deploy": _Lazy("strife.deploy.cli", "deploy", "Kubernetes manifests.", "deploy"),
     "top": _Lazy("strife.top.cli", "top", "A live view of a running cluster.", "loadgen"),
 }

@@ -6,7 +6,8 @@ import re
 
 from click.testing import CliRunner
 
-from strife.bft.generals_cli import EXIT_VIOLATED, bft, generals
+from strife.bft.cli import bft
+from strife.bft.generals_cli import EXIT_VIOLATED, generals
 
 
 def invoke(*args: str) -> tuple[int, str]:

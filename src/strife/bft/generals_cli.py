@@ -427,11 +427,3 @@ def generals(
     click.echo("\n".join(report_lines(outcome, mode, transport)))
     if not outcome.verdict().holds:
         raise SystemExit(EXIT_VIOLATED)
-
-
-@click.group()
-def bft() -> None:
-    """Byzantine fault tolerance."""
-
-
-bft.add_command(generals)
