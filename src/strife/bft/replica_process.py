@@ -13,7 +13,6 @@ import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Literal
 
 from strife.bank.resolver import cancel, registry_lookup, static_lookup
@@ -30,6 +29,7 @@ from strife.observability.logging import get_logger
 from strife.rpc.channels import ChannelPool
 from strife.rpc.discovery import BalancerClient
 from strife.rpc.server import ServerConfig, StrifeServer
+from strife.rpc.serving import ServerProcess
 
 __all__ = ["ReplicaProcess", "ReplicaSettings"]
 
@@ -51,12 +51,14 @@ class ReplicaSettings:
     in_doubt_s: float = 5.0
 
 
-class ReplicaProcess:
+class ReplicaProcess(ServerProcess):
+    """One replica of a replicated bank: its journal, its PBFT node and its resolver."""
+
     def __init__(self, config: ServerConfig, settings: ReplicaSettings) -> None:
+        super().__init__()
         self.config = config
         self.settings = settings
         self.server = StrifeServer(config, AUTHZ)
-        self._requested = self.server.install_signal_handlers()
         self._journal: Journal | None = None
         self._pool: ChannelPool | None = None
         self.node: ReplicaNode | None = None
@@ -65,25 +67,6 @@ class ReplicaProcess:
     @property
     def address(self) -> str:
         return self.server.address
-
-    def request_stop(self) -> None:
-        self._requested.set()
-
-    async def __aenter__(self) -> ReplicaProcess:
-        try:
-            await self._start()
-        except BaseException:
-            await self._close()
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._close()
 
     async def serve(self) -> int:
         await self._requested.wait()
