@@ -12,7 +12,15 @@ from typing import NoReturn, TypeVar
 
 import grpc
 
-from strife.bank.ledger import ErrorKind, LedgerError, Leg, Outcome, TransferState, abort_error
+from strife.bank.ledger import (
+    ErrorKind,
+    LedgerError,
+    Leg,
+    Outcome,
+    Transfer,
+    TransferState,
+    abort_error,
+)
 from strife.bank.pages import open_page_token, seal_page_token
 from strife.bank.store import BankStore, HistoryRow
 from strife.errors import AnyContext, Reason, abort
@@ -277,22 +285,7 @@ class BankServicer:
                 Reason.TRANSFER_NOT_FOUND,
                 f"no transfer {request.transfer_id!r} at this bank",
             )
-        return bank_pb2.GetTransferResponse(
-            transfer_id=transfer.transfer_id,
-            state=_STATES[transfer.state],
-            coordinator=transfer.coordinator,
-            one_phase=transfer.one_phase,
-            abort_reason=transfer.abort_reason,
-            postings=[
-                bank_pb2.TransferPosting(
-                    leg=_LEGS_PB[p.leg],
-                    account_id=p.account_id,
-                    amount=money_pb2.Money(amount_minor=p.amount_minor, currency=p.currency),
-                    counterparty=p.counterparty,
-                )
-                for p in transfer.postings
-            ],
-        )
+        return transfer_response(transfer)
 
     async def ProcessTransaction(
         self,
@@ -464,4 +457,24 @@ async def _account_not_found(context: AnyContext, account_id: str) -> NoReturn:
         Reason.ACCOUNT_NOT_FOUND,
         f"no account {account_id!r} at this bank",
         {"account_id": account_id},
+    )
+
+
+def transfer_response(transfer: Transfer) -> bank_pb2.GetTransferResponse:
+    """A transfer as GetTransfer answers it, from a plain bank or a replicated one."""
+    return bank_pb2.GetTransferResponse(
+        transfer_id=transfer.transfer_id,
+        state=_STATES[transfer.state],
+        coordinator=transfer.coordinator,
+        one_phase=transfer.one_phase,
+        abort_reason=transfer.abort_reason,
+        postings=[
+            bank_pb2.TransferPosting(
+                leg=_LEGS_PB[p.leg],
+                account_id=p.account_id,
+                amount=money_pb2.Money(amount_minor=p.amount_minor, currency=p.currency),
+                counterparty=p.counterparty,
+            )
+            for p in transfer.postings
+        ],
     )

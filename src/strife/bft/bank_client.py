@@ -32,7 +32,7 @@ from strife.bank.ledger import (
     TransferState,
     abort_error,
 )
-from strife.bank.service import LEGS, transfer_outcome
+from strife.bank.service import LEGS, transfer_outcome, transfer_response
 from strife.bft.bank_machine import operation, transfer_of
 from strife.bft.group import Group, GroupError, load_signing_key
 from strife.bft.invoker import Invoker, NoQuorumError
@@ -57,7 +57,6 @@ _STATES = {
     TransferState.COMMITTED: bank_pb2.TRANSFER_STATE_COMMITTED,
     TransferState.ABORTED: bank_pb2.TRANSFER_STATE_ABORTED,
 }
-_LEGS_PB = {leg: pb for pb, leg in LEGS.items()}
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_PAGE_SIZE = 50
 
@@ -234,22 +233,7 @@ class ReplicatedBank:
     ) -> bank_pb2.GetTransferResponse:
         result = await self._run(operation("transfer", transfer_id=request.transfer_id), timeout)
         transfer: Transfer = transfer_of(result["transfer"])
-        return bank_pb2.GetTransferResponse(
-            transfer_id=transfer.transfer_id,
-            state=_STATES[transfer.state],
-            coordinator=transfer.coordinator,
-            one_phase=transfer.one_phase,
-            abort_reason=transfer.abort_reason,
-            postings=[
-                bank_pb2.TransferPosting(
-                    leg=_LEGS_PB[p.leg],
-                    account_id=p.account_id,
-                    amount=money_pb2.Money(amount_minor=p.amount_minor, currency=p.currency),
-                    counterparty=p.counterparty,
-                )
-                for p in transfer.postings
-            ],
-        )
+        return transfer_response(transfer)
 
     # -- reads ---------------------------------------------------------------
 
