@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -106,3 +107,56 @@ def test_every_operator_command_resolves_to_a_click_command() -> None:
     for name, lazy in cli.OPERATOR_COMMANDS.items():
         command = cli._load(name, lazy)
         assert isinstance(command, click.Command), name
+
+
+def test_every_program_claims_its_process_before_loading_grpc() -> None:
+    """gRPC reads its fork-support setting when first loaded: a console script
+    whose module imported it before `claim()` would run with the default."""
+    done = _python(
+        """
+        import sys
+        from importlib.metadata import distribution
+        scripts = [e for e in distribution("strife").entry_points if e.group == "console_scripts"]
+        for script in scripts:
+            script.load()
+        print(len(scripts), "grpc" in sys.modules)
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    count, loaded = done.stdout.split()
+    assert int(count) >= 7
+    assert loaded == "False"
+
+
+def test_a_launched_command_sees_the_programs_environment_when_it_loads(tmp_path: Path) -> None:
+    (tmp_path / "probe_command.py").write_text(
+        textwrap.dedent(
+            """
+            import os
+            import click
+            AT_IMPORT = os.environ.get("GRPC_ENABLE_FORK_SUPPORT")
+
+            @click.command()
+            def main() -> None:
+                print("fork support at import:", AT_IMPORT)
+            """
+        )
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from strife.program import launcher; launcher('probe_command:main')()",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+        env={
+            **{k: v for k, v in os.environ.items() if k != "GRPC_ENABLE_FORK_SUPPORT"},
+            "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+        },
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "fork support at import: false"

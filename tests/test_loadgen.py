@@ -302,9 +302,7 @@ async def test_a_hundred_customers_pay_and_every_payment_lands_exactly_once(
 async def _open_loop_through_the_cli(target: Target, out: Path) -> None:
     certs = target.client_certs.parent
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "strife.loadgen.cli",
+        str(Path(sys.executable).parent / "strife-loadgen"),
         "--balancer",
         target.balancer,
         "--certs",

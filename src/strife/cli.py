@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import click
 
 from strife.client.cli import main as customer
-from strife.program import entry as program_entry
 
 
 @dataclass(frozen=True)
@@ -89,6 +88,3 @@ main = StrifeGroup(
     help=customer.help,
     context_settings=customer.context_settings,
 )
-
-# The console script: this process is the program (signals, uvloop).
-entry = program_entry(main)

@@ -9,8 +9,10 @@ carry on; and a stdlib loop lets an exception raised by the host's own signal
 handler (pytest-timeout's SIGALRM, Ctrl-C) end the run, where uvloop logs it
 and keeps serving.
 
-Each console script is `entry(command)`: it claims the process, then runs the
-click command. A program that fails ends at once with its non-zero status:
+Each console script is a `launcher` (`strife.programs`): it claims the process
+before importing the command's module, because gRPC reads its settings (fork
+support) from the environment when it is first loaded, then runs the click
+command through `entry`. A program that fails ends at once with its non-zero status:
 threads still running (an unclosed SQLite connection's, an executor's) are
 not daemons and would otherwise keep a process that no longer serves alive,
 out of its supervisor's sight. An exception nothing else reported becomes
@@ -20,6 +22,7 @@ one `fatal` log line.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import sys
 import threading
@@ -47,6 +50,18 @@ def entry(command: Callable[..., Any]) -> Callable[[], None]:
 
     run_as_program.__doc__ = f"Run {getattr(command, 'name', 'the command')} as the program."
     return run_as_program
+
+
+def launcher(target: str) -> Callable[[], None]:
+    """A console-script entry point for the click command at `target` (`module:name`)."""
+
+    def launch() -> None:
+        claim()  # before the command's module loads gRPC
+        module, _, name = target.partition(":")
+        entry(getattr(importlib.import_module(module), name))()
+
+    launch.__doc__ = f"Run {target} as the program."
+    return launch
 
 
 def claim() -> None:

@@ -289,6 +289,18 @@ def test_the_replicas_command_shows_each_replica_and_who_is_unreachable(
     assert "unreachable (UNAVAILABLE" in rows[4]
 
 
+async def test_an_audit_names_the_replica_whose_answer_was_outvoted(
+    pki: Pki, tmp_path: Path
+) -> None:
+    with replica_group(pki, tmp_path / "group", byzantine={2: "wrong-results"}) as group:
+        async with group.pool("admin", "tester") as admin:
+            bank = group.bank(admin, "admin/tester")
+            audit = await bank.audit_account("ann-usd", CALL_S)
+    assert audit.account["balance_minor"] == 100_000
+    assert audit.dissenters == (f"{BANK}-2",)
+    assert audit.agreeing == (f"{BANK}-0", f"{BANK}-1", f"{BANK}-3")
+
+
 async def test_with_a_liar_and_a_silent_replica_no_lie_is_ever_accepted(
     pki: Pki, tmp_path: Path
 ) -> None:
@@ -311,3 +323,11 @@ async def test_with_a_liar_and_a_silent_replica_no_lie_is_ever_accepted(
                 assert (reply.state, reply.replayed) == (bank_pb2.TRANSFER_STATE_COMMITTED, False)
             found = await balances(bank)
             assert (found["ann-usd"], found["ben-usd"]) == (100_000 - 6, 50_000 + 6)
+            # The silent replica never answers: the audit ends at its deadline with
+            # the liar named and the silent one in neither list.
+            audit = await bank.audit_account("ann-usd", 3.0)
+            assert audit.account["balance_minor"] == 100_000 - 6
+            assert (audit.agreeing, audit.dissenters) == (
+                (f"{BANK}-0", f"{BANK}-2"),
+                (f"{BANK}-1",),
+            )

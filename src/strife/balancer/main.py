@@ -9,7 +9,6 @@ import click
 from strife.balancer.policies import POLICY_NAMES, PolicyName
 from strife.balancer.registry import LeaseConfig
 from strife.balancer.service import BalancerServer, BalancerSettings
-from strife.program import entry as program_entry
 from strife.rpc.cli import server_config, server_options
 from strife.rpc.server import AddressInUseError, ServerConfig, run
 
@@ -61,10 +60,3 @@ async def _serve(config: ServerConfig, settings: BalancerSettings) -> None:
     requested = balancer.server.install_signal_handlers()
     await balancer.start()
     await balancer.serve_until_signal(requested)
-
-
-# The console script: this process is the program (signals, uvloop).
-entry = program_entry(main)
-
-if __name__ == "__main__":
-    entry()

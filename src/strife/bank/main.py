@@ -12,7 +12,6 @@ from cryptography.hazmat.primitives import hashes
 
 from strife.bank.process import BankProcess, BankSettings
 from strife.bank.seed import SeedError, SeedRow, load_seed
-from strife.program import entry as program_entry
 from strife.rpc.cli import named_addresses, require_identity_hosts, server_config, server_options
 from strife.rpc.serving import run_process
 from strife.security.passwords import PASSWORD_CHECKS
@@ -180,7 +179,3 @@ def _seed_rows(paths: tuple[Path, ...], bank: str) -> list[SeedRow]:
     if len({row.account_id for row in rows}) != len(rows):
         raise SeedError(f"an account of bank {bank!r} is listed in more than one seed file")
     return rows
-
-
-# The console script: this process is the program (signals, uvloop).
-entry = program_entry(main)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -42,7 +43,7 @@ from strife.rpc.limits import MAX_PAGE_SIZE
 from strife.security.passwords import HashingBusyError, verify_password_async
 from strife.v1 import bank_pb2, money_pb2
 
-__all__ = ["ReplicatedBank", "connect"]
+__all__ = ["AccountAudit", "ReplicatedBank", "connect"]
 
 _CODES = {
     ErrorKind.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
@@ -78,6 +79,29 @@ def _raise(error: LedgerError) -> NoReturn:
     raise rpc_error(_CODES[ErrorKind(error.kind)], error.reason, error.message)
 
 
+@dataclass(frozen=True)
+class AccountAudit:
+    account: dict[str, Any]
+    """The agreed record: account_id, currency, balance_minor, held_minor, ..."""
+    agreeing: tuple[str, ...]
+    """The replicas that answered with it (at least f + 1)."""
+    dissenters: tuple[str, ...]
+    """The replicas that answered something else: faulty, since f + 1 outvoted them."""
+
+
+def _result(raw: bytes) -> dict[str, Any]:
+    result = json.loads(raw)
+    assert isinstance(result, dict), result
+    error = result.get("error")
+    if error is not None:
+        _raise(LedgerError(ErrorKind(error["kind"]), error["reason"], error["message"]))
+    return result
+
+
+def _unavailable(exc: NoQuorumError) -> grpc.aio.AioRpcError:
+    return rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, Reason.BANK_UNAVAILABLE, str(exc))
+
+
 class ReplicatedBank:
     """The bank stub's methods, over a replica group's f + 1 client."""
 
@@ -90,15 +114,8 @@ class ReplicatedBank:
         try:
             raw = await self.invoker.invoke(op, timeout_s or DEFAULT_TIMEOUT_S)
         except NoQuorumError as exc:
-            raise rpc_error(
-                grpc.StatusCode.DEADLINE_EXCEEDED, Reason.BANK_UNAVAILABLE, str(exc)
-            ) from None
-        result = json.loads(raw)
-        assert isinstance(result, dict), result
-        error = result.get("error")
-        if error is not None:
-            _raise(LedgerError(ErrorKind(error["kind"]), error["reason"], error["message"]))
-        return result
+            raise _unavailable(exc) from None
+        return _result(raw)
 
     async def _outcome(self, op: bytes, timeout_s: float | None) -> Outcome:
         result = await self._run(op, timeout_s)
@@ -241,6 +258,23 @@ class ReplicatedBank:
         result = await self._run(operation("account", account_id=account_id), timeout_s)
         account: dict[str, Any] = result["account"]
         return account
+
+    async def audit_account(
+        self, account_id: str, timeout_s: float = DEFAULT_TIMEOUT_S
+    ) -> AccountAudit:
+        """An account's agreed record, and the replicas whose signed answer contradicted
+        it (an auditor's read: it waits for every replica, up to `timeout_s`)."""
+        op = operation("account", account_id=account_id)
+        try:
+            survey = await self.invoker.survey(op, timeout_s)
+        except NoQuorumError as exc:
+            raise _unavailable(exc) from None
+        names = [r.name for r in self.invoker.group.replicas]
+        return AccountAudit(
+            _result(survey.result)["account"],
+            tuple(names[r] for r, vote in sorted(survey.votes.items()) if vote == survey.result),
+            tuple(names[r] for r in survey.dissenters),
+        )
 
     async def GetAccountBalance(
         self,

@@ -19,7 +19,6 @@ from strife.bft.faults import NAMES
 from strife.bft.group import Group, GroupError, load_signing_key
 from strife.bft.replica_process import ReplicaProcess, ReplicaSettings
 from strife.bft.signing import replica_identity
-from strife.program import entry as program_entry
 from strife.rpc.cli import named_addresses, server_config, server_options
 from strife.rpc.serving import run_process
 
@@ -99,10 +98,3 @@ def main(**options: Any) -> None:
         in_doubt_s=options["in_doubt_s"],
     )
     run_process(lambda: ReplicaProcess(config, settings), listen=config.listen, logger="strife.bft")
-
-
-entry = program_entry(main)
-
-
-if __name__ == "__main__":
-    entry()

@@ -1,6 +1,5 @@
 """`python -m strife.cluster up|status|down` (also `strife cluster ...`)."""
 
-from strife.cluster.cli import cluster
-from strife.program import entry
+from strife.program import launcher
 
-entry(cluster)()
+launcher("strife.cluster.cli:cluster")()

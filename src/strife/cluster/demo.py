@@ -13,11 +13,13 @@ import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import click
 
+from strife.bft.bank_client import AccountAudit, ReplicatedBank
+from strife.bft.cluster import auditor_clients
 from strife.client import ClientConfig as _ClientConfig
 from strife.client import (
     Credentials,
@@ -27,13 +29,15 @@ from strife.client import (
 )
 from strife.cluster.seeds import account_of, generated_rows, password_of, username
 from strife.cluster.supervisor import Supervisor
-from strife.cluster.topology import Topology, default_topology
+from strife.cluster.topology import ReplicatedBankSpec, Topology, default_topology
 from strife.money import format_amount
 from strife.rpc.addresses import free_port
 from strife.rpc.channels import ChannelPool, Peer
 from strife.v1 import bank_pb2, bank_pb2_grpc
 
 CALL_TIMEOUT_S = 5.0
+LYING_REPLICA = 1
+"""The replica of the demo's replicated bank that answers every request wrongly."""
 SETTLE_TIMEOUT_S = 30.0
 
 
@@ -52,25 +56,38 @@ class Story:
 
 
 class Books:
-    """Reads every seeded account straight from its bank, as an auditor would."""
+    """Reads every seeded account straight from its bank, as an auditor would: a
+    replicated bank through its f + 1 client, as the admin identity."""
 
     def __init__(self, pool: ChannelPool, supervisor: Supervisor, topology: Topology) -> None:
         self.pool = pool
         self.supervisor = supervisor
+        banks = [(b.name, b.customers) for b in topology.banks]
+        banks += [(r.name, r.customers) for r in topology.replicated]
         self.accounts = [
-            (bank.name, row["account_id"])
-            for bank in topology.banks
-            for row in generated_rows(bank.name, bank.customers)
+            (bank, row["account_id"])
+            for bank, customers in banks
+            for row in generated_rows(bank, customers)
         ]
+        self.replicated = auditor_clients(
+            supervisor.root, [r.name for r in topology.replicated], pool
+        )
 
     async def balance(self, bank: str, account: str) -> int:
-        address = self.supervisor.child(f"bank-{bank}").address
-        stub = bank_pb2_grpc.BankServiceStub(self.pool.get(address, Peer("bank", bank)))
+        stub: bank_pb2_grpc.BankServiceStub | ReplicatedBank
+        if bank in self.replicated:
+            stub = self.replicated[bank]
+        else:
+            address = self.supervisor.child(f"bank-{bank}").address
+            stub = bank_pb2_grpc.BankServiceStub(self.pool.get(address, Peer("bank", bank)))
         reply = await stub.GetAccountBalance(
             bank_pb2.GetAccountBalanceRequest(bank=bank, account_id=account),
             timeout=CALL_TIMEOUT_S,
         )
         return int(reply.balance.balance.amount_minor)
+
+    async def audit(self, bank: str, account: str) -> AccountAudit:
+        return await self.replicated[bank].audit_account(account, CALL_TIMEOUT_S)
 
     async def total(self) -> int:
         return sum([await self.balance(b, a) for b, a in self.accounts])
@@ -135,6 +152,28 @@ async def play(supervisor: Supervisor, topology: Topology, story: Story) -> None
             result.state == EntryState.COMMITTED and await _until(both_posted, SETTLE_TIMEOUT_S),
             f"cross-bank payment of {_usd(1234)} from alpha to beta commits at both banks",
             f"transfer {result.transfer_id}",
+        )
+
+        vault_acct = ("vault", account_of(username("vault", 1)))
+        liar = f"vault-{LYING_REPLICA}"
+        vault_before = await books.balance(*vault_acct)
+        into_vault = await client.pay(f"vault/{vault_acct[1]}", 2500, "USD")
+
+        async def vault_credited() -> bool:
+            return await books.balance(*vault_acct) == vault_before + 2500
+
+        into_vault_ok = into_vault.state == EntryState.COMMITTED and await _until(
+            vault_credited, SETTLE_TIMEOUT_S
+        )
+        audit = await books.audit(*vault_acct)
+        story.check(
+            into_vault_ok
+            and audit.account["balance_minor"] == vault_before + 2500
+            and audit.dissenters == (liar,),
+            f"a payment of {_usd(2500)} into vault, a bank of 4 PBFT replicas of which "
+            f"{liar} lies, is credited once",
+            f"{', '.join(audit.agreeing)} agree; {', '.join(audit.dissenters) or 'nobody'} "
+            "outvoted",
         )
 
         neighbour_before = await books.balance(*neighbour_acct)
@@ -273,24 +312,24 @@ def prepare_folder(root: Path) -> None:
         )
     root.mkdir(parents=True, exist_ok=True)
     (root / MARKER).write_text("made by `strife demo`; cleared (but for certs/) on each run\n")
-    for sub in ("data", "logs"):
+    for sub in ("data", "logs", "bft"):
         shutil.rmtree(root / sub, ignore_errors=True)
     for outbox in root.glob("demo-outbox*.db*"):
         outbox.unlink()
 
 
+def demo_topology(root: Path) -> Topology:
+    """The default cluster, and vault: a bank of 4 PBFT replicas, one of them a liar."""
+    vault = ReplicatedBankSpec("vault", byzantine=((LYING_REPLICA, "wrong-results"),))
+    return replace(
+        default_topology(root), balancer_listen=f"127.0.0.1:{free_port()}", replicated=(vault,)
+    )
+
+
 async def run_demo(data_dir: Path | None, say: Callable[[str], None]) -> int:
     root = data_dir or DEFAULT_DATA_DIR
     prepare_folder(root)
-    topology = default_topology(root)
-    topology = Topology(
-        topology.data_dir,
-        f"127.0.0.1:{free_port()}",
-        topology.policy,
-        topology.banks,
-        topology.gateways,
-        topology.timeouts,
-    )
+    topology = demo_topology(root)
     supervisor = Supervisor(topology, say=lambda line: say(f"  (supervisor) {line}"))
     say(f"starting a local cluster in {topology.data_dir} ...")
     started = time.monotonic()

@@ -9,7 +9,6 @@ import click
 
 from strife.gateway.banks import REPLICATED
 from strife.gateway.process import GatewayProcess, GatewaySettings
-from strife.program import entry as program_entry
 from strife.rpc.cli import named_addresses, server_config, server_options
 from strife.rpc.serving import run_process
 from strife.security.tls import TlsFiles, TlsMaterial
@@ -127,7 +126,3 @@ def main(**options: Any) -> None:
     run_process(
         lambda: GatewayProcess(config, settings), listen=config.listen, logger="strife.gateway"
     )
-
-
-# The console script: this process is the program (signals, uvloop).
-entry = program_entry(main)

@@ -28,7 +28,6 @@ from strife.loadgen.engine import LoadError
 from strife.loadgen.report import print_summary
 from strife.loadgen.runner import LoadResult, run_load
 from strife.loadgen.target import Target, own_cluster, running_cluster, sized_topology
-from strife.program import entry as program_entry
 from strife.rpc.discovery import POLICIES
 
 EXIT_MONEY = 2
@@ -294,10 +293,3 @@ async def _run(
     return await run_load(
         config, target, out_dir=out_dir, console=console, progress=progress, plot=plot
     )
-
-
-# The console script: this process is the program (signals, uvloop).
-entry = program_entry(main)
-
-if __name__ == "__main__":
-    entry()
