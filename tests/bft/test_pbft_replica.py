@@ -220,6 +220,35 @@ def test_checkpoints_become_stable_and_the_log_below_them_goes() -> None:
         assert set(replica._snapshots) == {4}
 
 
+def test_a_replica_resumed_from_its_checkpoint_and_log_is_the_replica_it_was() -> None:
+    group = Group()
+    for i in range(3):  # a checkpoint at 2 becomes stable; 3 stays in the log above it
+        group.request("client-a", f"deposit a {i + 1}")
+        group.run()
+        assert group.accepted("client-a") is not None
+    before = group.replicas[1]
+    saved = before.saved_checkpoint()
+    assert saved is not None
+    stable, snapshot = saved
+    assert stable.seq == 2 and before.last_executed == 3
+    log = [(e.seq, tuple(r for r, _ in e.results)) for e in group.executed[1] if e.seq > stable.seq]
+    fresh = Replica(
+        group.config, 1, group.keys.signer(replica_identity(1)), group.keys.verifier, Accounts()
+    )
+    outputs = fresh.resume(stable, snapshot, log)
+    assert (fresh.last_executed, fresh.stable) == (3, stable)
+    assert fresh.app.digest() == before.app.digest()
+    assert fresh.clients == before.clients
+    # Re-execution replies again, exactly as the first time.
+    assert [o.reply.result for o in outputs if isinstance(o, SendReply)] == [b"ok 6"]
+    # A snapshot that does not hash to the checkpoint's digest is refused.
+    other = Replica(
+        group.config, 1, group.keys.signer(replica_identity(1)), group.keys.verifier, Accounts()
+    )
+    with pytest.raises(ValueError):
+        other.resume(stable, replace(snapshot, clients=()), ())
+
+
 def test_the_high_water_mark_holds_the_primary_until_a_checkpoint_is_stable() -> None:
     group = Group()
     group.block = lambda to, message: isinstance(message, Checkpoint)

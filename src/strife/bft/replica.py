@@ -26,6 +26,7 @@ own, as functions of the replica.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import TypeVar
 
@@ -75,9 +76,6 @@ _M = TypeVar("_M", bound=Message)
 
 _FUTURE_LIMIT = 2048
 """Messages kept for a view this replica has not entered yet (oldest go first)."""
-
-# The log's records under the names the journal's recovery uses.
-_Slot, _Stable, _Snapshot = Slot, Stable, Snapshot
 
 
 class Replica:
@@ -135,6 +133,48 @@ class Replica:
             self._timer(event.kind, out)
         self._propose(out)
         self._check()
+        return out
+
+    # -- what a journal keeps, and coming back from it ---------------------------
+
+    def saved_checkpoint(self) -> tuple[Stable, Snapshot] | None:
+        """The stable checkpoint with its snapshot, once this replica holds that state
+        (executed or installed): all a restarted replica needs besides the log above it."""
+        snapshot = self._snapshots.get(self.stable.seq)
+        if snapshot is None or self.last_executed < self.stable.seq:
+            return None
+        return self.stable, snapshot
+
+    def resume(
+        self,
+        stable: Stable,
+        snapshot: Snapshot,
+        log: Sequence[tuple[int, tuple[Request, ...]]],
+    ) -> list[Output]:
+        """Restore a saved checkpoint into a replica that has done nothing yet, then
+        re-execute the batches committed above it through the one execution path, so
+        replies, the reply table and any checkpoint on the way are what they were.
+
+        The replica stays in view 0 and learns the group's view as any replica that
+        missed a view change does. Raises ValueError when the snapshot does not hash
+        to the checkpoint's digest (a journal damaged or from another group).
+        """
+        assert self.last_executed == 0 and not self.pending, "resume a fresh replica only"
+        assert (snapshot.seq, snapshot.digest) == (stable.seq, stable.digest), "one checkpoint"
+        self.app.restore(snapshot.state)
+        if state_digest(self.app.digest(), snapshot.clients) != stable.digest:
+            raise ValueError("the saved checkpoint does not match its digest")
+        self.clients = {record.client: record for record in snapshot.clients}
+        self.last_executed = stable.seq
+        self.stable = stable
+        self._snapshots = {stable.seq: snapshot}
+        primary = self.config.primary(0)
+        for seq, requests in log:
+            pp = PrePrepare(0, seq, batch_digest(requests), requests, primary)
+            self._slots[seq] = Slot(pre_prepare=pp, committed=True)
+        out: list[Output] = []
+        self._execute(out)
+        self.next_seq = self.last_executed
         return out
 
     @property
