@@ -5,6 +5,10 @@ One SQLite file per replica. Two tables:
 - `checkpoint`: the latest stable checkpoint (sequence number, state digest, the
   2f+1 signed CHECKPOINTs that certify it, the application snapshot and the
   reply table). Written when a checkpoint becomes stable, replacing the last.
+  A paged snapshot (`strife.bft.pages`) is kept as its list of page names and
+  digests, its pages in `page`, keyed by digest: a checkpoint writes only the
+  pages this file does not hold yet and deletes those no longer listed, so
+  its cost follows what changed since the last one.
 - `executed`: per sequence number above it, the requests that ran (each signed
   by its client), written before any reply for them leaves the process and
   discarded once a later checkpoint is stable.
@@ -24,11 +28,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from strife.bft.messages import Checkpoint, ClientRecord, Request
+from strife.bft.pages import Page, frame, frames, is_paged
 from strife.bft.wire import decode_checkpoint, decode_client_record, decode_request
 
 __all__ = ["Journal", "Saved"]
@@ -43,7 +50,10 @@ CREATE TABLE IF NOT EXISTS checkpoint (
     clients TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS executed (seq INTEGER PRIMARY KEY, requests TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS page (digest BLOB PRIMARY KEY, body BLOB NOT NULL) WITHOUT ROWID;
 """
+_MANIFEST = b"strife-bft/manifest/v1\n"
+"""How `checkpoint.snapshot` starts when it lists pages rather than holding the state."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,8 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.executescript(_SCHEMA)
+        self._pages: set[bytes] = {bytes(d) for (d,) in self._db.execute("SELECT digest FROM page")}
+        self._after_commit: set[bytes] | None = None
 
     def close(self) -> None:
         self._db.close()
@@ -96,6 +108,9 @@ class Journal:
         if row is None:
             return None
         seq, digest, proof, snapshot, clients = row
+        snapshot = bytes(snapshot)
+        if snapshot.startswith(_MANIFEST):
+            snapshot = self._assemble(json.loads(snapshot[len(_MANIFEST) :]))
         log = tuple(
             (s, tuple(decode_request(r) for r in json.loads(requests)))
             for s, requests in self._db.execute(
@@ -106,7 +121,7 @@ class Journal:
             seq,
             bytes(digest),
             tuple(decode_checkpoint(c) for c in json.loads(proof)),
-            bytes(snapshot),
+            snapshot,
             tuple(decode_client_record(c) for c in json.loads(clients)),
             log,
         )
@@ -127,6 +142,7 @@ class Journal:
                 [(seq, _dumps([r.encoded for r in requests])) for seq, requests in executed],
             )
             if stable is not None:
+                snapshot = self._store_pages(stable.snapshot)
                 self._db.execute("DELETE FROM checkpoint")
                 self._db.execute(
                     "INSERT INTO checkpoint VALUES (?, ?, ?, ?, ?)",
@@ -134,22 +150,50 @@ class Journal:
                         stable.seq,
                         stable.digest,
                         _dumps([c.encoded for c in stable.proof]),
-                        stable.snapshot,
+                        snapshot,
                         _dumps([_record(c) for c in stable.clients]),
                     ),
                 )
                 self._db.execute("DELETE FROM executed WHERE seq <= ?", (stable.seq,))
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+    def _store_pages(self, snapshot: bytes) -> bytes:
+        """Write the pages not held yet, drop those no longer listed; what the
+        checkpoint row keeps (the manifest, or a snapshot that is not paged).
 
+        The set of digests held is updated only after the transaction commits
+        (`_transaction`), so a failed write leaves it telling the truth."""
+        listed: list[list[str]] = []
+        new: list[tuple[bytes, bytes]] = []
+        for name, digest, body in frames(snapshot) if is_paged(snapshot) else ():
+            listed.append([name, digest.hex()])
+            if digest not in self._pages:
+                new.append((digest, bytes(body)))
+        self._db.executemany("INSERT OR REPLACE INTO page VALUES (?, ?)", new)
+        keep = {bytes.fromhex(d) for _, d in listed}
+        gone = self._pages - keep
+        self._db.executemany("DELETE FROM page WHERE digest = ?", [(d,) for d in gone])
+        self._after_commit = keep
+        return _MANIFEST + _dumps(listed).encode() if is_paged(snapshot) else snapshot
 
-class _Transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
+    def _assemble(self, listed: list[list[str]]) -> bytes:
+        pages = []
+        for name, digest_hex in listed:
+            digest = bytes.fromhex(digest_hex)
+            row = self._db.execute("SELECT body FROM page WHERE digest = ?", (digest,)).fetchone()
+            if row is None:
+                raise ValueError(f"{self.path}: page {name} of the checkpoint is missing")
+            pages.append(Page(name, digest, bytes(row[0])))
+        return frame(pages)
 
-    def __enter__(self) -> None:
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._after_commit = None
         self._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+        if self._after_commit is not None:
+            self._pages = self._after_commit
