@@ -303,6 +303,23 @@ def test_a_prepared_batch_is_carried_into_the_new_view() -> None:
     assert nv is not None and [pp.seq for pp in nv.pre_prepares] == [1]
 
 
+def test_a_replica_behind_a_group_that_goes_on_waits_before_suspecting_the_primary() -> None:
+    group = Group()
+    group.block = lambda to, message: to == 3 and isinstance(message, PrePrepare)
+    group.request("client-a", "deposit a 5")
+    group.run()
+    assert group.accepted("client-a") == b"ok 5"
+    behind = group.replicas[3]
+    assert behind.last_executed == 0 and "request" in group.timers[3]
+    # 2f+1 COMMITs for 1 show the group ordered what this replica waits on.
+    group.fire(3, "request")
+    assert (behind.view, behind.active) == (0, True)
+    assert "request" in group.timers[3]
+    # No further progress by the next expiry: now it suspects the primary.
+    group.fire(3, "request")
+    assert (behind.view, behind.active) == (1, False)
+
+
 def test_the_view_change_timeout_doubles_until_a_new_view_makes_progress() -> None:
     group = Group()
     group.down = {0}

@@ -121,6 +121,7 @@ class Replica:
         self._future: list[PrePrepare | Prepare | Commit] = []
         self._timers: set[str] = set()
         self._fetch_attempt = 0
+        self._ahead_when_armed = 0
 
     # -- the one entry point -------------------------------------------------
 
@@ -267,7 +268,7 @@ class Replica:
             return
         self.pending[request.client] = request
         if self.active and "request" not in self._timers:
-            self._set_timer("request", self.timeout, out)
+            self._arm_request_timer(out)
 
     def _reply(self, record: ClientRecord, out: list[Output]) -> None:
         reply = Reply(self.view, record.timestamp, record.client, self.id, record.result)
@@ -397,7 +398,35 @@ class Replica:
     def _restart_request_timer(self, out: list[Output]) -> None:
         self._cancel_timer("request", out)
         if self.pending and self.active:
-            self._set_timer("request", self.timeout, out)
+            self._arm_request_timer(out)
+
+    def _arm_request_timer(self, out: list[Output]) -> None:
+        self._ahead_when_armed = self._group_ahead()
+        self._set_timer("request", self.timeout, out)
+
+    def _group_ahead(self) -> int:
+        """The furthest sequence number the group is seen to have ordered in this view:
+        the stable checkpoint, or one with 2f+1 matching COMMITs (whether or not this
+        replica has its pre-prepare). Beyond `last_executed`, this replica is behind."""
+        ahead = self.stable.seq
+        for seq, slot in self._slots.items():
+            if seq > ahead and slot.commits:
+                votes = Counter(c.digest for c in slot.commits.values())
+                if max(votes.values()) >= self.config.quorum:
+                    ahead = seq
+        return ahead
+
+    def _on_request_timer(self, out: list[Output]) -> None:
+        """A request waited too long: suspect the primary, unless the group visibly
+        went on ordering since the timer was armed while this replica fell behind (it
+        restarted, or missed messages): its requests may be done already, and it is
+        catching up. Waiting costs no liveness: if the primary is faulty, the replicas
+        that are not behind suspect it, and f + 1 of them bring this one along."""
+        ahead = self._group_ahead()
+        if ahead > self.last_executed and ahead > self._ahead_when_armed:
+            self._arm_request_timer(out)
+            return
+        viewchange.start_view_change(self, self.view + 1, out)
 
     # -- checkpoints and garbage collection -----------------------------------
 
@@ -466,7 +495,7 @@ class Replica:
         self._timers.discard(kind)
         if kind == "request":
             if self.active and self.pending:
-                viewchange.start_view_change(self, self.view + 1, out)
+                self._on_request_timer(out)
         elif kind == "view-change":
             if not self.active:
                 self.timeout *= 2
