@@ -32,7 +32,7 @@ SEED = [
 COLUMNS = ("bank", "customer_id", "username", "display_name", "password", "account_id",
            "currency", "opening_balance")  # fmt: skip
 TOTAL_MINOR = 150_000
-CLIENTS = ("admin/tester", "gateway/gw-1")
+CLIENTS = ("admin/tester", "gateway/gw-1", "gateway/gw-2")
 
 
 @dataclass

@@ -90,18 +90,19 @@ def test_gateways_move_money_only_as_themselves_and_admins_only_read() -> None:
     assert admits("admin/auditor#0", operation("account", account_id="a"))
     assert not admits("client/someone#0", operation("account", account_id="a"))
     # A customer's record carries its password hash: for logging in, so gateways only.
-    assert admits("gateway/gw-1#0", operation("customer", username="ann"))
-    assert not admits("admin/auditor#0", operation("customer", username="ann"))
+    assert admits("gateway/gw-1#0", operation("login", username="ann", at_ns=1))
+    assert not admits("admin/auditor#0", operation("login", username="ann", at_ns=1))
 
 
 def test_every_replica_derives_the_same_customers_and_their_passwords_check() -> None:
     a, b = BankMachine.from_seed(ROWS), BankMachine.from_seed(list(reversed(ROWS)))
     assert a.digest() == b.digest()
-    found = json.loads(a.execute(operation("customer", username="ann")))["customer"]
+    found = json.loads(a.execute(operation("login", username="ann", at_ns=1)))["customer"]
     assert found["accounts"] == [["ann-usd", "USD"]]
     assert verify_password("pw", found["password_hash"])
     assert not verify_password("wrong", found["password_hash"])
-    assert json.loads(a.execute(operation("customer", username="nobody"))) == {"customer": None}
+    unknown = operation("login", username="nobody", at_ns=1)
+    assert json.loads(a.execute(unknown)) == {"customer": None}
     copy = BankMachine()
     copy.restore(a.snapshot())
     assert copy.customers == a.customers

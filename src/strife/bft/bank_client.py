@@ -11,13 +11,18 @@ a bank that did not answer: it asks again, never assumes.
 
 A login reads the customer's agreed record (password hash included) and
 checks the password here, so the password never enters an ordered request.
+The same ordered read counts the attempt in the group's login throttle, with
+this gateway's wall-clock time, so the plain bank's limit per username holds
+across every gateway.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Awaitable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -33,7 +38,12 @@ from strife.bank.ledger import (
     TransferState,
     abort_error,
 )
-from strife.bank.service import LEGS, transfer_outcome, transfer_response
+from strife.bank.service import (
+    LEGS,
+    MAX_CREDENTIAL_CHARS,
+    transfer_outcome,
+    transfer_response,
+)
 from strife.bft.bank_machine import operation, transfer_of
 from strife.bft.group import Group, GroupError, load_signing_key
 from strife.bft.invoker import Invoker, NoQuorumError
@@ -64,9 +74,11 @@ DEFAULT_PAGE_SIZE = 50
 _R = TypeVar("_R")
 
 
-def rpc_error(code: grpc.StatusCode, reason: str, message: str) -> grpc.aio.AioRpcError:
-    """The error a plain bank's call would have raised, with its ErrorInfo."""
-    status = make_status(code, reason, message)
+def rpc_error(
+    code: grpc.StatusCode, reason: str, message: str, retry_delay_s: float | None = None
+) -> grpc.aio.AioRpcError:
+    """The error a plain bank's call would have raised, with its ErrorInfo (and RetryInfo)."""
+    status = make_status(code, reason, message, retry_delay_s=retry_delay_s)
     return grpc.aio.AioRpcError(
         code,
         grpc.aio.Metadata(),
@@ -105,9 +117,11 @@ def _unavailable(exc: NoQuorumError) -> grpc.aio.AioRpcError:
 class ReplicatedBank:
     """The bank stub's methods, over a replica group's f + 1 client."""
 
-    def __init__(self, invoker: Invoker) -> None:
+    def __init__(self, invoker: Invoker, clock: Callable[[], int] = time.time_ns) -> None:
         self.invoker = invoker
         self.bank = invoker.group.bank
+        self._clock = clock
+        """Wall-clock nanoseconds: when a login attempt happened, as the group records it."""
 
     async def _run(self, op: bytes, timeout_s: float | None) -> dict[str, Any]:
         """The agreed result of one operation; a refusal raised as the bank's error."""
@@ -355,26 +369,62 @@ class ReplicatedBank:
         timeout: float | None = None,  # noqa: ASYNC109
         **_: Any,
     ) -> bank_pb2.AuthenticateCustomerResponse:
-        """The customer's agreed record, and the password checked here against its hash."""
+        """The customer's agreed record, and the password checked here against its hash.
+
+        As at a plain bank, the attempt is counted before the check (`login`),
+        stays counted when the password is wrong, is given back when no password
+        was checked (`login-release`), and a right one clears the username
+        (`login-ok`); past the limit the group refuses before any check."""
         if not request.username or not request.password:
             raise rpc_error(
                 grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_REQUEST, "credentials required"
             )
-        result = await self._run(operation("customer", username=request.username), timeout)
+        if max(len(request.username), len(request.password)) > MAX_CREDENTIAL_CHARS:
+            raise rpc_error(
+                grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_REQUEST, "credentials too long"
+            )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (timeout or DEFAULT_TIMEOUT_S)
+
+        def remaining() -> float:
+            return max(0.001, deadline - loop.time())
+
+        username, at_ns = request.username, self._clock()
+        result = await self._run(operation("login", username=username, at_ns=at_ns), remaining())
+        throttled = result.get("throttled")
+        if throttled is not None:
+            raise rpc_error(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                Reason.LOGIN_THROTTLED,
+                "too many failed logins; try again later",
+                retry_delay_s=int(throttled["retry_after_ns"]) / 1_000_000_000,
+            )
         customer = result["customer"]
         stored = None if customer is None else str(customer["password_hash"])
         try:
-            ok = await verify_password_async(request.password, stored, timeout)
+            ok = await verify_password_async(request.password, stored, remaining())
         except HashingBusyError as exc:
+            release = operation("login-release", username=username, at_ns=at_ns)
+            # Best effort: an attempt not given back counts until it leaves the window.
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await self._run(release, remaining())
             raise rpc_error(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.PASSWORD_CHECKS_BUSY, str(exc)
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                Reason.PASSWORD_CHECKS_BUSY,
+                str(exc),
+                retry_delay_s=exc.retry_after_s,
             ) from None
         if not ok or customer is None:
+            # Unknown user and wrong password look the same; the attempt stays counted.
             raise rpc_error(
                 grpc.StatusCode.UNAUTHENTICATED,
                 Reason.INVALID_CREDENTIALS,
                 "wrong username or password",
             )
+        # The password was right, so the customer is in even if the group cannot
+        # order the clearing in time: the attempt then counts until it leaves the window.
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await self._run(operation("login-ok", username=username), remaining())
         return bank_pb2.AuthenticateCustomerResponse(
             customer_id=customer["customer_id"],
             display_name=customer["display_name"],

@@ -15,16 +15,24 @@ are the resolver's votes not yet settled (`_resolve`).
 
 Customers are replicated state too (username, id, name, password hash), so
 a gateway can log a customer in: it reads the agreed hash through the f + 1
-client and checks the password itself (`customer` is a gateway-only read).
-A password never travels inside an ordered request, where every replica would
-log it. A seed's plain-text password is hashed at genesis with a salt derived
-from the bank and the username, since every replica must derive the same
-state; a seed for production carries scrypt hashes instead (docs/bft-bank.md).
+client and checks the password itself (`login`, gateways only). A password
+never travels inside an ordered request, where every replica would log it. A
+seed's plain-text password is hashed at genesis with a salt derived from the
+bank and the username, since every replica must derive the same state; a seed
+for production carries scrypt hashes instead (docs/bft-bank.md).
+
+Login attempts are replicated state as well, so the plain bank's limit per
+username holds across every gateway: `login` counts an attempt before its
+password is checked and refuses one past the limit; `login-ok` clears the
+username after a right password, `login-release` gives an attempt back when no
+password was checked. The time of an attempt comes inside the operation (the
+gateway's wall clock, `at_ns`): a replica never reads its own clock.
 """
 
 from __future__ import annotations
 
 import base64
+import bisect
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
@@ -44,14 +52,26 @@ from strife.bank.ledger import (
     TransferState,
 )
 from strife.bank.seed import SeedRow
+from strife.bank.service import (
+    LOGIN_FAILURES_PER_USERNAME,
+    LOGIN_WINDOW_S,
+    MAX_CREDENTIAL_CHARS,
+)
 from strife.security.passwords import DEFAULT_PARAMS, is_hash
 
 __all__ = ["READS", "BankMachine", "admits", "canonical", "operation"]
 
 READS = frozenset({"account", "transfer", "history"})
 """Operations that change nothing: a gateway or an admin (the auditor) may ask them."""
-GATEWAY_READS = frozenset({"customer"})
-"""A customer's record, password hash included: for logging in, so gateways only."""
+LOGINS = frozenset({"login", "login-ok", "login-release"})
+"""A customer's record (password hash included) and the login throttle: gateways only."""
+
+LOGIN_WINDOW_NS = round(LOGIN_WINDOW_S * 1_000_000_000)
+LOGIN_USERNAMES = 10_000
+"""Usernames with attempts on record, at most. A full table first forgets names
+whose attempts all left the window, then the name whose latest attempt is
+oldest: evicting a name still being guessed at takes this many newer names
+within one window, far more ordered operations than a group executes in it."""
 
 _DIGEST_PREFIX = b"strife-bft/bank-ledger/v1\n"
 
@@ -81,7 +101,7 @@ def admits(client: str, op: bytes, voters: frozenset[str] = frozenset()) -> bool
         return role == "gateway"
     if request.get("op") in READS:
         return role in ("gateway", "admin")
-    if request.get("op") in GATEWAY_READS:
+    if request.get("op") in LOGINS:
         return role == "gateway"
     if request.get("op") == "resolve":
         return role == "bank" and name in voters and request.get("voter") == name
@@ -101,6 +121,9 @@ class BankMachine:
         """transfer id -> voter -> [commit, the prepare count it saw]."""
         self.customers: dict[str, dict[str, str]] = {}
         """username -> customer_id, display_name, password_hash."""
+        self.logins: dict[str, list[int]] = {}
+        """username -> times (ns, ascending) of its latest attempts since its last
+        right password, at most the limit (the latest by time, not by arrival)."""
         self.entries: list[list[Any]] = [list(e) for e in entries]
         """Posted lines, oldest first: transfer, account, signed amount, currency, counterparty."""
         # A checkpoint asks for the digest and then the snapshot of the same state.
@@ -162,16 +185,19 @@ class BankMachine:
         transfers = [
             _transfer_json(t) for t in sorted(self.ledger.transfers.values(), key=_transfer_key)
         ]
-        return canonical(
-            {
-                "accounts": accounts,
-                "transfers": transfers,
-                "entries": self.entries,
-                "customers": self.customers,
-                "votes": self.ledger.votes,
-                "resolutions": self.resolutions,
-            }
-        )
+        state: dict[str, Any] = {
+            "accounts": accounts,
+            "transfers": transfers,
+            "entries": self.entries,
+            "customers": self.customers,
+            "votes": self.ledger.votes,
+            "resolutions": self.resolutions,
+        }
+        # Only when there are any: a state without attempts hashes as it did before
+        # logins were counted, so older journals and checkpoints still verify.
+        if self.logins:
+            state["logins"] = self.logins
+        return canonical(state)
 
     def restore(self, snapshot: bytes) -> None:
         """Replace the state; a snapshot that is not a consistent ledger is refused."""
@@ -191,12 +217,14 @@ class BankMachine:
                 str(t): {str(v): [bool(c), _int(seen)] for v, (c, seen) in by.items()}
                 for t, by in raw["resolutions"].items()
             }
+            logins = _logins_of(raw.get("logins"))
         except (ValueError, TypeError, KeyError, AttributeError, AssertionError) as exc:
             raise ValueError(f"not a bank ledger snapshot: {type(exc).__name__}") from None
         self.ledger = ledger
         self.entries = entries
         self.customers = customers
         self.resolutions = resolutions
+        self.logins = logins
         self._snapshot = None
 
     # -- the operations ---------------------------------------------------
@@ -289,10 +317,61 @@ class BankMachine:
             )
         return {"account": asdict(account)}
 
-    def _customer(self, r: Mapping[str, Any]) -> dict[str, Any]:
+    def _login(self, r: Mapping[str, Any]) -> dict[str, Any]:
+        """One login attempt at `at_ns`: counted now, before the caller checks the
+        password (so concurrent guesses through many gateways cannot all be checked),
+        and answered with the customer's record; or, with the username's limit of
+        attempts inside the window already used, refused with how long to wait.
+        Unknown usernames are counted alike, so a refusal tells no one a name exists."""
+        username, at_ns = _username(r), _i(r, "at_ns")
+        if at_ns < 0:
+            raise _bad("at_ns must not be negative")
+        times = self.logins.get(username, [])
+        # Attempts stamped later than `at_ns` (a gateway whose clock is ahead) count
+        # too; and since the latest ones are kept, not the latest to arrive, no
+        # window ever holds more admitted attempts than the limit, whatever the
+        # order the gateways' times arrive in.
+        recent = [t for t in times if t > at_ns - LOGIN_WINDOW_NS]
+        if len(recent) >= LOGIN_FAILURES_PER_USERNAME:
+            # Every kept attempt is inside: the oldest leaving the window frees a slot.
+            wait = recent[0] + LOGIN_WINDOW_NS - at_ns
+            return {"throttled": {"retry_after_ns": max(1_000_000, wait)}}
+        if username not in self.logins:
+            self._make_room(at_ns)
+        times = list(times)
+        bisect.insort(times, at_ns)
+        self.logins[username] = times[-LOGIN_FAILURES_PER_USERNAME:]
+        return self._customer(username)
+
+    def _login_ok(self, r: Mapping[str, Any]) -> dict[str, Any]:
+        """A right password: the username starts afresh."""
+        self.logins.pop(_username(r), None)
+        return {"attempts": 0}
+
+    def _login_release(self, r: Mapping[str, Any]) -> dict[str, Any]:
+        """Give back the attempt made at `at_ns`: no password was checked for it."""
+        username, at_ns = _username(r), _i(r, "at_ns")
+        times = self.logins.get(username, [])
+        if at_ns in times:
+            times.remove(at_ns)
+        if not times:
+            self.logins.pop(username, None)
+        return {"attempts": len(times)}
+
+    def _make_room(self, at_ns: int) -> None:
+        """Keep the table within LOGIN_USERNAMES, the same choice at every replica."""
+        if len(self.logins) < LOGIN_USERNAMES:
+            return
+        horizon = at_ns - LOGIN_WINDOW_NS
+        for name in [n for n, times in self.logins.items() if times[-1] <= horizon]:
+            del self.logins[name]
+        if len(self.logins) >= LOGIN_USERNAMES:
+            del self.logins[min(self.logins, key=lambda n: (self.logins[n][-1], n))]
+
+    def _customer(self, username: str) -> dict[str, Any]:
         """A customer and their accounts; null for an unknown username (the caller
         then checks against a dummy hash, so that costs the same as a wrong password)."""
-        customer = self.customers.get(_s(r, "username"))
+        customer = self.customers.get(username)
         if customer is None:
             return {"customer": None}
         accounts = [
@@ -333,7 +412,9 @@ _HANDLERS = {
     "transfer": BankMachine._transfer,
     "account": BankMachine._account,
     "history": BankMachine._history,
-    "customer": BankMachine._customer,
+    "login": BankMachine._login,
+    "login-ok": BankMachine._login_ok,
+    "login-release": BankMachine._login_release,
     "resolve": BankMachine._resolve,
 }
 
@@ -427,6 +508,31 @@ def _transfer_of(raw: Mapping[str, Any]) -> Transfer:
         one_phase=raw["one_phase"],
         abort_reason=str(raw["abort_reason"]),
     )
+
+
+def _username(r: Mapping[str, Any]) -> str:
+    username = _s(r, "username")
+    if not username or len(username) > MAX_CREDENTIAL_CHARS:
+        raise _bad(f"a username is 1 to {MAX_CREDENTIAL_CHARS} characters")
+    return username
+
+
+def _logins_of(raw: Any) -> dict[str, list[int]]:
+    """The attempts table of a snapshot, refused unless it is one this machine could
+    have written (absent when empty; per name 1 to the limit times, ascending)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not raw or len(raw) > LOGIN_USERNAMES:
+        raise ValueError("logins")
+    logins: dict[str, list[int]] = {}
+    for name, times in raw.items():
+        if not isinstance(times, list) or not 1 <= len(times) <= LOGIN_FAILURES_PER_USERNAME:
+            raise ValueError("logins")
+        checked = [_int(t) for t in times]
+        if checked != sorted(checked) or not 1 <= len(name) <= MAX_CREDENTIAL_CHARS:
+            raise ValueError("logins")
+        logins[str(name)] = checked
+    return logins
 
 
 def _int(value: Any) -> int:
