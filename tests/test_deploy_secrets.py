@@ -3,12 +3,14 @@ write, issued once, and only the missing ones on a later run."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import ssl
 import subprocess
 import sys
 import threading
+import tomllib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -18,8 +20,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from strife.bft.group import Group
 from strife.cluster.topology import load_topology, parse_topology
 from strife.deploy.identities import CA_SECRET, TOKEN_KEY_SECRET, Identity, planned_identities
+from strife.deploy.replicated import GROUP_FILE, GroupLayout, issue_group_keys, public_key
 from strife.deploy.secrets_job import (
     InClusterSecrets,
     identity_arg,
@@ -93,13 +97,22 @@ def test_identity_arguments_round_trip() -> None:
 
 
 class _FakeApi(BaseHTTPRequestHandler):
-    """Just enough of the API server's Secrets endpoint."""
+    """Just enough of the API server's Secrets and ConfigMaps endpoints."""
 
     secrets: dict[str, Any] = {}
+    configmaps: dict[str, Any] = {}
     seen_tokens: list[str] = []
+    writes: list[tuple[str, str]] = []
 
     def log_message(self, *args: Any) -> None:
         pass
+
+    def _collection(self) -> tuple[dict[str, Any], str]:
+        """The store a path names, and the object name after it ("" for the collection)."""
+        prefix = "/api/v1/namespaces/payments/"
+        assert self.path.startswith(prefix), self.path
+        resource, _, name = self.path.removeprefix(prefix).partition("/")
+        return {"secrets": self.secrets, "configmaps": self.configmaps}[resource], name
 
     def _reply(self, code: int, body: Any) -> None:
         payload = json.dumps(body).encode()
@@ -111,21 +124,35 @@ class _FakeApi(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.seen_tokens.append(self.headers["Authorization"])
-        name = self.path.rsplit("/", 1)[-1]
-        if name in self.secrets:
-            self._reply(200, self.secrets[name])
+        store, name = self._collection()
+        if name in store:
+            self._reply(200, store[name])
         else:
             self._reply(404, {"kind": "Status", "code": 404})
 
     def do_POST(self) -> None:
         self.seen_tokens.append(self.headers["Authorization"])
-        assert self.path == "/api/v1/namespaces/payments/secrets"
+        store, name = self._collection()
+        assert name == ""
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        if body["metadata"]["name"] in self.secrets:
+        if body["metadata"]["name"] in store:
             self._reply(409, {"kind": "Status", "code": 409})
             return
-        self.secrets[body["metadata"]["name"]] = body
+        store[body["metadata"]["name"]] = body
+        self.writes.append(("POST", body["metadata"]["name"]))
         self._reply(201, body)
+
+    def do_PUT(self) -> None:
+        self.seen_tokens.append(self.headers["Authorization"])
+        store, name = self._collection()
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        assert body["metadata"]["name"] == name
+        if name not in store:
+            self._reply(404, {"kind": "Status", "code": 404})
+            return
+        store[name] = body
+        self.writes.append(("PUT", name))
+        self._reply(200, body)
 
 
 @pytest.fixture
@@ -136,7 +163,8 @@ def api_server(pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(identity / "tls.crt", identity / "tls.key")
     server.socket = context.wrap_socket(server.socket, server_side=True)
-    _FakeApi.secrets, _FakeApi.seen_tokens = {}, []
+    _FakeApi.secrets, _FakeApi.configmaps, _FakeApi.seen_tokens = {}, {}, []
+    _FakeApi.writes = []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     sa = tmp_path / "sa"
@@ -180,6 +208,39 @@ def test_secrets_are_created_through_the_api(api_server: Path) -> None:
     ]
 
 
+def test_group_files_and_signing_keys_through_the_api(api_server: Path) -> None:
+    """The Job's second half: signing keys created once and read back, the group
+    file created, left alone while it matches, replaced (PUT) when a client joins."""
+    store = InClusterSecrets(api_server)
+    vault = GroupLayout("vault", tuple((f"vault-{i}", f"bank-vault-{i}:7400") for i in range(4)))
+    written = issue_group_keys(store, [vault], ["gateway/gw-1", "admin/admin"])
+    assert written[-1] == "strife-bft-vault" and len(written) == 7
+    created = _FakeApi.configmaps["strife-bft-vault"]
+    group = Group.from_mapping(tomllib.loads(created["data"][GROUP_FILE]))
+    for entry in group.replicas:
+        key = base64.b64decode(
+            _FakeApi.secrets[f"strife-bft-bank-{entry.name}"]["data"]["signing.key"]
+        )
+        assert public_key(key) == entry.public_key
+    keys_before = dict(_FakeApi.secrets)
+    _FakeApi.writes.clear()
+    assert issue_group_keys(store, [vault], ["gateway/gw-1", "admin/admin"]) == []
+    assert _FakeApi.writes == []
+    written = issue_group_keys(store, [vault], ["gateway/gw-1", "gateway/gw-2", "admin/admin"])
+    assert written == ["strife-bft-gateway-gw-2", "strife-bft-vault"]
+    assert _FakeApi.writes == [("POST", "strife-bft-gateway-gw-2"), ("PUT", "strife-bft-vault")]
+    assert all(_FakeApi.secrets[n] == s for n, s in keys_before.items())
+    rewritten = Group.from_mapping(
+        tomllib.loads(_FakeApi.configmaps["strife-bft-vault"]["data"][GROUP_FILE])
+    )
+    assert rewritten.replicas == group.replicas
+    assert [c.identity for c in rewritten.clients] == [
+        "gateway/gw-1",
+        "gateway/gw-2",
+        "admin/admin",
+    ]
+
+
 def test_the_job_runs_without_the_render_dependencies() -> None:
     """The image has no PyYAML or kubernetes-validate; its Job's command must
     import and reach the API without them."""
@@ -191,7 +252,8 @@ def test_the_job_runs_without_the_render_dependencies() -> None:
         "            raise ImportError(name)\n"
         "sys.meta_path.insert(0, Block())\n"
         "from strife.deploy.cli import deploy\n"
-        "deploy(['issue-secrets', '--identity', 'bank/alpha'])\n"
+        "deploy(['issue-secrets', '--identity', 'bank/alpha',"
+        " '--bft-group', 'vault=vault-0@bank-vault-0:7400', '--bft-client', 'admin/admin'])\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", program], capture_output=True, text=True, timeout=60

@@ -30,9 +30,19 @@ from strife.bft.group import (
 from strife.rpc.addresses import free_port
 from strife.rpc.channels import ChannelPool
 
-__all__ = ["GroupPlan", "auditor_clients", "plan_group", "replica_names"]
+__all__ = ["ADMIN", "GROUP_SETTINGS", "GroupPlan", "auditor_clients", "plan_group", "replica_names"]
 
 ADMIN = "admin/admin"
+# One sequence number in flight: on a machine short of cores, fewer and fuller
+# batches beat more and emptier ones; a checkpoint serialises the whole ledger,
+# so not too often (benchmarks/bench_bft.py). A Kubernetes deployment's groups
+# use the same (strife.deploy.replicated).
+GROUP_SETTINGS: dict[str, int] = {
+    "checkpoint_interval": 64,
+    "window": 256,
+    "batch_size": 16,
+    "max_in_flight": 1,
+}
 
 
 def replica_names(bank: str, replicas: int) -> list[str]:
@@ -81,11 +91,7 @@ def plan_group(
         for name in names
     )
     clients = tuple(ClientEntry(c, _public(_key(client_keys[c]))) for c in identities)
-    # One sequence number in flight: on a machine short of cores, fewer and fuller
-    # batches beat more and emptier ones; a checkpoint serialises the whole ledger,
-    # so not too often (benchmarks/bench_bft.py).
-    settings = {"checkpoint_interval": 64, "window": 256, "batch_size": 16, "max_in_flight": 1}
-    config = Config(n=replicas, **{**settings, **(tunables or {})})  # type: ignore[arg-type]
+    config = Config(n=replicas, **{**GROUP_SETTINGS, **(tunables or {})})  # type: ignore[arg-type]
     group = Group(bank, config, entries, clients)
     group_file.write_text(group.to_toml())
     return GroupPlan(group_file, group, replica_keys, client_keys)

@@ -84,15 +84,79 @@ def validate_cmd(folders: tuple[Path, ...]) -> None:
     required=True,
     help="ROLE/NAME, or bank/HOST:BANK,... for a host of several banks; repeatable.",
 )
+@click.option(
+    "--bft-group",
+    "groups",
+    multiple=True,
+    help="BANK=REPLICA@HOST:PORT,...: a replicated bank whose keys and group file to issue.",
+)
+@click.option(
+    "--bft-client",
+    "bft_clients",
+    multiple=True,
+    help="ROLE/NAME of a client every group lists (each gateway, admin/admin); repeatable.",
+)
 @click.option("--trust-domain", default=DEFAULT_TRUST_DOMAIN, show_default=True)
-def issue_secrets_cmd(identities: tuple[str, ...], trust_domain: str) -> None:
-    """In a cluster's Job: create the CA and identity Secrets that are missing."""
+def issue_secrets_cmd(
+    identities: tuple[str, ...],
+    groups: tuple[str, ...],
+    bft_clients: tuple[str, ...],
+    trust_domain: str,
+) -> None:
+    """In a cluster's Job: create the CA and identity Secrets that are missing,
+    and the replicated banks' signing keys and group files."""
+    from strife.deploy.replicated import issue_group_keys, parse_layout_arg
     from strife.deploy.secrets_job import InClusterSecrets, issue_missing, parse_identity_arg
 
     try:
         plan = [parse_identity_arg(value) for value in identities]
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--identity") from exc
+    try:
+        layouts = [parse_layout_arg(value) for value in groups]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--bft-group") from exc
     store = InClusterSecrets()
     created = issue_missing(store, plan, trust_domain)
-    click.echo(f"namespace {store.namespace}: created {', '.join(created) or 'nothing'}")
+    created += issue_group_keys(store, layouts, bft_clients)
+    click.echo(f"namespace {store.namespace}: wrote {', '.join(created) or 'nothing'}")
+
+
+@deploy.command("issue-bft-keys")
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="Topology TOML with [[replicated_banks]], the one `render` was given.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Manifest file of Secrets and ConfigMaps; the keys of an existing one are kept.",
+)
+def issue_bft_keys_cmd(config: Path, out: Path) -> None:
+    """Without the certificate Job (prod): the replicated banks' signing keys
+    and group files, as manifests to apply. The file holds private keys."""
+    import yaml
+
+    from strife.cluster.topology import TopologyError, load_topology
+    from strife.deploy.render import GRPC_PORT
+    from strife.deploy.replicated import ManifestStore, clients, issue_group_keys, layouts
+
+    try:
+        topology = load_topology(config)
+    except TopologyError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not topology.replicated:
+        raise click.ClickException(f"{config} has no [[replicated_banks]]")
+    previous = [d for d in yaml.safe_load_all(out.read_text()) if d] if out.exists() else []
+    store = ManifestStore(previous)
+    written = issue_group_keys(store, layouts(topology, GRPC_PORT), clients(topology))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.touch(mode=0o600, exist_ok=True)
+    out.chmod(0o600)
+    out.write_text(yaml.safe_dump_all(store.objects(), sort_keys=False))
+    click.echo(f"{out}: wrote {', '.join(written) or 'nothing new'}")
+    click.echo(f"  kubectl -n NAMESPACE apply -f {out}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from strife.bft.cluster import replica_names
 from strife.cluster.topology import Topology
 from strife.security import certs
 
@@ -47,12 +48,19 @@ class Identity:
 
 
 def planned_identities(topology: Topology) -> list[Identity]:
-    """The balancer, every bank, every bank host (naming its banks) and every gateway."""
+    """The balancer, every bank, every bank host (naming its banks), every
+    replica of a replicated bank (`bank/vault-0`, as a local cluster names it)
+    and every gateway."""
     plan = [Identity("balancer", "balancer")]
     plan += [Identity("bank", bank.name) for bank in topology.banks]
     for process, banks in topology.bank_processes().items():
         if banks != (process,):
             plan.append(Identity("bank", process, serves=banks))
+    plan += [
+        Identity("bank", name)
+        for spec in topology.replicated
+        for name in replica_names(spec.name, spec.replicas)
+    ]
     plan += [Identity("gateway", name) for name in topology.gateways]
     return plan
 

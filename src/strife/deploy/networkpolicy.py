@@ -6,6 +6,11 @@ its gRPC port exactly the roles its own services' methods allow. The methods
 every process serves (health, reflection: `COMMON_METHODS`) are open to any
 role and are left out, so a client reaches gateways and the balancer but never
 a bank, whatever the health service would answer it.
+
+A replicated bank's replicas are bank pods (their certificates' role) that
+serve the replica protocol instead of BankService: each group gets its own
+policy from that protocol's table, in which the bank role means the group's
+own replicas (`group_policy`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from strife.security.certs import ROLES
 Manifest = dict[str, Any]
 
 ROLE_LABEL = "strife.local/role"
+# On the pods of a replicated bank's replicas: the bank they replicate.
+GROUP_LABEL = "strife.local/replicated-bank"
 PART_OF = {"app.kubernetes.io/part-of": "strife"}
 # Prometheus scrapes the metrics port from this namespace.
 MONITORING_NAMESPACE = "monitoring"
@@ -76,6 +83,52 @@ def allowed_callers(served: Mapping[str, Served] | None = None) -> dict[str, fro
             raise ValueError(f"{role}: unknown roles {sorted(unknown)}")
         result[role] = frozenset(callers)
     return result
+
+
+def replica_callers(table: AuthzTable | None = None) -> frozenset[str]:
+    """The caller roles a replica's own methods allow (the replica protocol has
+    no generated descriptor: its methods are listed in `strife.bft.node`)."""
+    from strife.bft.node import AUTHZ, DELIVER, INVOKE, STATUS
+
+    table = table or AUTHZ
+    callers = frozenset().union(*(table.allowed_roles(m) for m in (DELIVER, INVOKE, STATUS)))
+    if unknown := callers.difference(ROLES):
+        raise ValueError(f"replica: unknown roles {sorted(unknown)}")
+    return callers
+
+
+def group_policy(bank: str, callers: frozenset[str], *, grpc_port: int) -> Manifest:
+    """What reaches one replicated bank's replicas on the gRPC port. The bank
+    role is narrowed to the group's own replicas: a replica admits protocol
+    messages only from its peers' certificates, and bank-role requests only
+    under keys its group file lists, which are its peers'. The plain banks'
+    policy selects these pods too (they are bank pods), adding nothing the
+    replica table does not allow."""
+    peers: list[Manifest] = []
+    if others := sorted(callers - {"bank"}):
+        peers.append(
+            {
+                "podSelector": {
+                    "matchExpressions": [{"key": ROLE_LABEL, "operator": "In", "values": others}]
+                }
+            }
+        )
+    if "bank" in callers:
+        peers.append({"podSelector": {"matchLabels": {ROLE_LABEL: "bank", GROUP_LABEL: bank}}})
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": f"strife-bank-{bank}-ingress", "labels": dict(PART_OF)},
+        "spec": {
+            "podSelector": {"matchLabels": {GROUP_LABEL: bank}},
+            "policyTypes": ["Ingress"],
+            "ingress": (
+                [{"from": peers, "ports": [{"protocol": "TCP", "port": grpc_port}]}]
+                if peers
+                else []
+            ),
+        },
+    }
 
 
 def network_policies(

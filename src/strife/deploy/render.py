@@ -6,7 +6,10 @@ so a local cluster and a Kubernetes one come from one description: each bank
 process (a bank, or a `host` serving several) is a StatefulSet with a volume
 for its SQLite files; the gateways are one StatefulSet whose pod names are the
 coordinator names banks record; the balancer, whose registry is rebuilt from
-heartbeats, is a Deployment behind a Service.
+heartbeats, is a Deployment behind a Service. Each replica of a replicated
+bank is a bank process of its own (`bank-vault-0`), with its own volume, its
+own certificate and signing key, and a headless Service whose name is its
+address in the group file.
 """
 
 from __future__ import annotations
@@ -14,13 +17,15 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
+from strife.bft.node import SERVICE as REPLICA_SERVICE
 from strife.cluster.seeds import generated_rows
-from strife.cluster.topology import Topology
+from strife.cluster.topology import BankSpec, ReplicatedBankSpec, Topology
 from strife.deploy.identities import (
     TOKEN_KEY_FILE,
     TOKEN_KEY_SECRET,
@@ -28,7 +33,25 @@ from strife.deploy.identities import (
     cert_manager_objects,
     planned_identities,
 )
-from strife.deploy.networkpolicy import ROLE_LABEL, allowed_callers, network_policies
+from strife.deploy.networkpolicy import (
+    GROUP_LABEL,
+    ROLE_LABEL,
+    allowed_callers,
+    group_policy,
+    network_policies,
+    replica_callers,
+)
+from strife.deploy.replicated import (
+    GROUP_FILE,
+    SIGNING_KEY,
+    GroupLayout,
+    clients,
+    key_label,
+    key_secret,
+    layouts,
+    replica_key_identity,
+    replica_process,
+)
 from strife.deploy.secrets_job import issue_secrets_job
 from strife.security.certs import DEFAULT_TRUST_DOMAIN
 
@@ -52,7 +75,11 @@ SERVICE_NAMES = {
     "bank": "strife.v1.BankService",
     "gateway": "strife.v1.PaymentGateway",
     "balancer": "strife.v1.LoadBalancer",
+    "replica": REPLICA_SERVICE,
 }
+# Where pods find the replicated banks' group files and their signing keys.
+GROUPS_DIR = "/groups"
+SIGNING_KEYS_DIR = "bft"
 _ORDINAL = re.compile(r"(?P<prefix>[a-z0-9]([-a-z0-9]*[a-z0-9])?)-(?P<n>[0-9]+)")
 
 
@@ -152,9 +179,17 @@ def _server_args(listen: str) -> list[str]:
     ]
 
 
-def _identity_volume(identities: list[Identity], token_key: bool = False) -> Manifest:
+def _signing_key_path(identity: str) -> str:
+    """Where a BFT signing key is mounted, relative to /certs: `bft/bank-vault-0.key`."""
+    return f"{SIGNING_KEYS_DIR}/{key_label(identity)}.key"
+
+
+def _identity_volume(
+    identities: list[Identity], token_key: bool = False, signing_keys: Sequence[str] = ()
+) -> Manifest:
     """One read-only folder, /certs, holding `<label>/{ca.crt,tls.crt,tls.key}`
-    for each identity (what --certs and --bank-certs read)."""
+    for each identity (what --certs and --bank-certs read), and the BFT signing
+    keys of `signing_keys` (client identities) under `bft/`."""
     sources: list[Manifest] = [
         {
             "secret": {
@@ -176,8 +211,40 @@ def _identity_volume(identities: list[Identity], token_key: bool = False) -> Man
                 }
             }
         )
+    sources += [
+        {
+            "secret": {
+                "name": key_secret(identity),
+                "items": [{"key": SIGNING_KEY, "path": _signing_key_path(identity)}],
+            }
+        }
+        for identity in signing_keys
+    ]
     # Group-readable: the files belong to root and the pod's fsGroup.
     return {"name": "identities", "projected": {"defaultMode": 0o440, "sources": sources}}
+
+
+def _groups_volume(groups: Sequence[GroupLayout]) -> Manifest:
+    """/groups/<bank>.toml for each group: the group files, public data."""
+    return {
+        "name": "groups",
+        "projected": {
+            "defaultMode": 0o444,
+            "sources": [
+                {
+                    "configMap": {
+                        "name": group.config_map,
+                        "items": [{"key": GROUP_FILE, "path": f"{group.bank}.toml"}],
+                    }
+                }
+                for group in groups
+            ],
+        },
+    }
+
+
+def _group_file(bank: str) -> str:
+    return f"{GROUPS_DIR}/{bank}.toml"
 
 
 def _probe(service: str, period_s: int, failures: int) -> Manifest:
@@ -319,7 +386,101 @@ def bank_objects(topology: Topology, process: str, banks: tuple[str, ...]) -> li
     return [_headless(name, "bank"), statefulset]
 
 
-def gateway_objects(topology: Topology) -> list[Manifest]:
+def replica_objects(
+    topology: Topology, spec: ReplicatedBankSpec, layout: GroupLayout
+) -> list[Manifest]:
+    """A replicated bank: per replica, a one-pod StatefulSet with its own
+    volume and a headless Service whose name is the replica's address in the
+    group file. One StatefulSet per replica rather than one of n pods: a pod
+    template is the same for every pod, so one set's pods would all mount
+    every replica's signing key and certificate, and one compromised replica
+    would hold a quorum's keys; PBFT tolerates f faulty replicas only if each
+    holds its own key alone."""
+    objects: list[Manifest] = []
+    for name in layout.names:
+        process = replica_process(name)
+        labels = {
+            **_labels("bank", process),
+            "app.kubernetes.io/component": "bank-replica",
+            GROUP_LABEL: spec.name,
+        }
+        args = [
+            "--group",
+            _group_file(spec.name),
+            "--replica",
+            name,
+            "--signing-key",
+            f"/certs/{_signing_key_path(replica_key_identity(name))}",
+            "--db",
+            f"/data/replica-{name}.db",
+            "--certs",
+            f"/certs/{process}",
+            # Where the resolver finds the coordinators of legs left in doubt.
+            "--balancer",
+            f"balancer:{GRPC_PORT}",
+            "--in-doubt-timeout",
+            f"{topology.timeouts.in_doubt_s:g}",
+            # Peers dial the Service's name; nothing advertises this address.
+            *_server_args(f"0.0.0.0:{GRPC_PORT}"),
+        ]
+        container = _container(
+            "replica",
+            "bank",
+            "strife-bank-replica",
+            args,
+            [
+                {"name": "data", "mountPath": "/data"},
+                {"name": "groups", "mountPath": GROUPS_DIR, "readOnly": True},
+            ],
+        )
+        pod = _pod_spec(
+            container,
+            [
+                _identity_volume(
+                    [Identity("bank", name)], signing_keys=[replica_key_identity(name)]
+                ),
+                _groups_volume([layout]),
+            ],
+        )
+        # Replicas on distinct nodes fail independently, which is what f counts.
+        pod["affinity"] = {
+            "podAntiAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [
+                    {
+                        "weight": 100,
+                        "podAffinityTerm": {
+                            "topologyKey": "kubernetes.io/hostname",
+                            "labelSelector": {"matchLabels": {GROUP_LABEL: spec.name}},
+                        },
+                    }
+                ]
+            }
+        }
+        service = _headless(process, "bank")
+        service["metadata"]["labels"] = dict(labels)
+        # The group's peers and clients need a replica's address while it
+        # starts or recovers too; PBFT, not readiness, decides whom to trust.
+        service["spec"]["publishNotReadyAddresses"] = True
+        objects += [
+            service,
+            {
+                "apiVersion": "apps/v1",
+                "kind": "StatefulSet",
+                "metadata": {"name": process, "labels": dict(labels)},
+                "spec": {
+                    "serviceName": process,
+                    # One writer per journal.
+                    "replicas": 1,
+                    "selector": {"matchLabels": _selector("bank", process)},
+                    "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
+                    "volumeClaimTemplates": [_claim(STORAGE["bank"])],
+                },
+            },
+        ]
+    return objects
+
+
+def gateway_objects(topology: Topology, groups: Sequence[GroupLayout] = ()) -> list[Manifest]:
     gateways = gateway_set(topology.gateways)
     name = gateways.statefulset
     identities = [Identity("gateway", n) for n in topology.gateways]
@@ -338,10 +499,19 @@ def gateway_objects(topology: Topology) -> list[Manifest]:
         f"{topology.timeouts.prepare_s:g}",
         *_server_args(f"$(POD_IP):{GRPC_PORT}"),
     ]
-    container = _container(
-        "gateway", "gateway", "strife-gateway", args, [{"name": "data", "mountPath": "/data"}]
-    )
-    spec = _pod_spec(container, [_identity_volume(identities, token_key=True)])
+    mounts: list[Manifest] = [{"name": "data", "mountPath": "/data"}]
+    keys = [f"gateway/{n}" for n in topology.gateways] if groups else []
+    volumes = [_identity_volume(identities, token_key=True, signing_keys=keys)]
+    if groups:
+        # Replicated banks are reached through their f + 1 client, not the
+        # balancer; each gateway signs its requests with its own key, picked
+        # by pod name as its certificate is.
+        args += [a for g in groups for a in ("--bank", f"{g.bank}=bft:{_group_file(g.bank)}")]
+        args += ["--bft-signing-key", f"/certs/{_signing_key_path('gateway/$(POD_NAME)')}"]
+        mounts.append({"name": "groups", "mountPath": GROUPS_DIR, "readOnly": True})
+        volumes.append(_groups_volume(groups))
+    container = _container("gateway", "gateway", "strife-gateway", args, mounts)
+    spec = _pod_spec(container, volumes)
     spec["affinity"] = {
         "podAntiAffinity": {
             "preferredDuringSchedulingIgnoredDuringExecution": [
@@ -422,9 +592,10 @@ def balancer_objects(topology: Topology) -> list[Manifest]:
     ]
 
 
-def disruption_budgets() -> list[Manifest]:
-    """A drain takes at most one bank and one gateway away at a time."""
-    return [
+def disruption_budgets(replicated: Sequence[ReplicatedBankSpec] = ()) -> list[Manifest]:
+    """A drain takes at most one bank and one gateway away at a time, and up to
+    f replicas of a replicated bank, which serves on with f of them down."""
+    budgets: list[Manifest] = [
         {
             "apiVersion": "policy/v1",
             "kind": "PodDisruptionBudget",
@@ -436,12 +607,35 @@ def disruption_budgets() -> list[Manifest]:
         }
         for role in ("bank", "gateway")
     ]
+    if replicated:
+        # The eviction API refuses a pod that two budgets cover: replicas have their group's.
+        budgets[0]["spec"]["selector"]["matchExpressions"] = [
+            {"key": GROUP_LABEL, "operator": "DoesNotExist"}
+        ]
+    budgets += [
+        {
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": {
+                "name": f"strife-bank-{spec.name}",
+                "labels": {"app.kubernetes.io/part-of": "strife"},
+            },
+            "spec": {
+                "maxUnavailable": (spec.replicas - 1) // 3,
+                "selector": {"matchLabels": {GROUP_LABEL: spec.name}},
+            },
+        }
+        for spec in replicated
+    ]
+    return budgets
 
 
 def seed_config_map(topology: Topology) -> Manifest:
-    """Each bank's seed customers (the topology's seed file or generated ones)."""
+    """Each bank's seed customers (the topology's seed file or generated ones);
+    a replicated bank's are its genesis state, the same at every replica."""
     data = {}
-    for bank in topology.banks:
+    banks: list[BankSpec | ReplicatedBankSpec] = [*topology.banks, *topology.replicated]
+    for bank in banks:
         if bank.seed is not None:
             data[f"{bank.name}{bank.seed.suffix}"] = bank.seed.read_text()
         else:
@@ -466,41 +660,79 @@ def _seed_patches(topology: Topology, seeds: Manifest) -> tuple[Patch, ...]:
             for bank in banks
             for arg in ("--seed", f"/seeds/{files[bank]}")
         ]
-        ops += [
-            {
-                "op": "add",
-                "path": "/spec/template/spec/volumes/-",
-                "value": {"name": "seeds", "configMap": {"name": "strife-seeds"}},
-            },
-            {
-                "op": "add",
-                "path": "/spec/template/spec/containers/0/volumeMounts/-",
-                "value": {"name": "seeds", "mountPath": "/seeds", "readOnly": True},
-            },
-        ]
+        ops += _seed_mount()
         patches.append(Patch("StatefulSet", tuple(ops), name=f"bank-{process}"))
+    for group in layouts(topology, GRPC_PORT):
+        for name in group.names:
+            ops = [
+                {"op": "add", "path": "/spec/template/spec/containers/0/args/-", "value": arg}
+                for arg in ("--seed", f"/seeds/{files[group.bank]}")
+            ]
+            ops += _seed_mount()
+            patches.append(Patch("StatefulSet", tuple(ops), name=replica_process(name)))
     return tuple(patches)
 
 
+def _seed_mount() -> list[Manifest]:
+    """The ops that mount the seeds ConfigMap at /seeds."""
+    return [
+        {
+            "op": "add",
+            "path": "/spec/template/spec/volumes/-",
+            "value": {"name": "seeds", "configMap": {"name": "strife-seeds"}},
+        },
+        {
+            "op": "add",
+            "path": "/spec/template/spec/containers/0/volumeMounts/-",
+            "value": {"name": "seeds", "mountPath": "/seeds", "readOnly": True},
+        },
+    ]
+
+
 def render(topology: Topology, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> Rendered:
+    if faulty := [spec.name for spec in topology.replicated if spec.byzantine]:
+        raise RenderError(
+            f"replicated bank {', '.join(faulty)} has byzantine replicas: a local demo's "
+            "fault, not something to deploy; remove `byzantine` to render"
+        )
+    groups = layouts(topology, GRPC_PORT)
     banks = [
         obj
         for process, served in topology.bank_processes().items()
         for obj in bank_objects(topology, process, served)
     ]
+    replicas = [
+        obj
+        for spec, layout in zip(topology.replicated, groups, strict=True)
+        for obj in replica_objects(topology, spec, layout)
+    ]
+    policies = network_policies(allowed_callers(), grpc_port=GRPC_PORT, metrics_port=METRICS_PORT)
+    policies += [group_policy(g.bank, replica_callers(), grpc_port=GRPC_PORT) for g in groups]
     base = {
         "balancer.yaml": balancer_objects(topology),
         "banks.yaml": banks,
-        "gateways.yaml": gateway_objects(topology),
-        "networkpolicies.yaml": network_policies(
-            allowed_callers(), grpc_port=GRPC_PORT, metrics_port=METRICS_PORT
-        ),
-        "disruptionbudgets.yaml": disruption_budgets(),
+        **({"replicated-banks.yaml": replicas} if replicas else {}),
+        "gateways.yaml": gateway_objects(topology, groups),
+        "networkpolicies.yaml": policies,
+        "disruptionbudgets.yaml": disruption_budgets(topology.replicated),
     }
+    names = [
+        o["metadata"]["name"]
+        for files in base.values()
+        for o in files
+        if o["kind"] == "StatefulSet"
+    ]
+    if clash := sorted({n for n in names if names.count(n) > 1}):
+        raise RenderError(f"two processes would be StatefulSet {', '.join(clash)}")
     components = {
         "cert-manager": {"certificates.yaml": cert_manager_objects(topology, trust_domain)},
         "certs-job": {
-            "issue-secrets.yaml": issue_secrets_job(planned_identities(topology), trust_domain)
+            "issue-secrets.yaml": issue_secrets_job(
+                planned_identities(topology),
+                trust_domain,
+                groups,
+                clients(topology) if groups else [],
+            )
         },
     }
     seeds = seed_config_map(topology)

@@ -7,7 +7,9 @@ it), and issues only the identities whose Secrets are missing, so running it
 again after adding a bank or a gateway issues just those. The Secrets have
 cert-manager's layout (`ca.crt`, `tls.crt`, `tls.key`), so the workloads
 mount either route's the same way, and a cert-manager CA issuer can sign
-with the CA Secret later.
+with the CA Secret later. Given replicated banks (`--bft-group`), it also
+issues their signing keys and writes their group files
+(`strife.deploy.replicated`).
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ import os
 import ssl
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from strife.deploy.identities import CA_SECRET, TOKEN_KEY_SECRET, Identity
+from strife.deploy.replicated import GroupLayout, layout_arg
 from strife.security import certs
 
 Manifest = dict[str, Any]
@@ -103,14 +106,17 @@ def issue_missing(
 
 
 class InClusterSecrets:
-    """Secrets of the pod's own namespace, through the API server, with the
-    pod's service-account token (stdlib only: the image carries no client)."""
+    """Secrets (and the replicated banks' ConfigMaps) of the pod's own
+    namespace, through the API server, with the pod's service-account token
+    (stdlib only: the image carries no client)."""
 
     def __init__(self, sa_dir: Path = _SA_DIR) -> None:
         host = os.environ["KUBERNETES_SERVICE_HOST"]
         port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
         self.namespace = (sa_dir / "namespace").read_text().strip()
-        self._base = f"https://{host}:{port}/api/v1/namespaces/{self.namespace}/secrets"
+        namespace_url = f"https://{host}:{port}/api/v1/namespaces/{self.namespace}"
+        self._base = f"{namespace_url}/secrets"
+        self._configmaps = f"{namespace_url}/configmaps"
         self._token = (sa_dir / "token").read_text().strip()
         self._tls = ssl.create_default_context(cafile=str(sa_dir / "ca.crt"))
 
@@ -150,11 +156,50 @@ class InClusterSecrets:
             },
         )
 
+    def get_config(self, name: str) -> dict[str, str] | None:
+        found = self._call("GET", f"{self._configmaps}/{name}")
+        return None if found is None else dict(found.get("data") or {})
 
-def issue_secrets_job(identities: Iterable[Identity], trust_domain: str) -> list[Manifest]:
-    """The Job, its service account, and a Role that may read and create Secrets only."""
+    def put_config(self, name: str, data: dict[str, str], *, replace: bool) -> None:
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name, "labels": dict(_LABELS)},
+            "data": data,
+        }
+        if replace:
+            self._call("PUT", f"{self._configmaps}/{name}", body)
+        else:
+            self._call("POST", self._configmaps, body)
+
+
+def issue_secrets_job(
+    identities: Iterable[Identity],
+    trust_domain: str,
+    groups: Sequence[GroupLayout] = (),
+    clients: Sequence[str] = (),
+) -> list[Manifest]:
+    """The Job, its service account, and a Role that may read and create
+    Secrets, and with replicated banks read, create and rewrite their group
+    ConfigMaps, nothing else."""
     args = ["-m", "strife.deploy", "issue-secrets", "--trust-domain", trust_domain]
     args += [a for identity in identities for a in ("--identity", identity_arg(identity))]
+    args += [a for group in groups for a in ("--bft-group", layout_arg(group))]
+    args += [a for client in clients if groups for a in ("--bft-client", client)]
+    rules: list[Manifest] = [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create"]}
+    ]
+    if groups:
+        # `create` cannot be limited by name; reading and rewriting can.
+        rules += [
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
+            {
+                "apiGroups": [""],
+                "resources": ["configmaps"],
+                "resourceNames": [g.config_map for g in groups],
+                "verbs": ["get", "update"],
+            },
+        ]
     labels = {**_LABELS, "app.kubernetes.io/component": "issue-secrets"}
     return [
         {
@@ -166,7 +211,7 @@ def issue_secrets_job(identities: Iterable[Identity], trust_domain: str) -> list
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
             "metadata": {"name": SERVICE_ACCOUNT, "labels": dict(labels)},
-            "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create"]}],
+            "rules": rules,
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
