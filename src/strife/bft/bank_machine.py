@@ -4,8 +4,16 @@ Every replica executes the same operations in the agreed order on its own
 `strife.bank.ledger.Ledger`, which is pure and deterministic (no clock, no
 randomness, no I/O), so honest replicas compute byte-identical results.
 Operations and results are canonical JSON (sorted keys, no spaces, ints as
-ints, bytes as hex): a client compares replies byte for byte, and a
-checkpoint's digest is the SHA-256 of the canonical snapshot.
+ints, bytes as hex): a client compares replies byte for byte.
+
+The state is kept in pages (`strife.bft.pages`), so a checkpoint costs what
+changed since the last one: accounts, transfers (with their prepare counts
+and resolver votes), customers and login attempts in pages of 256 records,
+filled in the order records first appear; posted entries in pages of 1,024,
+in posting order; and a `meta` page with the counts a restored replica needs
+to lay out new records exactly as the others do. Each keyed table is a
+`Tracked` dict, whose writes mark their record's page; the digest hashes the
+pages' names and digests, and a snapshot is the pages framed.
 
 An operation the ledger refuses (`LedgerError`) is a result too, the same at
 every honest replica; a malformed operation is refused as INVALID_REQUEST.
@@ -57,6 +65,7 @@ from strife.bank.service import (
     LOGIN_WINDOW_S,
     MAX_CREDENTIAL_CHARS,
 )
+from strife.bft.pages import Page, Pager, Tracked, frame, is_paged, root_digest, unframe
 from strife.security.passwords import DEFAULT_PARAMS, is_hash
 
 __all__ = ["READS", "BankMachine", "admits", "canonical", "operation"]
@@ -73,7 +82,10 @@ whose attempts all left the window, then the name whose latest attempt is
 oldest: evicting a name still being guessed at takes this many newer names
 within one window, far more ordered operations than a group executes in it."""
 
-_DIGEST_PREFIX = b"strife-bft/bank-ledger/v1\n"
+_DIGEST_PREFIX = b"strife-bft/bank-ledger/v2\n"
+RECORDS_PER_PAGE = 256
+ENTRIES_PER_PAGE = 1024
+_KEYED = ("accounts", "customers", "logins", "transfers")
 
 
 def canonical(value: object) -> bytes:
@@ -111,23 +123,59 @@ def admits(client: str, op: bytes, voters: frozenset[str] = frozenset()) -> bool
 class BankMachine:
     """One replica's copy of a bank: accounts, transfers and posted entries."""
 
-    def __init__(
-        self, ledger: Ledger | None = None, entries: Iterable[list[Any]] = (), *, weak: int = 1
-    ) -> None:
-        self.ledger = ledger or Ledger()
+    def __init__(self, *, weak: int = 1) -> None:
         self.weak = weak
         """f + 1: votes that settle an in-doubt transfer (one of them is honest)."""
-        self.resolutions: dict[str, dict[str, list[Any]]] = {}
+        self._pagers = {kind: Pager(kind, RECORDS_PER_PAGE) for kind in _KEYED}
+        self._hold(Ledger(), {}, {}, {}, [])
+
+    def _hold(
+        self,
+        ledger: Ledger,
+        resolutions: dict[str, dict[str, list[Any]]],
+        customers: dict[str, dict[str, str]],
+        logins: dict[str, list[int]],
+        entries: list[list[Any]],
+    ) -> None:
+        """Take these as the state, every keyed table tracked (pages laid out apart)."""
+        self.ledger = ledger
+        ledger.accounts = Tracked(ledger.accounts, self._touch_account)
+        ledger.transfers = Tracked(ledger.transfers, self._touch_transfer)
+        ledger.votes = Tracked(ledger.votes, self._touch_transfer)
+        self.resolutions: Tracked[dict[str, list[Any]]] = Tracked(resolutions, self._touch_transfer)
         """transfer id -> voter -> [commit, the prepare count it saw]."""
-        self.customers: dict[str, dict[str, str]] = {}
+        self.customers: Tracked[dict[str, str]] = Tracked(customers, self._touch_customer)
         """username -> customer_id, display_name, password_hash."""
-        self.logins: dict[str, list[int]] = {}
+        self.logins: Tracked[list[int]] = Tracked(logins, self._touch_login)
         """username -> times (ns, ascending) of its latest attempts since its last
         right password, at most the limit (the latest by time, not by arrival)."""
-        self.entries: list[list[Any]] = [list(e) for e in entries]
+        self.entries = entries
         """Posted lines, oldest first: transfer, account, signed amount, currency, counterparty."""
+        self._by_account: dict[str, list[int]] = {}
+        """account id -> positions of its entries (an index for history, not state)."""
+        for position, entry in enumerate(entries):
+            self._by_account.setdefault(entry[1], []).append(position)
+        self._entry_pages: list[Page] = []
+        self._entries_paged = 0
+        """Entries below this many are in `_entry_pages` as they are now."""
         # A checkpoint asks for the digest and then the snapshot of the same state.
-        self._snapshot: bytes | None = None
+        self._pages: list[Page] | None = None
+
+    # Values in tracked tables are replaced, never changed in place: a write is
+    # what marks a record's page.
+
+    def _touch_account(self, key: str) -> None:
+        self._pagers["accounts"].touch(key, key in self.ledger.accounts)
+
+    def _touch_transfer(self, key: str) -> None:
+        held = key in self.ledger.transfers or key in self.ledger.votes
+        self._pagers["transfers"].touch(key, held or key in getattr(self, "resolutions", ()))
+
+    def _touch_customer(self, key: str) -> None:
+        self._pagers["customers"].touch(key, key in self.customers)
+
+    def _touch_login(self, key: str) -> None:
+        self._pagers["logins"].touch(key, key in self.logins)
 
     @classmethod
     def from_seed(cls, rows: Iterable[SeedRow], *, weak: int = 1) -> BankMachine:
@@ -153,7 +201,7 @@ class BankMachine:
     # -- StateMachine -----------------------------------------------------
 
     def execute(self, op: bytes) -> bytes:
-        self._snapshot = None
+        self._pages = None
         try:
             request = json.loads(op)
             if not isinstance(request, dict) or not isinstance(request.get("op"), str):
@@ -173,59 +221,91 @@ class BankMachine:
             )
 
     def digest(self) -> bytes:
-        return hashlib.sha256(_DIGEST_PREFIX + self.snapshot()).digest()
+        return root_digest(_DIGEST_PREFIX, self._current())
 
     def snapshot(self) -> bytes:
-        if self._snapshot is None:
-            self._snapshot = self._serialise()
-        return self._snapshot
-
-    def _serialise(self) -> bytes:
-        accounts = [asdict(a) for a in sorted(self.ledger.accounts.values(), key=_account_key)]
-        transfers = [
-            _transfer_json(t) for t in sorted(self.ledger.transfers.values(), key=_transfer_key)
-        ]
-        state: dict[str, Any] = {
-            "accounts": accounts,
-            "transfers": transfers,
-            "entries": self.entries,
-            "customers": self.customers,
-            "votes": self.ledger.votes,
-            "resolutions": self.resolutions,
-        }
-        # Only when there are any: a state without attempts hashes as it did before
-        # logins were counted, so older journals and checkpoints still verify.
-        if self.logins:
-            state["logins"] = self.logins
-        return canonical(state)
+        return frame(self._current())
 
     def restore(self, snapshot: bytes) -> None:
         """Replace the state; a snapshot that is not a consistent ledger is refused."""
+        if not is_paged(snapshot):
+            raise ValueError(
+                "not a paged bank snapshot (a journal from before pages is refused: move it"
+                " aside, and the replica catches up from its group by state transfer)"
+            )
         try:
-            raw = json.loads(snapshot)
-            accounts = [Account(**_typed(a, _ACCOUNT_FIELDS)) for a in raw["accounts"]]
-            transfers = [_transfer_of(t) for t in raw["transfers"]]
-            entries = [list(e) for e in raw["entries"]]
-            if not all(len(e) == 5 for e in entries):
-                raise ValueError("entries")
-            customers = {
-                str(name): _typed(c, _CUSTOMER_FIELDS) for name, c in raw["customers"].items()
-            }
-            ledger = Ledger(accounts, transfers)  # checks every invariant
-            ledger.votes = {str(t): _int(n) for t, n in raw["votes"].items()}
-            resolutions = {
-                str(t): {str(v): [bool(c), _int(seen)] for v, (c, seen) in by.items()}
-                for t, by in raw["resolutions"].items()
-            }
-            logins = _logins_of(raw.get("logins"))
+            saved = _Saved(unframe(snapshot))
+            ledger = Ledger(saved.accounts, saved.transfers)  # checks every invariant
+            ledger.votes = saved.votes
+            pagers = {kind: Pager(kind, RECORDS_PER_PAGE) for kind in _KEYED}
+            for kind, pager in pagers.items():
+                pager.load(saved.pages[kind], saved.slots[kind])
         except (ValueError, TypeError, KeyError, AttributeError, AssertionError) as exc:
             raise ValueError(f"not a bank ledger snapshot: {type(exc).__name__}") from None
-        self.ledger = ledger
-        self.entries = entries
-        self.customers = customers
-        self.resolutions = resolutions
-        self.logins = logins
-        self._snapshot = None
+        self._pagers = pagers
+        self._hold(ledger, saved.resolutions, saved.customers, saved.logins, saved.entries)
+        self._entry_pages = saved.entry_pages
+        self._entries_paged = len(saved.entries)
+
+    def audit_pages(self) -> None:
+        """Raise AssertionError unless every page holds exactly what its records render
+        to now: a write that bypassed tracking would leave a stale page, and a digest
+        that no longer says what the state is."""
+        cached = self._current()
+        for kind, pager in self._pagers.items():
+            assert set(pager.page_of) == set(self._table(kind)), kind
+            pager.dirty.update(pager.members)
+        self._entry_pages, self._entries_paged, self._pages = [], 0, None
+        assert self._current() == cached, "a page went stale"
+
+    def _table(self, kind: str) -> Iterable[str]:
+        if kind == "transfers":
+            return {*self.ledger.transfers, *self.ledger.votes, *self.resolutions}
+        tables: dict[str, Iterable[str]] = {
+            "accounts": self.ledger.accounts,
+            "customers": self.customers,
+            "logins": self.logins,
+        }
+        return tables[kind]
+
+    def _current(self) -> list[Page]:
+        """Every page of the state as it is now, in name order."""
+        if self._pages is None:
+            render = {
+                "accounts": lambda keys: canonical([asdict(self.ledger.accounts[k]) for k in keys]),
+                "customers": lambda keys: canonical({k: self.customers[k] for k in keys}),
+                "logins": lambda keys: canonical({k: self.logins[k] for k in keys}),
+                "transfers": self._render_transfers,
+            }
+            pages = [p for kind in _KEYED for p in self._pagers[kind].pages(render[kind])]
+            meta = {
+                "entries": len(self.entries),
+                "slots": {kind: self._pagers[kind].next_slot for kind in _KEYED},
+            }
+            pages += [*self._paged_entries(), Page.of("meta", canonical(meta))]
+            self._pages = sorted(pages, key=lambda p: p.name)
+        return self._pages
+
+    def _render_transfers(self, keys: list[str]) -> bytes:
+        transfers, votes = self.ledger.transfers, self.ledger.votes
+        return canonical(
+            {
+                "transfers": [_transfer_json(transfers[k]) for k in keys if k in transfers],
+                "votes": {k: votes[k] for k in keys if k in votes},
+                "resolutions": {k: self.resolutions[k] for k in keys if k in self.resolutions},
+            }
+        )
+
+    def _paged_entries(self) -> list[Page]:
+        """Entry pages; only the last ones change (entries are appended, never edited)."""
+        if self._entries_paged != len(self.entries):
+            first = self._entries_paged // ENTRIES_PER_PAGE
+            del self._entry_pages[first:]
+            for k in range(first, -(-len(self.entries) // ENTRIES_PER_PAGE)):
+                rows = self.entries[k * ENTRIES_PER_PAGE : (k + 1) * ENTRIES_PER_PAGE]
+                self._entry_pages.append(Page.of(f"entries/{k:08d}", canonical(rows)))
+            self._entries_paged = len(self.entries)
+        return self._entry_pages
 
     # -- the operations ---------------------------------------------------
 
@@ -285,8 +365,8 @@ class BankMachine:
         if transfer is None or transfer.state != TransferState.PREPARED:
             self.resolutions.pop(transfer_id, None)
             return self._transfer({"transfer_id": transfer_id})
-        votes = self.resolutions.setdefault(transfer_id, {})
-        votes[voter] = [commit, seen]
+        votes = {**self.resolutions.get(transfer_id, {}), voter: [commit, seen]}
+        self.resolutions[transfer_id] = votes
         count = self.ledger.votes.get(transfer_id, 0)
         alike = sum(1 for c, s in votes.values() if c == commit and (commit or s == count))
         if alike < self.weak:
@@ -351,10 +431,12 @@ class BankMachine:
     def _login_release(self, r: Mapping[str, Any]) -> dict[str, Any]:
         """Give back the attempt made at `at_ns`: no password was checked for it."""
         username, at_ns = _username(r), _i(r, "at_ns")
-        times = self.logins.get(username, [])
+        times = list(self.logins.get(username, []))
         if at_ns in times:
             times.remove(at_ns)
-        if not times:
+        if times:
+            self.logins[username] = times
+        else:
             self.logins.pop(username, None)
         return {"attempts": len(times)}
 
@@ -386,13 +468,16 @@ class BankMachine:
         account_id = _s(r, "account_id")
         self._account(r)
         before, limit = _i(r, "before"), _i(r, "limit")
-        rows = [(i + 1, e) for i, e in enumerate(self.entries) if e[1] == account_id]
-        rows = [(seq, e) for seq, e in rows if before <= 0 or seq < before][::-1][:limit]
-        return {"entries": [[seq, *e] for seq, e in rows]}
+        positions = self._by_account.get(account_id, [])
+        # Positions are 1-based on the wire; `before` <= 0 means from the newest.
+        end = len(positions) if before <= 0 else bisect.bisect_left(positions, before - 1)
+        newest = positions[max(0, end - max(limit, 0)) : end][::-1]
+        return {"entries": [[i + 1, *self.entries[i]] for i in newest]}
 
     def _posted(self, outcome: Outcome) -> dict[str, Any]:
         if not outcome.replayed:
             for e in outcome.changes.entries:
+                self._by_account.setdefault(e.account_id, []).append(len(self.entries))
                 self.entries.append(
                     [e.transfer_id, e.account_id, e.amount_minor, e.currency, e.counterparty]
                 )
@@ -519,10 +604,8 @@ def _username(r: Mapping[str, Any]) -> str:
 
 def _logins_of(raw: Any) -> dict[str, list[int]]:
     """The attempts table of a snapshot, refused unless it is one this machine could
-    have written (absent when empty; per name 1 to the limit times, ascending)."""
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict) or not raw or len(raw) > LOGIN_USERNAMES:
+    have written (per name 1 to the limit times, ascending; at most LOGIN_USERNAMES)."""
+    if not isinstance(raw, dict) or len(raw) > LOGIN_USERNAMES:
         raise ValueError("logins")
     logins: dict[str, list[int]] = {}
     for name, times in raw.items():
@@ -533,6 +616,92 @@ def _logins_of(raw: Any) -> dict[str, list[int]]:
             raise ValueError("logins")
         logins[str(name)] = checked
     return logins
+
+
+class _Saved:
+    """A snapshot's pages read back, every record checked for its shape (the ledger's
+    own invariants are checked when a `Ledger` is built from them)."""
+
+    def __init__(self, pages: list[Page]) -> None:
+        by_kind: dict[str, list[Page]] = {kind: [] for kind in (*_KEYED, "entries")}
+        meta: Any = None
+        for page in pages:
+            kind, slash, _ = page.name.partition("/")
+            if page.name == "meta":
+                meta = json.loads(page.body)
+            elif slash and kind in by_kind:
+                by_kind[kind].append(page)
+            else:
+                raise ValueError(f"unknown page {page.name!r}")
+        if not isinstance(meta, dict) or set(meta) != {"entries", "slots"}:
+            raise ValueError("meta")
+        slots = meta["slots"]
+        if not isinstance(slots, dict) or set(slots) != set(_KEYED):
+            raise ValueError("meta")
+        self.slots = {kind: _int(slots[kind]) for kind in _KEYED}
+        self.pages: dict[str, list[tuple[Page, list[str]]]] = {kind: [] for kind in _KEYED}
+        self.accounts: list[Account] = []
+        for page in by_kind["accounts"]:
+            rows = [Account(**_typed(a, _ACCOUNT_FIELDS)) for a in json.loads(page.body)]
+            self.pages["accounts"].append((page, [a.account_id for a in rows]))
+            self.accounts += rows
+        self.customers: dict[str, dict[str, str]] = {}
+        for page in by_kind["customers"]:
+            held = {str(k): _typed(c, _CUSTOMER_FIELDS) for k, c in json.loads(page.body).items()}
+            self.pages["customers"].append((page, list(held)))
+            self.customers.update(held)
+        logins: dict[str, Any] = {}
+        for page in by_kind["logins"]:
+            held = json.loads(page.body)
+            if not isinstance(held, dict):
+                raise ValueError("logins")
+            self.pages["logins"].append((page, list(held)))
+            logins.update(held)
+        self.logins = _logins_of(logins)
+        self.transfers: list[Transfer] = []
+        self.votes: dict[str, int] = {}
+        self.resolutions: dict[str, dict[str, list[Any]]] = {}
+        for page in by_kind["transfers"]:
+            raw = json.loads(page.body)
+            if set(raw) != {"transfers", "votes", "resolutions"}:
+                raise ValueError("transfers")
+            held_transfers = [_transfer_of(t) for t in raw["transfers"]]
+            votes = {str(t): _int(n) for t, n in raw["votes"].items()}
+            resolutions = {
+                str(t): {str(v): [_bool(c), _int(seen)] for v, (c, seen) in by.items()}
+                for t, by in raw["resolutions"].items()
+            }
+            keys = {t.transfer_id for t in held_transfers} | votes.keys() | resolutions.keys()
+            self.pages["transfers"].append((page, sorted(keys)))
+            self.transfers += held_transfers
+            self.votes.update(votes)
+            self.resolutions.update(resolutions)
+        self.entries: list[list[Any]] = []
+        self.entry_pages = by_kind["entries"]
+        for k, page in enumerate(self.entry_pages):
+            rows = json.loads(page.body)
+            if page.name != f"entries/{k:08d}" or not isinstance(rows, list):
+                raise ValueError("entries")
+            if len(rows) != ENTRIES_PER_PAGE and k != len(self.entry_pages) - 1:
+                raise ValueError("entries")
+            self.entries += [_entry_of(e) for e in rows]
+        if len(self.entries) != _int(meta["entries"]):
+            raise ValueError("entries")
+
+
+def _entry_of(raw: Any) -> list[Any]:
+    if not isinstance(raw, list) or len(raw) != 5:
+        raise ValueError("entry")
+    transfer_id, account_id, amount, currency, counterparty = raw
+    if not all(isinstance(v, str) for v in (transfer_id, account_id, currency, counterparty)):
+        raise ValueError("entry")
+    return [transfer_id, account_id, _int(amount), currency, counterparty]
+
+
+def _bool(value: Any) -> bool:
+    if type(value) is not bool:
+        raise ValueError("expected true or false")
+    return value
 
 
 def _int(value: Any) -> int:
