@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from strife.bft.bank_client import connect
+from strife.bft.cluster import auditor_clients
 from strife.cluster.seeds import account_of, password_of
 from strife.cluster.supervisor import Supervisor
 from strife.cluster.topology import parse_topology
@@ -56,12 +56,7 @@ async def test_the_bft_topology_pays_into_its_replicated_bank_despite_a_liar(
                 ("vault", account_of("vault-1")), 2_500,
             )  # fmt: skip
             assert paid.payment.status == gateway_pb2.PAYMENT_STATUS_COMMITTED
-            vault = connect(
-                root / "bft" / "vault" / "group.toml",
-                "admin/admin",
-                root / "bft" / "vault" / "admin-admin.key",
-                admin,
-            )
+            vault = auditor_clients(root, ["vault"], admin)["vault"]
 
             async def credited() -> bool:
                 reply = await vault.GetAccountBalance(

@@ -3,9 +3,11 @@
 Everything a group needs that a plain bank does not, made once and kept (a
 restarted cluster must find the same keys, or its journals' signed
 checkpoints would no longer verify): under `<data_dir>/bft/<bank>/`, one
-Ed25519 signing key per replica, one per gateway and one for the admin
-identity (the auditor, the demo), and the group file listing their public
-keys and the replicas' fixed loopback addresses. Certificates come from the
+Ed25519 signing key per replica and the group file listing the public keys
+and the replicas' fixed loopback addresses; under `<data_dir>/bft/keys/`, one
+key per client identity, each gateway's and the admin's (the auditor, the
+demo), shared by every group. A group file whose clients' keys no longer
+match is written again. Certificates come from the
 cluster's CA like every other identity (`bank-<bank>-<i>`).
 """
 
@@ -30,12 +32,21 @@ from strife.bft.group import (
 from strife.rpc.addresses import free_port
 from strife.rpc.channels import ChannelPool
 
-__all__ = ["ADMIN", "GROUP_SETTINGS", "GroupPlan", "auditor_clients", "plan_group", "replica_names"]
+__all__ = [
+    "ADMIN",
+    "GROUP_SETTINGS",
+    "GroupPlan",
+    "auditor_clients",
+    "client_key",
+    "gateway_key_args",
+    "plan_group",
+    "replica_names",
+]
 
 ADMIN = "admin/admin"
 # One sequence number in flight: on a machine short of cores, fewer and fuller
-# batches beat more and emptier ones; a checkpoint serialises the whole ledger,
-# so not too often (benchmarks/bench_bft.py). A Kubernetes deployment's groups
+# batches beat more and emptier ones (benchmarks/bench_bft.py); a checkpoint costs
+# what changed since the last (benchmarks/bench_bft_checkpoint.py). A Kubernetes deployment's groups
 # use the same (strife.deploy.replicated).
 GROUP_SETTINGS: dict[str, int] = {
     "checkpoint_interval": 64,
@@ -58,12 +69,20 @@ class GroupPlan:
     client_keys: dict[str, Path]
     """Client identity (`gateway/gw-1`, `admin/admin`) -> its signing key file."""
 
-    def gateway_args(self, gateway: str) -> list[str]:
-        return [
-            f"--bank={self.group.bank}=bft:{self.group_file}",
-            "--bft-signing-key",
-            str(self.client_keys[f"gateway/{gateway}"]),
-        ]
+    def gateway_arg(self) -> str:
+        """The gateway option naming this group (its key: `gateway_key_args`)."""
+        return f"--bank={self.group.bank}=bft:{self.group_file}"
+
+
+def client_key(root: Path, identity: str) -> Path:
+    """A client identity's signing key (`gateway/gw-1`): one per identity, whatever
+    the groups it talks to, since a gateway signs every request with one key."""
+    return root / "keys" / f"{identity.replace('/', '-')}.key"
+
+
+def gateway_key_args(root: Path, gateway: str, groups: Sequence[GroupPlan]) -> list[str]:
+    """`--bft-signing-key` for a gateway of a cluster with replicated banks, or nothing."""
+    return ["--bft-signing-key", str(client_key(root, f"gateway/{gateway}"))] if groups else []
 
 
 def plan_group(
@@ -80,17 +99,18 @@ def plan_group(
     names = replica_names(bank, replicas)
     identities = [*(f"gateway/{g}" for g in gateways), ADMIN]
     replica_keys = {name: folder / f"{name}.key" for name in names}
-    client_keys = {c: folder / f"{c.replace('/', '-')}.key" for c in identities}
+    client_keys = {c: client_key(root, c) for c in identities}
+    clients = tuple(ClientEntry(c, _public(_key(client_keys[c]))) for c in identities)
     if group_file.exists():
         group = Group.load(group_file)
-        known = {c.identity for c in group.clients}
-        if [r.name for r in group.replicas] == names and known == set(identities):
+        listed = {c.identity: c.public_key for c in group.clients}
+        current = [r.name for r in group.replicas] == names
+        if current and listed == {c.identity: c.public_key for c in clients}:
             return GroupPlan(group_file, group, replica_keys, client_keys)
     entries = tuple(
         ReplicaEntry(name, f"127.0.0.1:{free_port()}", _public(_key(replica_keys[name])))
         for name in names
     )
-    clients = tuple(ClientEntry(c, _public(_key(client_keys[c]))) for c in identities)
     config = Config(n=replicas, **{**GROUP_SETTINGS, **(tunables or {})})  # type: ignore[arg-type]
     group = Group(bank, config, entries, clients)
     group_file.write_text(group.to_toml())
@@ -106,7 +126,7 @@ def auditor_clients(
         bank: connect(
             data_dir / "bft" / bank / "group.toml",
             ADMIN,
-            data_dir / "bft" / bank / f"{ADMIN.replace('/', '-')}.key",
+            client_key(data_dir / "bft", ADMIN),
             pool,
         )
         for bank in banks

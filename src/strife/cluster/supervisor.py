@@ -28,7 +28,13 @@ from typing import Any
 from grpc_health.v1 import health_pb2
 
 from strife.backoff import Backoff
-from strife.bft.cluster import GroupPlan, plan_group, replica_names, write_seed
+from strife.bft.cluster import (
+    GroupPlan,
+    gateway_key_args,
+    plan_group,
+    replica_names,
+    write_seed,
+)
 from strife.cluster.seeds import generated_rows, seed_file
 from strife.cluster.topology import ReplicatedBankSpec, Topology
 from strife.rpc.channels import ChannelPool, Peer, health_stub
@@ -170,7 +176,8 @@ class Supervisor:
             )
         groups = [self._replicated(spec, children) for spec in self.topology.replicated]
         for name in self.topology.gateways:
-            replicated = [arg for plan in groups for arg in plan.gateway_args(name)]
+            replicated = [plan.gateway_arg() for plan in groups]
+            replicated += gateway_key_args(self.root / "bft", name, groups)
             children.append(
                 Child(
                     f"gateway-{name}",
