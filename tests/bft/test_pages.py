@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from strife.bft.journal import Journal, Saved
-from strife.bft.pages import Page, Pager, Tracked, frame, root_digest, unframe
+from strife.bft.pages import Page, Pager, Tracked, frame, root_digest, split, unframe
 
 
 def _pages(*bodies: bytes) -> list[Page]:
@@ -163,3 +163,20 @@ def test_a_journal_missing_a_page_of_its_checkpoint_is_refused(tmp_path: Path) -
         db.execute("DELETE FROM page WHERE digest = (SELECT min(digest) FROM page)")
     with pytest.raises(ValueError, match="missing"):
         Journal(tmp_path / "r.db", synchronous="NORMAL").load()
+
+
+def test_a_snapshot_is_cut_between_pages_and_a_changed_page_changes_one_piece() -> None:
+    bodies = [bytes([i % 251]) * (50 + (i * 37) % 900) for i in range(300)]
+    pages = [Page.of(f"p/{i:08d}", body) for i, body in enumerate(bodies)]
+    snapshot = frame(pages)
+    for limit in (64, 4_000, 50_000, 10**9):
+        pieces = split(snapshot, limit)
+        assert b"".join(pieces) == snapshot
+        assert all(len(piece) <= limit for piece in pieces)
+    before = set(split(snapshot, 20_000))
+    pages[150] = Page.of(pages[150].name, b"grown" * 300)
+    after = split(frame(pages), 20_000)
+    assert sum(piece not in before for piece in after) == 1
+    # Not paged: fixed pieces; nothing at all: one empty piece.
+    assert split(b"abcde", 2) == [b"ab", b"cd", b"e"]
+    assert split(b"", 8) == [b""]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
@@ -26,6 +27,7 @@ from strife.bft.effects import (
 )
 from strife.bft.messages import (
     Checkpoint,
+    ClientRecord,
     Commit,
     Message,
     NewView,
@@ -34,6 +36,7 @@ from strife.bft.messages import (
     Reply,
     Request,
     StateReply,
+    StateRequest,
     batch_digest,
 )
 from strife.bft.replica import Replica
@@ -217,7 +220,8 @@ def test_checkpoints_become_stable_and_the_log_below_them_goes() -> None:
         assert replica.stable.seq == 4
         assert len(replica.stable.proof) >= 3
         assert not replica._slots and not replica._prepared and not replica._checkpoints
-        assert set(replica._snapshots) == {4}
+        # The last two stable checkpoints' snapshots, kept to hand over.
+        assert set(replica._snapshots) == {2, 4}
 
 
 def test_a_replica_resumed_from_its_checkpoint_and_log_is_the_replica_it_was() -> None:
@@ -425,26 +429,78 @@ def test_a_replica_that_fell_behind_installs_the_certified_state() -> None:
     assert group.seqs(3) == [7]
 
 
+def _chunked(snapshot: bytes, size: int) -> list[bytes]:
+    return [snapshot[i : i + size] for i in range(0, len(snapshot), size)] or [b""]
+
+
 def test_a_snapshot_that_does_not_match_its_certificate_is_refused() -> None:
     group = Group()
     for i in range(2):
         assert group.call("client-a", f"deposit a {i + 1}") is not None
     honest = group.replicas[0]
-    fresh = Replica(
-        group.config, 3, group.keys.signer("replica-3"), group.keys.verifier, Accounts()
-    )
-    bogus = StateReply(2, b'{"mallory": 1000}', (), honest.stable.proof, 0)
-    out = fresh.handle(Receive(sign(group.keys, bogus, "replica-0")))
-    assert fresh.dropped["bad-snapshot"] == 1 and fresh.last_executed == 0
-    assert fresh.app.snapshot() == b"{}"
-    garbage = StateReply(2, b"\xff not json", (), honest.stable.proof, 0)
-    fresh.handle(Receive(sign(group.keys, garbage, "replica-0")))
-    assert fresh.dropped["bad-snapshot"] == 2
+    proof = honest.stable.proof
+
+    def fresh() -> Replica:
+        return Replica(
+            group.config, 3, group.keys.signer("replica-3"), group.keys.verifier, Accounts()
+        )
+
+    def reply(index: int, chunks: list[bytes], clients: tuple[ClientRecord, ...] = ()) -> Receive:
+        digests = tuple(hashlib.sha256(c).digest() for c in chunks)
+        message = StateReply(2, index, digests, chunks[index], clients, proof, 0)
+        return Receive(sign(group.keys, message, "replica-0"))
+
+    # A faulty holder's snapshot, consistent with the chunk digests it lists: the
+    # restored state does not hash to the certified digest, and nothing changes.
+    liar = fresh()
+    liar.handle(reply(0, [b'{"mallory": 1000}']))
+    assert liar.dropped["bad-snapshot"] == 1 and liar.last_executed == 0
+    assert liar.app.snapshot() == b"{}"
+    garbage = fresh()
+    garbage.handle(reply(0, [b"\xff not json"]))
+    assert garbage.dropped["bad-snapshot"] == 1
+    # A chunk that is not the one its reply's list names is refused on arrival.
     good = honest._snapshots[2]
-    reply = StateReply(2, good.state, good.clients, honest.stable.proof, 0)
-    out = fresh.handle(Receive(sign(group.keys, reply, "replica-0")))
-    assert [o.seq for o in out if isinstance(o, StateInstalled)] == [2]
-    assert fresh.app.snapshot() == group.apps[0].snapshot()
+    chunks = _chunked(good.state, 3)
+    assert len(chunks) > 2
+    tampered = fresh()
+    digests = tuple(hashlib.sha256(c).digest() for c in chunks)
+    forged = StateReply(2, 0, digests, b"XXXX", good.clients, proof, 0)
+    tampered.handle(Receive(sign(group.keys, forged, "replica-0")))
+    assert tampered.dropped["bad-state-chunk"] == 1
+    # The honest snapshot, chunk by chunk: installed once the last one is in.
+    installing = fresh()
+    outputs: list[Output] = []
+    for index in range(len(chunks)):
+        outputs += installing.handle(reply(index, chunks, good.clients))
+    assert [o.seq for o in outputs if isinstance(o, StateInstalled)] == [2]
+    assert installing.app.snapshot() == group.apps[0].snapshot()
+
+
+def test_a_replica_far_behind_fetches_the_state_in_chunks_and_catches_up() -> None:
+    group = Group(
+        Config(
+            n=4, checkpoint_interval=2, window=4, batch_size=3, max_in_flight=1,
+            state_chunk_bytes=8,
+        )
+    )  # fmt: skip
+    group.down = {3}
+    for i in range(6):
+        assert group.call("client-a", f"deposit k{i} {i + 1}") is not None
+    group.down = set()
+    for i in range(2):  # the next checkpoint to become stable shows replica 3 it is behind
+        assert group.call("client-a", f"deposit a {i + 1}") is not None
+    behind = group.replicas[3]
+    while "state" in group.timers[3] and behind.last_executed < behind.stable.seq:
+        group.fire(3, "state")
+        group.run()
+    assert behind.last_executed == group.replicas[0].last_executed
+    assert group.apps[3].balances == group.apps[0].balances
+    asked = [
+        o.message for o in group.outputs[3]
+        if isinstance(o, Send) and isinstance(o.message, StateRequest)
+    ]  # fmt: skip
+    assert len({m.index for m in asked}) > 1  # the snapshot came in more than one chunk
 
 
 @pytest.mark.parametrize("n", [4, 7])
@@ -462,3 +518,40 @@ def test_config_refuses_a_group_that_is_not_3f_plus_1() -> None:
             Config(n=n)
     with pytest.raises(ValueError):
         Config(checkpoint_interval=8, window=8)
+
+
+def test_a_replica_a_little_behind_fetches_only_the_chunks_it_lacks() -> None:
+    group = Group(
+        Config(
+            n=4, checkpoint_interval=2, window=4, batch_size=3, max_in_flight=1,
+            state_chunk_bytes=8,
+        )
+    )  # fmt: skip
+    for i in range(4):
+        assert group.call("client-a", f"deposit k{i} {i + 1}") is not None
+    group.down = {3}
+    for _ in range(4):  # only the last key changes: the snapshot's head stays the same
+        assert group.call("client-a", "deposit z9 1") is not None
+    group.down = set()
+    for _ in range(2):
+        assert group.call("client-a", "deposit z9 1") is not None
+    behind = group.replicas[3]
+    while "state" in group.timers[3] and behind.last_executed < behind.stable.seq:
+        group.fire(3, "state")
+        group.run()
+    assert group.apps[3].balances == group.apps[0].balances
+    replies = [m for to, m in _sent(group) if to == 3 and isinstance(m, StateReply)]
+    assert replies
+    # The first reply brings chunk 0 with the list; of the rest, only those not held.
+    fetched = {m.index for m in replies} - {0}
+    assert fetched and len(fetched) < len(replies[0].chunks) - 1
+
+
+def _sent(group: Group) -> list[tuple[int, Message]]:
+    """Every point-to-point message the replicas sent, with its destination."""
+    return [
+        (o.to, o.message)
+        for outputs in group.outputs.values()
+        for o in outputs
+        if isinstance(o, Send)
+    ]

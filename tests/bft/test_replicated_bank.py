@@ -193,7 +193,8 @@ async def test_one_byzantine_replica_changes_no_outcome(
 async def test_a_replica_that_fell_behind_catches_up_by_state_transfer(
     pki: Pki, tmp_path: Path
 ) -> None:
-    with replica_group(pki, tmp_path / "group") as group:
+    # Chunks of 512 bytes: the snapshot (a few kilobytes) crosses the wire in many.
+    with replica_group(pki, tmp_path / "group", state_chunk_bytes=512) as group:
         async with group.pool() as pool, group.pool("admin", "tester") as admin:
             bank = group.bank(pool)
             await workload(bank, 1, tag="x")

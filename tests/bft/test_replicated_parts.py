@@ -23,12 +23,13 @@ from strife.bft.group import (
     write_signing_key,
 )
 from strife.bft.journal import Journal, Saved
-from strife.bft.messages import Checkpoint, ClientRecord, Request
+from strife.bft.messages import Checkpoint, ClientRecord, Request, StateReply
 from strife.bft.pages import unframe
 from strife.bft.recovery import resume, stable_state
 from strife.bft.replica import Replica
 from strife.bft.signing import keyed_hash_keys, replica_identity
 from strife.bft.wire import WireError, decode, encode
+from strife.rpc.channels import MAX_MESSAGE_BYTES
 from strife.security.passwords import verify_password
 
 from .snapshots import forge
@@ -320,3 +321,19 @@ def test_a_checkpoint_renders_only_the_pages_that_changed() -> None:
     assert copy.digest() == machine.digest()
     machine.audit_pages()
     copy.audit_pages()
+
+
+def test_a_state_reply_with_a_full_chunk_fits_in_one_grpc_message() -> None:
+    """The wire carries at most MAX_MESSAGE_BYTES; a snapshot of any size travels in
+    chunks, and one chunk with all it comes with stays well inside."""
+    config = Config()
+    clients = tuple(
+        ClientRecord(f"gateway/gw-{g}#{lane}", 2**62, b"r" * 512)
+        for g in range(8)
+        for lane in range(32)
+    )
+    proof = tuple(Checkpoint(64, bytes(32), r, bytes(64)) for r in range(config.quorum))
+    digests = tuple(bytes(32) for _ in range(2_000))  # a 2 GB snapshot's chunk list
+    chunk = bytes(config.state_chunk_bytes)
+    reply = StateReply(64, 0, digests, chunk, clients, proof, 1, bytes(64))
+    assert len(encode(reply)) < 0.75 * MAX_MESSAGE_BYTES

@@ -132,7 +132,7 @@ class Lie(_Base):
                 digest = hashlib.sha256(b"lie" + message.state_digest).digest()
                 message = self.resign(replace(message, state_digest=digest))
             elif isinstance(message, StateReply):
-                message = self.resign(replace(message, snapshot=b'{"mallory": 1000000}'))
+                message = self.resign(replace(message, chunk=b'{"mallory": 1000000}'))
             out.append(replace(wire, message=message))
         return out
 

@@ -25,6 +25,9 @@ class Config:
     timeout: float = 1.0
     """Base request and view-change timeout (seconds); doubles with each failed view."""
     max_operation_bytes: int = 4096
+    state_chunk_bytes: int = 1 << 20
+    """A snapshot's bytes per STATE-REPLY: as hex inside JSON, well under the 4 MiB a
+    gRPC message may carry."""
 
     def __post_init__(self) -> None:
         if self.n < 4 or (self.n - 1) % 3:
@@ -33,6 +36,8 @@ class Config:
             raise ValueError("the window must span at least two checkpoint intervals")
         if self.batch_size < 1 or self.max_in_flight < 1 or self.timeout <= 0:
             raise ValueError("batch size, in-flight limit and timeout must be positive")
+        if self.state_chunk_bytes < 1:
+            raise ValueError("a state chunk holds at least one byte")
 
     @property
     def f(self) -> int:

@@ -8,6 +8,7 @@ One TOML file, the same at every replica and every client of the group:
     batch_size = 16
     max_in_flight = 1
     timeout_s = 1.0
+    state_chunk_bytes = 1048576    # optional: a snapshot travels in chunks of this size
 
     [[replica]]                    # replica i is the i-th entry
     name = "vault-0"               # its certificate's name: spiffe://<td>/bank/vault-0
@@ -144,6 +145,7 @@ class Group:
                 batch_size=_int(raw, "batch_size", 16),
                 max_in_flight=_int(raw, "max_in_flight", 1),
                 timeout=float(_number(raw, "timeout_s", 1.0)),
+                state_chunk_bytes=_int(raw, "state_chunk_bytes", Config.state_chunk_bytes),
             )
             return cls(str(raw["bank"]), config, replicas, clients)
         except (KeyError, TypeError, ValueError) as exc:
@@ -159,6 +161,8 @@ class Group:
             f"max_in_flight = {c.max_in_flight}",
             f"timeout_s = {c.timeout}",
         ]
+        if c.state_chunk_bytes != Config.state_chunk_bytes:
+            lines.append(f"state_chunk_bytes = {c.state_chunk_bytes}")
         for r in self.replicas:
             lines += [
                 "",

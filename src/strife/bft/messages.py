@@ -223,21 +223,27 @@ class ClientRecord:
 
 @dataclass(frozen=True)
 class StateRequest(_Signed):
-    """Ask for a certified snapshot at `seq` or later."""
+    """Ask for chunk `index` of the certified snapshot at `seq` (or a later one)."""
 
     KIND: ClassVar[str] = "state-request"
     seq: int
+    index: int
     replica: int
     signature: bytes = b""
 
 
 @dataclass(frozen=True)
 class StateReply(_Signed):
-    """A snapshot at a stable checkpoint, with the 2f+1 checkpoints that certify it."""
+    """Chunk `index` of a snapshot at a stable checkpoint, with the SHA-256 of every
+    chunk, the reply table and the 2f+1 checkpoints that certify it. A snapshot
+    travels in chunks so that no message outgrows what the wire carries, however
+    large the state, and a replica fetches only the chunks it does not hold."""
 
     KIND: ClassVar[str] = "state-reply"
     seq: int
-    snapshot: bytes
+    index: int
+    chunks: tuple[bytes, ...]
+    chunk: bytes
     clients: tuple[ClientRecord, ...]
     proof: tuple[Checkpoint, ...]
     replica: int

@@ -34,6 +34,7 @@ __all__ = [
     "frames",
     "is_paged",
     "root_digest",
+    "split",
     "unframe",
 ]
 
@@ -97,6 +98,46 @@ def unframe(snapshot: bytes) -> list[Page]:
             raise ValueError("pages out of order")
         pages.append(page)
     return pages
+
+
+def split(snapshot: bytes, limit: int) -> list[bytes]:
+    """A snapshot cut into pieces of at most `limit` bytes, for state transfer.
+
+    A paged snapshot is cut between pages only, where a page's digest says so
+    (about one page in eight) or the next page would not fit: boundaries follow
+    the pages' content, not their offsets, so a page that changed, grew or
+    shrank changes only the piece it is in, and a replica that holds an earlier
+    state has most pieces already. A page larger than `limit`, or a snapshot
+    that is not paged, is cut at fixed offsets."""
+    if not is_paged(snapshot):
+        return _fixed(snapshot, limit)
+    pieces: list[bytes] = []
+    start = at = len(MAGIC)
+    head = snapshot[:at]
+    while at < len(snapshot):
+        name_len, digest, body_len = _HEADER.unpack_from(snapshot, at)
+        end = at + _HEADER.size + name_len + body_len
+        if end - at > limit:  # one oversized page: its own pieces
+            if at > start:
+                pieces.append(head + snapshot[start:at])
+                head = b""
+            pieces += _fixed(head + snapshot[at:end], limit)
+            head, start, at = b"", end, end
+            continue
+        if end - start + len(head) > limit:
+            pieces.append(head + snapshot[start:at])
+            head, start = b"", at
+        at = end
+        if digest[0] < 32:
+            pieces.append(head + snapshot[start:at])
+            head, start = b"", at
+    if at > start or head or not pieces:
+        pieces.append(head + snapshot[start:at])
+    return pieces
+
+
+def _fixed(data: bytes, limit: int) -> list[bytes]:
+    return [data[i : i + limit] for i in range(0, len(data), limit)] or [b""]
 
 
 def root_digest(prefix: bytes, pages: Iterable[Page]) -> bytes:

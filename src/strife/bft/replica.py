@@ -113,6 +113,12 @@ class Replica:
         digest = state_digest(app.digest(), ())
         self.stable = Stable(0, digest, ())
         self._snapshots = {0: Snapshot(0, digest, app.snapshot(), ())}
+        self._stable_proofs: dict[int, tuple[Checkpoint, ...]] = {0: ()}
+        """The proof of each stable checkpoint whose snapshot is kept (to hand over)."""
+        self._chunks: dict[int, list[bytes]] = {}
+        self._fetch: statetransfer.Fetch | None = None
+        self._fetched: dict[bytes, bytes] = {}
+        """Chunks of fetches overtaken by a later checkpoint, by digest: most recur."""
         self._view_changes: dict[int, dict[int, ViewChange]] = {}
         self._my_view_change: ViewChange | None = None
         self._new_view_sent: set[int] = set()
@@ -169,6 +175,7 @@ class Replica:
         self.last_executed = stable.seq
         self.stable = stable
         self._snapshots = {stable.seq: snapshot}
+        self._stable_proofs = {stable.seq: stable.proof}
         primary = self.config.primary(0)
         for seq, requests in log:
             pp = PrePrepare(0, seq, batch_digest(requests), requests, primary)
@@ -477,12 +484,19 @@ class Replica:
         self._slots = {n: s for n, s in self._slots.items() if n > seq}
         self._prepared = {n: c for n, c in self._prepared.items() if n > seq}
         self._checkpoints = {n: c for n, c in self._checkpoints.items() if n > seq}
-        self._snapshots = {n: s for n, s in self._snapshots.items() if n >= seq}
+        self._stable_proofs[seq] = proof
+        kept = sorted(self._stable_proofs)[-statetransfer.KEPT_SNAPSHOTS :]
+        self._stable_proofs = {n: self._stable_proofs[n] for n in kept}
+        self._snapshots = {
+            n: s for n, s in self._snapshots.items() if n >= seq or n in self._stable_proofs
+        }
+        self._chunks = {n: c for n, c in self._chunks.items() if n in self._snapshots}
         own = self._snapshots.get(seq)
         if own is not None and own.digest != digest:
             # 2f+1 replicas certified another state than ours: ours is wrong.
             self.dropped["diverged-from-certified-state"] += 1
             del self._snapshots[seq]
+            self._chunks.pop(seq, None)
             self.last_executed = min(self.last_executed, seq - 1)
         self.next_seq = max(self.next_seq, seq)
         if self.last_executed < seq:

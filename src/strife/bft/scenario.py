@@ -77,6 +77,8 @@ def draw(seed: int) -> Scenario:
         window=interval * rng.choice((2, 3)),
         batch_size=rng.choice((1, 2, 4, 8)),
         max_in_flight=rng.choice((1, 2, 4)),
+        # Tiny chunks too: a snapshot of a few dozen bytes then travels in several.
+        state_chunk_bytes=rng.choice((8, 32, 1 << 20)),
     )
     f = config.f
     byzantine = rng.randint(0, f)

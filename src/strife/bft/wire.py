@@ -139,12 +139,15 @@ _new_view = _object(
     },
 )  # fmt: skip
 _client_record = _object(ClientRecord, {"client": _str, "timestamp": _int, "result": _bytes})
-_state_request = _object(StateRequest, {"seq": _int, "replica": _int, "signature": _bytes})
+_state_request = _object(
+    StateRequest, {"seq": _int, "index": _int, "replica": _int, "signature": _bytes}
+)
 _state_reply = _object(
     StateReply,
     {
-        "seq": _int, "snapshot": _bytes, "clients": _tuple(_client_record),
-        "proof": _tuple(_checkpoint), "replica": _int, "signature": _bytes,
+        "seq": _int, "index": _int, "chunks": _tuple(_bytes), "chunk": _bytes,
+        "clients": _tuple(_client_record), "proof": _tuple(_checkpoint), "replica": _int,
+        "signature": _bytes,
     },
 )  # fmt: skip
 
