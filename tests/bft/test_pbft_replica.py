@@ -42,6 +42,7 @@ from strife.bft.messages import (
 from strife.bft.replica import Replica
 from strife.bft.signing import Keys, keyed_hash_keys, replica_identity
 from strife.bft.statemachine import Accounts
+from strife.bft.wire import encode_records
 
 CLIENTS = ("client-a", "client-b", "client-c", "client-d")
 
@@ -445,36 +446,39 @@ def test_a_snapshot_that_does_not_match_its_certificate_is_refused() -> None:
             group.config, 3, group.keys.signer("replica-3"), group.keys.verifier, Accounts()
         )
 
-    def reply(index: int, chunks: list[bytes], clients: tuple[ClientRecord, ...] = ()) -> Receive:
+    def reply(index: int, state: list[bytes], clients: tuple[ClientRecord, ...] = ()) -> Receive:
+        """Chunk `index` of the reply table (one chunk) followed by `state`'s chunks."""
+        chunks = [encode_records(clients), *state]
         digests = tuple(hashlib.sha256(c).digest() for c in chunks)
-        message = StateReply(2, index, digests, chunks[index], clients, proof, 0)
+        message = StateReply(2, index, digests, 1, chunks[index], proof, 0)
         return Receive(sign(group.keys, message, "replica-0"))
 
     # A faulty holder's snapshot, consistent with the chunk digests it lists: the
     # restored state does not hash to the certified digest, and nothing changes.
-    liar = fresh()
-    liar.handle(reply(0, [b'{"mallory": 1000}']))
-    assert liar.dropped["bad-snapshot"] == 1 and liar.last_executed == 0
-    assert liar.app.snapshot() == b"{}"
-    garbage = fresh()
-    garbage.handle(reply(0, [b"\xff not json"]))
-    assert garbage.dropped["bad-snapshot"] == 1
+    for lie in (b'{"mallory": 1000}', b"\xff not json"):
+        liar = fresh()
+        liar.handle(reply(0, [lie]))
+        liar.handle(reply(1, [lie]))
+        assert liar.dropped["bad-snapshot"] == 1 and liar.last_executed == 0
+        assert liar.app.snapshot() == b"{}"
     # A chunk that is not the one its reply's list names is refused on arrival.
     good = honest._snapshots[2]
-    chunks = _chunked(good.state, 3)
-    assert len(chunks) > 2
+    state = _chunked(good.state, 3)
+    assert len(state) > 2
     tampered = fresh()
+    chunks = [encode_records(good.clients), *state]
     digests = tuple(hashlib.sha256(c).digest() for c in chunks)
-    forged = StateReply(2, 0, digests, b"XXXX", good.clients, proof, 0)
+    forged = StateReply(2, 0, digests, 1, b"XXXX", proof, 0)
     tampered.handle(Receive(sign(group.keys, forged, "replica-0")))
     assert tampered.dropped["bad-state-chunk"] == 1
-    # The honest snapshot, chunk by chunk: installed once the last one is in.
+    # The honest state, chunk by chunk: installed once the last one is in.
     installing = fresh()
     outputs: list[Output] = []
     for index in range(len(chunks)):
-        outputs += installing.handle(reply(index, chunks, good.clients))
+        outputs += installing.handle(reply(index, state, good.clients))
     assert [o.seq for o in outputs if isinstance(o, StateInstalled)] == [2]
     assert installing.app.snapshot() == group.apps[0].snapshot()
+    assert installing.clients == honest.clients
 
 
 def test_a_replica_far_behind_fetches_the_state_in_chunks_and_catches_up() -> None:

@@ -28,7 +28,7 @@ from strife.bft.pages import unframe
 from strife.bft.recovery import resume, stable_state
 from strife.bft.replica import Replica
 from strife.bft.signing import keyed_hash_keys, replica_identity
-from strife.bft.wire import WireError, decode, encode
+from strife.bft.wire import WireError, decode, decode_records, encode, encode_records
 from strife.rpc.channels import MAX_MESSAGE_BYTES
 from strife.security.passwords import verify_password
 
@@ -324,8 +324,9 @@ def test_a_checkpoint_renders_only_the_pages_that_changed() -> None:
 
 
 def test_a_state_reply_with_a_full_chunk_fits_in_one_grpc_message() -> None:
-    """The wire carries at most MAX_MESSAGE_BYTES; a snapshot of any size travels in
-    chunks, and one chunk with all it comes with stays well inside."""
+    """The wire carries at most MAX_MESSAGE_BYTES; a state of any size (reply table
+    and snapshot) travels in chunks, and one chunk with all it comes with stays
+    well inside."""
     config = Config()
     clients = tuple(
         ClientRecord(f"gateway/gw-{g}#{lane}", 2**62, b"r" * 512)
@@ -335,5 +336,9 @@ def test_a_state_reply_with_a_full_chunk_fits_in_one_grpc_message() -> None:
     proof = tuple(Checkpoint(64, bytes(32), r, bytes(64)) for r in range(config.quorum))
     digests = tuple(bytes(32) for _ in range(2_000))  # a 2 GB snapshot's chunk list
     chunk = bytes(config.state_chunk_bytes)
-    reply = StateReply(64, 0, digests, chunk, clients, proof, 1, bytes(64))
+    reply = StateReply(64, 0, digests, 1, chunk, proof, 1, bytes(64))
     assert len(encode(reply)) < 0.75 * MAX_MESSAGE_BYTES
+    # The reply table travels as chunks of the state too, whatever its size.
+    table = encode_records(clients)
+    assert len(table) > config.state_chunk_bytes // 4
+    assert decode_records(table) == clients

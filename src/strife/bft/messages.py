@@ -234,17 +234,18 @@ class StateRequest(_Signed):
 
 @dataclass(frozen=True)
 class StateReply(_Signed):
-    """Chunk `index` of a snapshot at a stable checkpoint, with the SHA-256 of every
-    chunk, the reply table and the 2f+1 checkpoints that certify it. A snapshot
-    travels in chunks so that no message outgrows what the wire carries, however
-    large the state, and a replica fetches only the chunks it does not hold."""
+    """Chunk `index` of the state at a stable checkpoint (its reply table in the first
+    `table_chunks` chunks, then the application's snapshot), with the SHA-256 of
+    every chunk and the 2f+1 checkpoints that certify the state. It travels in
+    chunks so that no message outgrows what the wire carries, however large the
+    state, and a replica fetches only the chunks it does not hold."""
 
     KIND: ClassVar[str] = "state-reply"
     seq: int
     index: int
     chunks: tuple[bytes, ...]
+    table_chunks: int
     chunk: bytes
-    clients: tuple[ClientRecord, ...]
     proof: tuple[Checkpoint, ...]
     replica: int
     signature: bytes = b""

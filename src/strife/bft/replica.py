@@ -115,7 +115,8 @@ class Replica:
         self._snapshots = {0: Snapshot(0, digest, app.snapshot(), ())}
         self._stable_proofs: dict[int, tuple[Checkpoint, ...]] = {0: ()}
         """The proof of each stable checkpoint whose snapshot is kept (to hand over)."""
-        self._chunks: dict[int, list[bytes]] = {}
+        self._chunks: dict[int, tuple[list[bytes], int]] = {}
+        """A kept state cut for handing over, and how many chunks its reply table takes."""
         self._fetch: statetransfer.Fetch | None = None
         self._fetched: dict[bytes, bytes] = {}
         """Chunks of fetches overtaken by a later checkpoint, by digest: most recur."""

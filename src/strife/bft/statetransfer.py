@@ -35,6 +35,7 @@ from strife.bft.effects import Output, Send, StateInstalled
 from strife.bft.log import Snapshot
 from strife.bft.messages import Checkpoint, ClientRecord, StateReply, StateRequest, state_digest
 from strife.bft.pages import split
+from strife.bft.wire import WireError, decode_records, encode_records
 
 if TYPE_CHECKING:
     from strife.bft.replica import Replica
@@ -54,7 +55,7 @@ class Fetch:
     seq: int
     digest: bytes
     digests: tuple[bytes, ...]
-    clients: tuple[ClientRecord, ...]
+    table_chunks: int
     proof: tuple[Checkpoint, ...]
     source: int
     chunks: dict[int, bytes] = field(default_factory=dict)
@@ -105,32 +106,31 @@ def on_state_request(replica: Replica, request: StateRequest, out: list[Output])
     if snapshot is None or snapshot.seq < request.seq or snapshot.seq == 0:
         replica._drop("no-snapshot", request, out)
         return
-    chunks = _chunks_of(replica, snapshot)
+    chunks, table_chunks = _chunks_of(replica, snapshot)
     index = request.index if snapshot.seq == request.seq else 0
     if not 0 <= index < len(chunks):
         replica._drop("bad-state-request", request, out)
         return
     proof = replica._stable_proofs[snapshot.seq]
     digests = tuple(_sha(c) for c in chunks)
-    reply = StateReply(
-        snapshot.seq, index, digests, chunks[index], snapshot.clients, proof, replica.id
-    )
+    reply = StateReply(snapshot.seq, index, digests, table_chunks, chunks[index], proof, replica.id)
     out.append(Send(request.replica, replica._sign(reply)))
 
 
-def _chunks_of(replica: Replica, snapshot: Snapshot) -> list[bytes]:
-    """A kept snapshot's chunks, cut once (a fetch asks for each of them)."""
+def _chunks_of(replica: Replica, snapshot: Snapshot) -> tuple[list[bytes], int]:
+    """A kept state's chunks, the reply table's first, cut once (a fetch asks for each)."""
     cut = replica._chunks.get(snapshot.seq)
     if cut is None:
-        cut = replica._chunks[snapshot.seq] = split(
-            snapshot.state, replica.config.state_chunk_bytes
-        )
+        size = replica.config.state_chunk_bytes
+        table = split(encode_records(snapshot.clients), size)
+        cut = replica._chunks[snapshot.seq] = (table + split(snapshot.state, size), len(table))
     return cut
 
 
 def on_state_reply(replica: Replica, reply: StateReply, out: list[Output]) -> None:
     """Take a chunk of a snapshot its certificate vouches for; install once all are in."""
-    if reply.seq <= replica.last_executed or not reply.proof or not reply.chunks:
+    count = len(reply.chunks)
+    if reply.seq <= replica.last_executed or not reply.proof or not 0 < reply.table_chunks < count:
         replica.dropped["unneeded-state"] += 1
         return
     fetch = replica._fetch
@@ -145,7 +145,7 @@ def on_state_reply(replica: Replica, reply: StateReply, out: list[Output]) -> No
             replica._drop("bad-state-proof", reply, out)
             return
         fetch = replica._fetch = Fetch(
-            reply.seq, digest, reply.chunks, reply.clients, reply.proof, reply.replica
+            reply.seq, digest, reply.chunks, reply.table_chunks, reply.proof, reply.replica
         )
         # What this replica holds already: its own state, cut the same way.
         own = split(replica.app.snapshot(), replica.config.state_chunk_bytes)
@@ -153,7 +153,7 @@ def on_state_reply(replica: Replica, reply: StateReply, out: list[Output]) -> No
         for i, chunk_digest in enumerate(fetch.digests):
             if chunk_digest in held:
                 fetch.chunks[i] = held[chunk_digest]
-    same = (reply.chunks, reply.clients) == (fetch.digests, fetch.clients)
+    same = (reply.chunks, reply.table_chunks) == (fetch.digests, fetch.table_chunks)
     if reply.replica != fetch.source or not same or not 0 <= reply.index < len(fetch.digests):
         replica._drop("bad-state-chunk", reply, out)
         return
@@ -167,22 +167,34 @@ def on_state_reply(replica: Replica, reply: StateReply, out: list[Output]) -> No
         _ask(replica, fetch, out)
         return
     replica._fetch, replica._fetched = None, {}
-    count = len(fetch.digests)
-    _install(replica, fetch, b"".join(fetch.chunks[i] for i in range(count)), out)
+    table = b"".join(fetch.chunks[i] for i in range(fetch.table_chunks))
+    state = b"".join(fetch.chunks[i] for i in range(fetch.table_chunks, count))
+    try:
+        clients = decode_records(table)
+    except WireError:
+        replica.dropped["bad-snapshot"] += 1
+        return
+    _install(replica, fetch, clients, state, out)
 
 
-def _install(replica: Replica, fetch: Fetch, snapshot: bytes, out: list[Output]) -> None:
+def _install(
+    replica: Replica,
+    fetch: Fetch,
+    clients: tuple[ClientRecord, ...],
+    snapshot: bytes,
+    out: list[Output],
+) -> None:
     previous = replica.app.snapshot()
     try:
         replica.app.restore(snapshot)
-        installed = state_digest(replica.app.digest(), fetch.clients) == fetch.digest
+        installed = state_digest(replica.app.digest(), clients) == fetch.digest
     except ValueError:
         installed = False
     if not installed:
         replica.app.restore(previous)
         replica.dropped["bad-snapshot"] += 1
         return  # the state timer asks the next holder
-    replica.clients = {record.client: record for record in fetch.clients}
+    replica.clients = {record.client: record for record in clients}
     replica.pending = {
         c: r for c, r in replica.pending.items() if r.timestamp > replica._executed_ts(c)
     }

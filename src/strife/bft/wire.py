@@ -11,7 +11,7 @@ only ever parsed as JSON. Anything else is `WireError`, before the replica sees 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from strife.bft.messages import (
@@ -30,7 +30,7 @@ from strife.bft.messages import (
     ViewChange,
 )
 
-__all__ = ["MAX_WIRE_BYTES", "WireError", "decode", "encode"]
+__all__ = ["MAX_WIRE_BYTES", "WireError", "decode", "decode_records", "encode", "encode_records"]
 
 MAX_WIRE_BYTES = 4 * 1024 * 1024
 """The transport's message bound; a larger encoding is refused before parsing."""
@@ -145,9 +145,8 @@ _state_request = _object(
 _state_reply = _object(
     StateReply,
     {
-        "seq": _int, "index": _int, "chunks": _tuple(_bytes), "chunk": _bytes,
-        "clients": _tuple(_client_record), "proof": _tuple(_checkpoint), "replica": _int,
-        "signature": _bytes,
+        "seq": _int, "index": _int, "chunks": _tuple(_bytes), "table_chunks": _int,
+        "chunk": _bytes, "proof": _tuple(_checkpoint), "replica": _int, "signature": _bytes,
     },
 )  # fmt: skip
 
@@ -163,6 +162,24 @@ _BY_KIND: dict[str, Callable[[Any], Any]] = {
     StateRequest.KIND: _state_request,
     StateReply.KIND: _state_reply,
 }
+
+
+def encode_records(records: Sequence[ClientRecord]) -> bytes:
+    """A reply table as bytes (what a state transfer sends ahead of the snapshot)."""
+    rows = [
+        {"client": r.client, "timestamp": r.timestamp, "result": r.result.hex()} for r in records
+    ]
+    return json.dumps(rows, sort_keys=True, separators=(",", ":")).encode()
+
+
+def decode_records(data: bytes) -> tuple[ClientRecord, ...]:
+    try:
+        rows = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise WireError(f"not JSON: {exc}") from None
+    records: tuple[ClientRecord, ...] = _tuple(_client_record)(rows)
+    return records
+
 
 # Public for the journal, which stores requests and client records the same way.
 decode_request = _request
