@@ -32,17 +32,19 @@ from strife.bft.messages import (
     Message,
     NewView,
     Prepare,
+    PreparedCert,
     PrePrepare,
     Reply,
     Request,
     StateReply,
     StateRequest,
+    ViewChange,
     batch_digest,
 )
 from strife.bft.replica import Replica
 from strife.bft.signing import Keys, keyed_hash_keys, replica_identity
 from strife.bft.statemachine import Accounts
-from strife.bft.wire import encode_records
+from strife.bft.wire import encode, encode_records
 
 CLIENTS = ("client-a", "client-b", "client-c", "client-d")
 
@@ -559,3 +561,57 @@ def _sent(group: Group) -> list[tuple[int, Message]]:
         for o in outputs
         if isinstance(o, Send)
     ]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        Config(
+            n=4,
+            checkpoint_interval=2,
+            window=4,
+            batch_size=3,
+            max_operation_bytes=300,
+            state_chunk_bytes=1024,
+        ),
+        Config(
+            n=7,
+            checkpoint_interval=4,
+            window=8,
+            batch_size=2,
+            max_operation_bytes=100,
+            state_chunk_bytes=1024,
+        ),
+        Config(n=4, checkpoint_interval=8, window=16, batch_size=8),
+    ],
+)
+def test_the_largest_new_view_fits_the_bound_replica_links_are_made_for(config: Config) -> None:
+    """A NEW-VIEW from 2f+1 VIEW-CHANGEs that each prepared the whole window, every
+    batch full of the largest requests: the transport must carry it, or a view
+    change under load would be lost and the group stall."""
+    op = b"\xff" * config.max_operation_bytes
+    request = Request("gateway/gw-1#31", 2**62, op, bytes(64))
+
+    def pre_prepare(seq: int) -> PrePrepare:
+        return PrePrepare(9, seq, bytes(32), (request,) * config.batch_size, 1, bytes(64))
+
+    prepares = tuple(Prepare(9, 1, bytes(32), r, bytes(64)) for r in range(2 * config.f))
+    proof = tuple(Checkpoint(8, bytes(32), r, bytes(64)) for r in range(config.quorum))
+    certs = tuple(PreparedCert(pre_prepare(seq), prepares) for seq in range(9, 9 + config.window))
+    view_change = ViewChange(10, 8, bytes(32), proof, certs, 2, bytes(64))
+    new_view = NewView(
+        10,
+        (view_change,) * config.quorum,
+        tuple(pre_prepare(seq) for seq in range(9, 9 + config.window)),
+        2,
+        bytes(64),
+    )
+    size = len(encode(new_view))
+    # The bound holds, and is not so loose that it says nothing (chunks are smaller).
+    assert 2 * config.state_chunk_bytes < size <= config.largest_message_bytes
+    assert size > 0.5 * config.largest_message_bytes
+
+
+def test_a_group_whose_new_view_could_outgrow_any_transport_is_refused() -> None:
+    with pytest.raises(ValueError, match="NEW-VIEW"):
+        Config(n=4, checkpoint_interval=512, window=1024, batch_size=64)

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Config"]
+__all__ = ["WIRE_LIMIT_BYTES", "Config"]
+
+WIRE_LIMIT_BYTES = 256 * 1024 * 1024
+"""The most a group's largest message may come to (`Config.largest_message_bytes`)."""
+_OVERHEAD = 512
+"""Per encoded message or request, beyond its operation: fields, names, a signature as hex."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,27 @@ class Config:
             raise ValueError("batch size, in-flight limit and timeout must be positive")
         if self.state_chunk_bytes < 1:
             raise ValueError("a state chunk holds at least one byte")
+        if self.largest_message_bytes > WIRE_LIMIT_BYTES:
+            raise ValueError(
+                f"a NEW-VIEW could take {self.largest_message_bytes:,} bytes, over"
+                f" {WIRE_LIMIT_BYTES:,}: a smaller window, batch or operation size"
+            )
+
+    @property
+    def largest_message_bytes(self) -> int:
+        """A bound on any message's encoding: a NEW-VIEW whose 2f+1 VIEW-CHANGEs each
+        carry a prepared certificate for every sequence number of the window, every
+        batch full of requests of the largest operation (bytes travel as hex), and
+        the pre-prepares it derives; or a STATE-REPLY with a full chunk. Replica links
+        and servers take messages this large, so a view change under load is never
+        lost to the transport's limit."""
+        request = 2 * self.max_operation_bytes + _OVERHEAD
+        pre_prepare = self.batch_size * request + _OVERHEAD
+        certificate = pre_prepare + 2 * self.f * _OVERHEAD
+        view_change = self.window * certificate + (self.quorum + 1) * _OVERHEAD
+        new_view = self.quorum * view_change + self.window * pre_prepare + _OVERHEAD
+        state_reply = 2 * self.state_chunk_bytes + (self.quorum + 1) * _OVERHEAD
+        return max(new_view, state_reply)
 
     @property
     def f(self) -> int:

@@ -225,7 +225,7 @@ class ReplicaNode:
         sender = self._peer_replica()
         async for data in stream:
             try:
-                message = decode(data)
+                message = decode(data, self.group.config.largest_message_bytes)
             except WireError:
                 self.dropped["malformed"] += 1
                 continue

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -58,7 +58,10 @@ class ReplicaProcess(ServerProcess):
         super().__init__()
         self.config = config
         self.settings = settings
-        self.server = StrifeServer(config, AUTHZ)
+        self._wire_bytes = max(
+            config.max_message_bytes, settings.group.config.largest_message_bytes
+        )
+        self.server = StrifeServer(replace(config, max_message_bytes=self._wire_bytes), AUTHZ)
         self._journal: Journal | None = None
         self._pool: ChannelPool | None = None
         self.node: ReplicaNode | None = None
@@ -75,7 +78,12 @@ class ReplicaProcess(ServerProcess):
     async def _start(self) -> None:
         s = self.settings
         self._journal = Journal(s.db, synchronous=s.synchronous)
-        self._pool = ChannelPool(self.config.certs, insecure=self.config.insecure)
+        # Links to peers carry a view change's largest messages (Config.largest_message_bytes).
+        self._pool = ChannelPool(
+            self.config.certs,
+            insecure=self.config.insecure,
+            max_message_bytes=self._wire_bytes,
+        )
         behaviour = None
         if s.byzantine:
             behaviour = make_behaviour(s.byzantine, s.group.config, s.index, s.signer)

@@ -46,8 +46,10 @@ def encode(message: Message) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
-def decode(data: bytes) -> Message:
-    if len(data) > MAX_WIRE_BYTES:
+def decode(data: bytes, limit: int = MAX_WIRE_BYTES) -> Message:
+    """The message in `data`, refused unparsed when longer than `limit` (a client's
+    request: the transport's default; a peer replica's: its group's bound)."""
+    if len(data) > limit:
         raise WireError("message too large")
     try:
         body = json.loads(data)

@@ -160,6 +160,7 @@ class ChannelPool:
         *,
         insecure: bool = False,
         peer: Peer | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         if certs is None and not insecure:
             raise ValueError("an identity folder is required unless insecure=True")
@@ -173,6 +174,13 @@ class ChannelPool:
             with contextlib.suppress(ValueError):
                 self._trust_domain = _certs.parse_spiffe_id(own or "").trust_domain
         self._peer = peer
+        self._options = CHANNEL_OPTIONS
+        if max_message_bytes != MAX_MESSAGE_BYTES:  # a replica's links to its peers
+            self._options = (
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", max_message_bytes),
+                *CHANNEL_OPTIONS[2:],
+            )
         self._channels: dict[tuple[str, Peer | None], CheckedChannel] = {}
         self._closing: dict[asyncio.Future[Any], CheckedChannel] = {}
 
@@ -183,9 +191,9 @@ class ChannelPool:
         channel = self._channels.get((target, peer))
         if channel is None:
             if self._credentials is None:
-                raw = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+                raw = grpc.aio.insecure_channel(target, options=self._options)
             else:
-                options = CHANNEL_OPTIONS
+                options = self._options
                 if peer is not None:
                     # The handshake fails unless the certificate carries this name.
                     name = peer.host(self._trust_domain)
