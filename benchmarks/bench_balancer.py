@@ -79,8 +79,7 @@ async def start_balancer(root: Path, ca: certs.Authority) -> tuple[Process, str]
     with log.open("wb") as stderr:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
-            "-m",
-            "strife.balancer.main",
+            str(Path(sys.executable).parent / "strife-balancer"),
             "--listen",
             "127.0.0.1:0",
             "--certs",

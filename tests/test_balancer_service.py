@@ -505,8 +505,7 @@ def start_balancer_process(
     return spawn(
         processes,
         [
-            "-m",
-            "strife.balancer.main",
+            str(Path(sys.executable).parent / "strife-balancer"),  # the console script
             "--listen",
             listen,
             "--certs",
