@@ -342,3 +342,13 @@ def test_a_state_reply_with_a_full_chunk_fits_in_one_grpc_message() -> None:
     table = encode_records(clients)
     assert len(table) > config.state_chunk_bytes // 4
     assert decode_records(table) == clients
+
+
+def test_a_journal_from_before_pages_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    config = Config(n=4, checkpoint_interval=2, window=4)
+    names = [replica_identity(i) for i in range(4)]
+    keys = keyed_hash_keys(names)
+    old = b'{"accounts":[],"customers":{},"entries":[],"resolutions":{},"transfers":[],"votes":{}}'
+    replica = Replica(config, 0, keys.signer("replica-0"), keys.verifier, BankMachine())
+    with pytest.raises(ValueError, match="move it aside"):
+        resume(replica, Saved(4, bytes(32), (), old, (), ()))
