@@ -483,23 +483,34 @@ def test_a_snapshot_that_does_not_match_its_certificate_is_refused() -> None:
     assert installing.clients == honest.clients
 
 
-def test_a_replica_far_behind_fetches_the_state_in_chunks_and_catches_up() -> None:
-    group = Group(
+def _tiny_chunks() -> Group:
+    """A group whose snapshots (a few dozen bytes) travel in chunks of 8."""
+    return Group(
         Config(
             n=4, checkpoint_interval=2, window=4, batch_size=3, max_in_flight=1,
             state_chunk_bytes=8,
         )
     )  # fmt: skip
+
+
+def _catch_up(group: Group, r: int) -> Replica:
+    """Let replica `r`'s state timer run until it has fetched what it was behind by."""
+    behind = group.replicas[r]
+    while "state" in group.timers[r] and behind.last_executed < behind.stable.seq:
+        group.fire(r, "state")
+        group.run()
+    return behind
+
+
+def test_a_replica_far_behind_fetches_the_state_in_chunks_and_catches_up() -> None:
+    group = _tiny_chunks()
     group.down = {3}
     for i in range(6):
         assert group.call("client-a", f"deposit k{i} {i + 1}") is not None
     group.down = set()
     for i in range(2):  # the next checkpoint to become stable shows replica 3 it is behind
         assert group.call("client-a", f"deposit a {i + 1}") is not None
-    behind = group.replicas[3]
-    while "state" in group.timers[3] and behind.last_executed < behind.stable.seq:
-        group.fire(3, "state")
-        group.run()
+    behind = _catch_up(group, 3)
     assert behind.last_executed == group.replicas[0].last_executed
     assert group.apps[3].balances == group.apps[0].balances
     asked = [
@@ -527,12 +538,7 @@ def test_config_refuses_a_group_that_is_not_3f_plus_1() -> None:
 
 
 def test_a_replica_a_little_behind_fetches_only_the_chunks_it_lacks() -> None:
-    group = Group(
-        Config(
-            n=4, checkpoint_interval=2, window=4, batch_size=3, max_in_flight=1,
-            state_chunk_bytes=8,
-        )
-    )  # fmt: skip
+    group = _tiny_chunks()
     for i in range(4):
         assert group.call("client-a", f"deposit k{i} {i + 1}") is not None
     group.down = {3}
@@ -541,10 +547,8 @@ def test_a_replica_a_little_behind_fetches_only_the_chunks_it_lacks() -> None:
     group.down = set()
     for _ in range(2):
         assert group.call("client-a", "deposit z9 1") is not None
-    behind = group.replicas[3]
-    while "state" in group.timers[3] and behind.last_executed < behind.stable.seq:
-        group.fire(3, "state")
-        group.run()
+    behind = _catch_up(group, 3)
+    assert behind.last_executed == group.replicas[0].last_executed
     assert group.apps[3].balances == group.apps[0].balances
     replies = [m for to, m in _sent(group) if to == 3 and isinstance(m, StateReply)]
     assert replies
