@@ -248,12 +248,38 @@ def test_a_replica_resumed_from_its_checkpoint_and_log_is_the_replica_it_was() -
     assert fresh.clients == before.clients
     # Re-execution replies again, exactly as the first time.
     assert [o.reply.result for o in outputs if isinstance(o, SendReply)] == [b"ok 6"]
+    # And it vouches for the checkpoint it came back to, for peers that are behind.
+    said = [o.message for o in outputs if isinstance(o, Broadcast)]
+    assert [(c.seq, c.state_digest, c.replica) for c in said if isinstance(c, Checkpoint)] == [
+        (2, stable.digest, 1)
+    ]
     # A snapshot that does not hash to the checkpoint's digest is refused.
     other = Replica(
         group.config, 1, group.keys.signer(replica_identity(1)), group.keys.verifier, Accounts()
     )
     with pytest.raises(ValueError):
         other.resume(stable, replace(snapshot, clients=()), ())
+
+
+def test_an_idle_primary_fills_up_to_a_checkpoint_and_a_replica_behind_catches_up() -> None:
+    group = Group(Config(n=4, checkpoint_interval=4, window=8, batch_size=3, max_in_flight=1))
+    group.down = {3}
+    assert group.call("client-a", "deposit a 5") == b"ok 5"
+    group.down = set()
+    # The group goes quiet three short of a checkpoint: nothing would ever tell
+    # replica 3 it missed sequence number 1. The primary, idle, fills up to the
+    # checkpoint with empty batches; the checkpoint becomes stable, and replica 3
+    # fetches the state it certifies.
+    assert "fill" in group.timers[0]
+    group.fire(0, "fill")
+    group.run()
+    for r in range(3):
+        assert group.replicas[r].last_executed == 4 and group.replicas[r].stable.seq == 4
+    assert [len(e.results) for e in group.executed[1]] == [1, 0, 0, 0]
+    behind = _catch_up(group, 3)
+    assert behind.last_executed == 4 and group.apps[3].balances == {"a": 5}
+    # At a checkpoint already, an idle primary proposes nothing more.
+    assert "fill" not in group.timers[0]
 
 
 def test_the_high_water_mark_holds_the_primary_until_a_checkpoint_is_stable() -> None:
@@ -290,6 +316,28 @@ def test_a_silent_primary_is_replaced_and_the_request_runs_in_the_new_view() -> 
         assert any(isinstance(o, ViewEntered) and o.view == 1 for o in group.outputs[r])
         assert group.seqs(r) == [1]
     assert group.accepted("client-a") == b"ok 7"
+
+
+def test_a_replica_restarted_into_view_0_rejoins_the_groups_view_at_once() -> None:
+    group = Group()
+    group.down = {0}
+    group.request("client-a", "deposit a 7")
+    group.run()
+    view_change_to_1(group)
+    assert group.accepted("client-a") == b"ok 7"
+    # Replica 0 comes back as a fresh process would: view 0, nothing executed.
+    group.apps[0] = Accounts()
+    group.replicas[0] = Replica(
+        group.config, 0, group.keys.signer(replica_identity(0)), group.keys.verifier, group.apps[0]
+    )
+    group.down = set()
+    # Two peers working in view 1 show it view 0 is over: it asks to move, is
+    # answered with their NEW-VIEW, and takes part in view 1 from then on.
+    assert group.call("client-b", "deposit b 5") == b"ok 5"
+    back = group.replicas[0]
+    assert (back.view, back.active) == (1, True)
+    assert not any("request" in group.timers[r] for r in range(4) if r != 0)
+    assert any(isinstance(o, ViewEntered) and o.view == 1 for o in group.outputs[0])
 
 
 def test_a_prepared_batch_is_carried_into_the_new_view() -> None:

@@ -129,6 +129,10 @@ class Replica:
         self._timers: set[str] = set()
         self._fetch_attempt = 0
         self._ahead_when_armed = 0
+        self._ahead: dict[int, int] = {}
+        self._filling = False
+        """A primary filling its log up to the next checkpoint with empty batches."""
+        """The latest view each peer was seen working in, when later than ours."""
 
     # -- the one entry point -------------------------------------------------
 
@@ -182,6 +186,12 @@ class Replica:
             pp = PrePrepare(0, seq, batch_digest(requests), requests, primary)
             self._slots[seq] = Slot(pre_prepare=pp, committed=True)
         out: list[Output] = []
+        if stable.seq > 0:
+            # Our word on the state we hold, for the node to repeat while the group is
+            # quiet: a peer behind needs 2f + 1 of them to learn how far to catch up,
+            # and a replica that only restarted would otherwise have none to give.
+            self._my_checkpoint = self._sign(Checkpoint(stable.seq, stable.digest, self.id))
+            out.append(Broadcast(self._my_checkpoint))
         self._execute(out)
         self.next_seq = self.last_executed
         return out
@@ -293,9 +303,11 @@ class Replica:
             batch = tuple(
                 r for r in self.pending.values() if (r.client, r.timestamp) not in self._assigned
             )[: self.config.batch_size]
-            if not batch:
+            if not batch and not self._filling:
                 return
             self.next_seq += 1
+            if self.next_seq % self.config.checkpoint_interval == 0:
+                self._filling = False
             pp = self._sign(
                 PrePrepare(self.view, self.next_seq, batch_digest(batch), batch, self.id)
             )
@@ -309,6 +321,8 @@ class Replica:
             self._future.append(message)
             if len(self._future) > _FUTURE_LIMIT:
                 self._drop("future-overflow", self._future.pop(0), out)
+            if message.view > self.view:
+                self._note_ahead(message.replica, message.view, out)
             return
         if message.view < self.view:
             self._drop("old-view", message, out)
@@ -402,6 +416,10 @@ class Replica:
         if ran:
             self.timeout = self.config.timeout
             self._restart_request_timer(out)
+            if self.is_primary and self.next_seq % self.config.checkpoint_interval:
+                self._set_timer("fill", self.config.timeout, out)
+            else:
+                self._cancel_timer("fill", out)
 
     def _restart_request_timer(self, out: list[Output]) -> None:
         self._cancel_timer("request", out)
@@ -423,6 +441,18 @@ class Replica:
                 if max(votes.values()) >= self.config.quorum:
                     ahead = seq
         return ahead
+
+    def _note_ahead(self, replica: int, view: int, out: list[Output]) -> None:
+        """A peer works in a later view. Once f + 1 do (one of them honest, so a quorum
+        formed that view), this replica's view can never gather 2f + 1 again: it asks
+        to move on at once, rather than when its timer expires, and the replicas in
+        the later view answer its VIEW-CHANGE with their NEW-VIEW. A replica that
+        restarted into view 0 so rejoins the group's view within one round trip."""
+        self._ahead[replica] = max(view, self._ahead.get(replica, 0))
+        ahead = sum(1 for v in self._ahead.values() if v > self.view)
+        if self.active and ahead >= self.config.weak:
+            self._ahead.clear()
+            viewchange.start_view_change(self, self.view + 1, out)
 
     def _on_request_timer(self, out: list[Output]) -> None:
         """A request waited too long: suspect the primary, unless the group visibly
@@ -522,3 +552,11 @@ class Replica:
                 self._set_timer("resend", self.config.timeout, out)
         elif kind == "state" and self.last_executed < self.stable.seq:
             statetransfer.fetch_state(self, out)
+        elif kind == "fill":
+            # Idle since the last batch, short of a checkpoint: empty batches up to it
+            # (the `_propose` after every event sends them), so the group's state gets
+            # certified and a replica that missed the last batches, with no traffic
+            # left to show it, learns how far behind it is and fetches the state.
+            idle = not self.pending and self.next_seq == self.last_executed
+            if self.active and self.is_primary and idle:
+                self._filling = self.next_seq % self.config.checkpoint_interval != 0

@@ -36,6 +36,7 @@ def start_view_change(replica: Replica, view: int, out: list[Output]) -> None:
     assert view > replica.view, (view, replica.view)
     replica.view = view
     replica.active = False
+    replica._filling = False
     replica._slots.clear()
     replica._assigned.clear()
     replica._escalation_armed = False
