@@ -129,10 +129,11 @@ class Replica:
         self._timers: set[str] = set()
         self._fetch_attempt = 0
         self._ahead_when_armed = 0
+        """How far the group was seen to have ordered when the request timer was armed."""
         self._ahead: dict[int, int] = {}
+        """The latest view each peer was seen working in, when later than ours."""
         self._filling = False
         """A primary filling its log up to the next checkpoint with empty batches."""
-        """The latest view each peer was seen working in, when later than ours."""
 
     # -- the one entry point -------------------------------------------------
 
