@@ -130,7 +130,10 @@ def _chunks_of(replica: Replica, snapshot: Snapshot) -> tuple[list[bytes], int]:
 def on_state_reply(replica: Replica, reply: StateReply, out: list[Output]) -> None:
     """Take a chunk of a snapshot its certificate vouches for; install once all are in."""
     count = len(reply.chunks)
-    if reply.seq <= replica.last_executed or not reply.proof or not 0 < reply.table_chunks < count:
+    if not reply.proof or not 0 < reply.table_chunks < count:
+        replica._drop("bad-state-chunk", reply, out)
+        return
+    if reply.seq <= replica.last_executed:
         replica.dropped["unneeded-state"] += 1
         return
     fetch = replica._fetch
@@ -144,6 +147,8 @@ def on_state_reply(replica: Replica, reply: StateReply, out: list[Output]) -> No
         ):
             replica._drop("bad-state-proof", reply, out)
             return
+        if fetch is not None:  # overtaken: what came in will mostly recur
+            replica._fetched.update((fetch.digests[i], c) for i, c in fetch.chunks.items())
         fetch = replica._fetch = Fetch(
             reply.seq, digest, reply.chunks, reply.table_chunks, reply.proof, reply.replica
         )
