@@ -9,7 +9,9 @@ entries), and at each size times, over `--rounds` checkpoints, one interval of
 operations followed by the checkpoint's digest and snapshot, and the journal
 write of that checkpoint (synchronous=FULL, as a replica runs). Figures are
 medians; the ratio to the interval's execution time says how much of a
-replica's work checkpoints are.
+replica's work checkpoints are. It also counts what a replica one checkpoint
+behind would fetch by state transfer: the chunks of the new snapshot that its
+own state, cut the same way, does not have.
 
     .venv/bin/python benchmarks/bench_bft_checkpoint.py            # ~1 min
     .venv/bin/python benchmarks/bench_bft_checkpoint.py --quick    # smoke run
@@ -20,6 +22,7 @@ Prints a table and writes JSON to benchmarks/results/bft_checkpoint.json.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import tempfile
@@ -29,7 +32,9 @@ from typing import Any
 
 from strife.bank.seed import SeedRow
 from strife.bft.bank_machine import BankMachine, operation
+from strife.bft.config import Config
 from strife.bft.journal import Journal, Saved
+from strife.bft.pages import split
 
 INTERVAL = 64
 """Operations between checkpoints (the local cluster's `checkpoint_interval`)."""
@@ -63,13 +68,20 @@ class Grower:
             assert b'"error"' not in result, result
 
 
+def _sha(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
 def measure(sizes: list[int], rounds: int, folder: Path) -> list[dict[str, Any]]:
     grower = Grower()
     journal = Journal(folder / "journal.db", synchronous="FULL")
     rows = []
     for size in sizes:
         grower.run(size - grower.done)
+        chunk_bytes = Config().state_chunk_bytes
+        held = {_sha(c) for c in split(grower.machine.snapshot(), chunk_bytes)}
         execute, checkpoint, write, snapshot_bytes = [], [], [], 0
+        fetched: tuple[int, int, int] | None = None
         for _ in range(rounds):
             started = time.perf_counter()
             grower.run(INTERVAL)
@@ -83,12 +95,20 @@ def measure(sizes: list[int], rounds: int, folder: Path) -> list[dict[str, Any]]
             checkpoint.append(taken - ran)
             write.append(written - taken)
             snapshot_bytes = len(snapshot)
+            if fetched is None:  # a replica one checkpoint behind: what it must fetch
+                chunks = split(snapshot, chunk_bytes)
+                lacking = [c for c in chunks if _sha(c) not in held]
+                fetched = (len(lacking), len(chunks), sum(map(len, lacking)))
+        assert fetched is not None
         row = {
             "transfers": grower.done,
             "execute_interval_ms": statistics.median(execute) * 1e3,
             "checkpoint_ms": statistics.median(checkpoint) * 1e3,
             "journal_write_ms": statistics.median(write) * 1e3,
             "snapshot_mb": snapshot_bytes / 1e6,
+            "behind_one_checkpoint_fetches_chunks": fetched[0],
+            "chunks": fetched[1],
+            "behind_one_checkpoint_fetches_mb": fetched[2] / 1e6,
         }
         row["checkpoint_over_execute"] = (row["checkpoint_ms"] + row["journal_write_ms"]) / row[
             "execute_interval_ms"
@@ -100,7 +120,9 @@ def measure(sizes: list[int], rounds: int, folder: Path) -> list[dict[str, Any]]
             f" digest+snapshot {row['checkpoint_ms']:7.1f} ms,"
             f" journal {row['journal_write_ms']:7.1f} ms,"
             f" snapshot {row['snapshot_mb']:6.1f} MB,"
-            f" checkpoint/execute {row['checkpoint_over_execute']:5.2f}",
+            f" checkpoint/execute {row['checkpoint_over_execute']:5.2f};"
+            f" one checkpoint behind: {fetched[0]} of {fetched[1]} chunks"
+            f" ({fetched[2] / 1e6:.1f} MB)",
             flush=True,
         )
     journal.close()
