@@ -10,6 +10,7 @@ lingers.
 from __future__ import annotations
 
 import sys
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
@@ -20,7 +21,7 @@ from strife.rpc.server import AddressInUseError, install_stop_signals, run
 from strife.storage.sqlite import StorageError
 
 
-class ServerProcess:
+class ServerProcess(ABC):
     """What every server process shares: `async with` starts all or nothing,
     and SIGTERM (in a Strife program) or `request_stop()` ends `serve()`.
 
@@ -52,11 +53,11 @@ class ServerProcess:
     ) -> None:
         await self._close()
 
-    async def _start(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    async def _start(self) -> None: ...
 
-    async def _close(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    async def _close(self) -> None: ...
 
 
 class Serving(Protocol):
