@@ -23,7 +23,7 @@ from strife.bank.ledger import LedgerError, Transfer, TransferState
 from strife.bank.store import BankStore
 from strife.errors import StrifeError
 from strife.observability.logging import get_logger
-from strife.rpc.cancellation import cancelled_itself
+from strife.rpc.cancellation import run_passes
 from strife.rpc.channels import ChannelPool, Peer
 from strife.rpc.discovery import BalancerClient
 from strife.v1 import coordinator_pb2, coordinator_pb2_grpc
@@ -69,14 +69,7 @@ class Resolver:
         self.in_doubt = 0
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.resolve_due()
-            except asyncio.CancelledError:
-                if cancelled_itself():
-                    raise
-                _log.warning("resolver_call_cancelled")  # a call's, not ours: go on
-            await asyncio.sleep(self._tick_s)
+        await run_passes(self.resolve_due, self._tick_s, "resolver", _log)
 
     async def resolve_due(self) -> None:
         """One pass: ask about every transfer whose doubt has lasted long enough."""

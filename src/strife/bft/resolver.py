@@ -28,7 +28,7 @@ from strife.bank.resolver import CoordinatorLookup
 from strife.bft.bank_machine import BankMachine, operation
 from strife.bft.invoker import Invoker, NoQuorumError
 from strife.observability.logging import get_logger
-from strife.rpc.cancellation import cancelled_itself
+from strife.rpc.cancellation import run_passes
 from strife.rpc.channels import ChannelPool, Peer
 from strife.v1 import coordinator_pb2, coordinator_pb2_grpc
 
@@ -66,16 +66,7 @@ class GroupResolver:
         self.voted = 0
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.resolve_due()
-            except asyncio.CancelledError:
-                if cancelled_itself():
-                    raise
-                _log.warning("resolver_call_cancelled")  # a call's, not ours: go on
-            except Exception as exc:  # never let the resolver die; log and go on
-                _log.error("resolver_failed", error=repr(exc))
-            await asyncio.sleep(self._tick_s)
+        await run_passes(self.resolve_due, self._tick_s, "resolver", _log)
 
     async def resolve_due(self) -> None:
         now = self._clock()

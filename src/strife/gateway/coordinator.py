@@ -47,7 +47,7 @@ from strife.gateway.twophase import (
 )
 from strife.observability.logging import get_logger
 from strife.rpc.breaker import BreakerConfig
-from strife.rpc.cancellation import cancelled_itself
+from strife.rpc.cancellation import run_passes
 from strife.rpc.circuits import Circuits, GuardedStub
 from strife.v1 import bank_pb2, coordinator_pb2, money_pb2
 
@@ -674,16 +674,9 @@ class PaymentCoordinator:
     async def settle_forever(self) -> None:
         """Resend decisions and resolve undecided records until none is left;
         each payment backs off on its own (capped)."""
-        while True:
-            await asyncio.sleep(self.config.settle_interval_s)
-            try:
-                await self.settle_once()
-            except asyncio.CancelledError:
-                if cancelled_itself():
-                    raise
-                _log.warning("settler_call_cancelled")  # a call's, not ours: go on
-            except Exception as exc:  # never let the settler die; log and keep going
-                _log.error("settler_failed", error=repr(exc))
+        await run_passes(
+            self.settle_once, self.config.settle_interval_s, "settler", _log, wait_first=True
+        )
 
     async def settle_once(self) -> bool:
         """One pass over the unsettled payments that are due; True when nothing is
