@@ -115,18 +115,20 @@ def group_policy(bank: str, callers: frozenset[str], *, grpc_port: int) -> Manif
         )
     if "bank" in callers:
         peers.append({"podSelector": {"matchLabels": {ROLE_LABEL: "bank", GROUP_LABEL: bank}}})
+    ingress = [{"from": peers, "ports": [{"protocol": "TCP", "port": grpc_port}]}] if peers else []
+    return _ingress_policy(f"strife-bank-{bank}-ingress", {GROUP_LABEL: bank}, ingress)
+
+
+def _ingress_policy(name: str, selector: dict[str, str], ingress: list[Manifest]) -> Manifest:
+    """A policy admitting `ingress` to the pods `selector` matches."""
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": {"name": f"strife-bank-{bank}-ingress", "labels": dict(PART_OF)},
+        "metadata": {"name": name, "labels": dict(PART_OF)},
         "spec": {
-            "podSelector": {"matchLabels": {GROUP_LABEL: bank}},
+            "podSelector": {"matchLabels": selector},
             "policyTypes": ["Ingress"],
-            "ingress": (
-                [{"from": peers, "ports": [{"protocol": "TCP", "port": grpc_port}]}]
-                if peers
-                else []
-            ),
+            "ingress": ingress,
         },
     }
 
@@ -176,16 +178,5 @@ def network_policies(
                 "ports": [{"protocol": "TCP", "port": metrics_port}],
             }
         )
-        policies.append(
-            {
-                "apiVersion": "networking.k8s.io/v1",
-                "kind": "NetworkPolicy",
-                "metadata": {"name": f"strife-{role}-ingress", "labels": dict(PART_OF)},
-                "spec": {
-                    "podSelector": {"matchLabels": {ROLE_LABEL: role}},
-                    "policyTypes": ["Ingress"],
-                    "ingress": ingress,
-                },
-            }
-        )
+        policies.append(_ingress_policy(f"strife-{role}-ingress", {ROLE_LABEL: role}, ingress))
     return policies
