@@ -12,6 +12,7 @@ from strife.chaos import net
 from strife.chaos.checker import Ledger, check
 from strife.chaos.history import FAIL, OK, History
 from strife.chaos.runner import ChaosConfig, run_chaos
+from strife.chaos.workload import ask_until_decided
 from strife.gateway.service import transfer_id_for
 
 
@@ -72,6 +73,28 @@ def test_the_checker_sees_lost_commits_aborted_keys_applied_and_disagreeing_repl
     assert disagree.checks["replicas_agree"] == 1
     assert disagree.checks["outboxes_drained"] == 1
     assert disagree.checks["no_process_hung"] == 1
+
+
+async def test_undecided_answers_are_asked_again_until_the_deadline() -> None:
+    """A replica that settles late is seen settled; one that never settles is
+    reported as it last answered, once the deadline has passed."""
+    script = {
+        "late": ["PENDING", "ERROR:UNAVAILABLE", "COMMITTED"],
+        "never": ["PENDING"] * 1000,
+        "at-once": ["ABORTED"],
+        "unasked": [],
+    }
+    asked: dict[str, int] = {name: 0 for name in script}
+
+    async def ask(name: str) -> str | None:
+        asked[name] += 1
+        answers = script[name]
+        return answers[min(asked[name], len(answers)) - 1] if answers else None
+
+    got = await ask_until_decided(list(script), ask, timeout_s=0.2, pause_s=0.01)
+    assert got == {"late": "COMMITTED", "never": "PENDING", "at-once": "ABORTED"}
+    assert asked["late"] == 3 and asked["at-once"] == 1 and asked["unasked"] == 1
+    assert asked["never"] > 3
 
 
 @pytest.mark.slow

@@ -116,6 +116,11 @@ CHECKS = (
 )
 
 
+def undecided(status: str) -> bool:
+    """A gateway's answer that is not an outcome (nor a key it never saw)."""
+    return status == "PENDING" or status.startswith("ERROR")
+
+
 def check(
     history: History,
     ledgers: dict[str, Ledger],
@@ -172,7 +177,7 @@ def check(
                     "replicas_agree",
                     {"intent": intent.id, "key": key, "gateways": replicas, "heard": sorted(heard)},
                 )
-            if any(s == "PENDING" or s.startswith("ERROR") for s in replicas.values()):
+            if any(map(undecided, replicas.values())):
                 verdict.fail("nothing_pending_at_gateways", {"key": key, "gateways": replicas})
         applied_intents += bool(applied)
         committed_intents += committed_heard

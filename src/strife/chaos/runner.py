@@ -25,6 +25,9 @@ from strife.loadgen.customers import from_topology
 
 Say = Callable[[str], None]
 HOLDS_TIMEOUT_S = 30.0
+# A replica's settler backs off to 10 s between passes, and a partition may
+# have opened its breaker to a bank for as long again.
+SETTLE_TIMEOUT_S = 45.0
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,9 @@ async def _run(
             drained_s = history.now()
             say(f"outboxes drained ({left} left) after {drained_s - load_s:.1f} s")
             await _holds_released(nodes.bank_databases(), HOLDS_TIMEOUT_S)
-            answers = await customers.ask_gateways(nodes.gateway_addresses())
+            asked_s = history.now()
+            answers = await customers.ask_gateways(nodes.gateway_addresses(), SETTLE_TIMEOUT_S)
+            answered_s = history.now()
             states = await customers.collect()
         finally:
             await customers.close()
@@ -169,6 +174,7 @@ async def _run(
         timing={
             "load_s": load_s,
             "drain_s": round(drained_s - load_s, 2),
+            "gateways_answered_s": round(answered_s - asked_s, 2),
             "revived_at_heal": revived,
         },
         checker=verdict.as_dict(),

@@ -14,13 +14,15 @@ import contextlib
 import functools
 import random
 import time
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
 from strife.backoff import Backoff
+from strife.chaos.checker import undecided
 from strife.chaos.history import ANSWER, FAIL, INVOKE, OK, UNKNOWN, History, Intent
 from strife.client import (
     ClientConfig,
@@ -39,6 +41,7 @@ from strife.rpc.channels import ANY_GATEWAY, ChannelPool
 from strife.v1 import gateway_pb2, gateway_pb2_grpc, money_pb2
 
 CURRENCY = "USD"
+T = TypeVar("T", bound=Hashable)
 STATUS = {
     gateway_pb2.PAYMENT_STATUS_PENDING: "PENDING",
     gateway_pb2.PAYMENT_STATUS_COMMITTED: "COMMITTED",
@@ -286,19 +289,30 @@ class Customers:
                     )
         return states
 
-    async def ask_gateways(self, gateways: dict[str, str]) -> dict[str, dict[str, str]]:
-        """GetPayment for every key at every gateway: key -> gateway -> status."""
+    async def ask_gateways(
+        self, gateways: dict[str, str], settle_timeout_s: float
+    ) -> dict[str, dict[str, str]]:
+        """GetPayment for every key at every gateway: key -> gateway -> status.
+
+        A replica may still hold a key PENDING when the run goes quiet: its
+        settler resolves it on its own schedule (backed off, behind a circuit
+        breaker that a partition opened). Undecided answers are asked again
+        until `settle_timeout_s` has passed; what is still undecided then is
+        what the checker sees."""
         assert self.pool is not None
         pool = self.pool
         tokens = {p.customer_id: p.client.session for p in self.payers}
-        answers: dict[str, dict[str, str]] = {}
         limit = asyncio.Semaphore(64)
 
-        async def ask(intent: Intent, key: str, name: str, address: str) -> None:
+        intents = {key: intent for intent in self.history.intents.values() for key in intent.keys}
+
+        async def ask(asked: tuple[str, str]) -> str | None:
+            key, name = asked
+            intent = intents[key]
             session = tokens.get(intent.customer_id)
             if session is None:
-                return
-            stub = gateway_pb2_grpc.PaymentGatewayStub(pool.get(address))
+                return None
+            stub = gateway_pb2_grpc.PaymentGatewayStub(pool.get(gateways[name]))
             metadata = (("authorization", f"Bearer {session.access_token}"),)
             async with limit:
                 for attempt in range(5):
@@ -317,19 +331,37 @@ class Customers:
                         continue
                     status = STATUS.get(reply.payment.status, "PENDING")
                     break
-            answers.setdefault(key, {})[name] = status
             if status in ("COMMITTED", "ABORTED"):
                 self.history.record(ANSWER, intent, key, status, source=name)
+            return status
 
-        await asyncio.gather(
-            *(
-                ask(intent, key, name, address)
-                for intent in self.history.intents.values()
-                for key in intent.keys
-                for name, address in gateways.items()
-            )
-        )
+        asks = [(key, name) for key in intents for name in gateways]
+        answers: dict[str, dict[str, str]] = {}
+        for (key, name), status in (await ask_until_decided(asks, ask, settle_timeout_s)).items():
+            answers.setdefault(key, {})[name] = status
         return answers
+
+
+async def ask_until_decided(
+    asks: Sequence[T],
+    ask: Callable[[T], Awaitable[str | None]],
+    timeout_s: float,
+    pause_s: float = 0.5,
+) -> dict[T, str]:
+    """Every question's last answer (None: not asked at all). Undecided answers
+    are asked again, `pause_s` apart, until `timeout_s` has passed: the question
+    is whether a replica settles, not whether it already has."""
+    last: dict[T, str] = {}
+    open_ = list(asks)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for one, status in zip(open_, await asyncio.gather(*map(ask, open_)), strict=True):
+            if status is not None:
+                last[one] = status
+        open_ = [one for one in open_ if one in last and undecided(last[one])]
+        if not open_ or time.monotonic() >= deadline:
+            return last
+        await asyncio.sleep(pause_s)
 
 
 def _credentials(customer: Customer) -> Any:
