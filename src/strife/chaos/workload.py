@@ -349,16 +349,18 @@ async def ask_until_decided(
     pause_s: float = 0.5,
 ) -> dict[T, str]:
     """Every question's last answer (None: not asked at all). Undecided answers
-    are asked again, `pause_s` apart, until `timeout_s` has passed: the question
-    is whether a replica settles, not whether it already has."""
+    are asked again, `pause_s` apart, for up to `timeout_s` after the first
+    round (which alone takes minutes after a long run): the question is whether
+    a replica settles, not whether it already has."""
     last: dict[T, str] = {}
     open_ = list(asks)
-    deadline = time.monotonic() + timeout_s
+    deadline: float | None = None
     while True:
         for one, status in zip(open_, await asyncio.gather(*map(ask, open_)), strict=True):
             if status is not None:
                 last[one] = status
         open_ = [one for one in open_ if one in last and undecided(last[one])]
+        deadline = deadline or time.monotonic() + timeout_s
         if not open_ or time.monotonic() >= deadline:
             return last
         await asyncio.sleep(pause_s)
