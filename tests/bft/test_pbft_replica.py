@@ -397,6 +397,39 @@ def test_the_view_change_timeout_doubles_until_a_new_view_makes_progress() -> No
     assert group.accepted("client-a") == b"ok 7"
 
 
+def test_a_replica_that_moved_on_counts_towards_the_quorum_that_arms_the_timer() -> None:
+    """Simulator seed 23712: view 1's primary is silent, and replica 2's VIEW-CHANGE
+    for view 1 was lost on its way to 0 and 3. Replica 2 saw 2f + 1 and moved to
+    view 2; 0 and 3 each held two for view 1 and one for view 2, armed no timer,
+    and waited forever. Replica 2's VIEW-CHANGE for view 2 says it gave up on
+    view 1 too, so it counts, and the group reaches view 2."""
+    group = Group()
+    group.down = {1}
+    group.block = lambda to, message: isinstance(message, PrePrepare) or (
+        isinstance(message, ViewChange) and message.replica == 2 and message.view == 1
+    )
+    group.request("client-a", "deposit a 7")
+    group.run()
+    for r in (0, 2, 3):
+        group.fire(r, "request")
+    group.run()
+    assert [group.replicas[r].view for r in (0, 2, 3)] == [1, 1, 1]
+    assert "view-change" in group.timers[2]
+    assert not any("view-change" in group.timers[r] for r in (0, 3))
+    group.held.clear()  # lost for good
+    group.block = lambda to, message: False
+    group.fire(2, "view-change")
+    group.run()
+    for r in (0, 3):
+        assert group.replicas[r].view == 1 and "view-change" in group.timers[r]
+        group.fire(r, "view-change")
+    group.run()
+    for r in (0, 2, 3):
+        assert group.replicas[r].active and group.replicas[r].view == 2
+        assert group.seqs(r) == [1]
+    assert group.accepted("client-a") == b"ok 7"
+
+
 def test_a_new_view_that_does_not_follow_from_its_proof_is_refused() -> None:
     group = Group()
     group.block = lambda to, message: isinstance(message, Commit | NewView)

@@ -3,7 +3,8 @@
 A replica whose request timer expires multicasts VIEW-CHANGE for the next view
 with its stable checkpoint and what prepared above it; it joins a higher view
 when f+1 others ask for one; it starts the timer that moves it one view further
-(with a doubled timeout) only once 2f+1 view-changes for its view arrived. The
+(with a doubled timeout) only once 2f+1 replicas asked for its view or a later
+one. The
 new primary derives the new view's pre-prepares from 2f+1 view-changes
 (`certificates.carried_over`) and every backup derives them again before
 entering the view, so what committed in an earlier view is carried into it.
@@ -94,12 +95,16 @@ def _record(replica: Replica, vc: ViewChange, out: list[Output]) -> None:
         return
     if replica.active:
         return
+    # A replica asking for a later view has given up on this one as surely as
+    # one asking for it: it counts towards the quorum that arms the timer, or
+    # replicas whose messages for this view were lost could wait for it forever.
+    given_up = {r for v, held in replica._view_changes.items() if v >= replica.view for r in held}
+    if len(given_up) >= replica.config.quorum and not replica._escalation_armed:
+        replica._escalation_armed = True
+        replica._set_timer("view-change", replica.timeout, out)
     gathered = replica._view_changes.get(replica.view, {})
     if len(gathered) < replica.config.quorum:
         return
-    if not replica._escalation_armed:
-        replica._escalation_armed = True
-        replica._set_timer("view-change", replica.timeout, out)
     if replica.is_primary and replica.view not in replica._new_view_sent:
         _send_new_view(replica, gathered, out)
 
