@@ -405,8 +405,9 @@ def test_a_replica_that_moved_on_counts_towards_the_quorum_that_arms_the_timer()
     view 1 too, so it counts, and the group reaches view 2."""
     group = Group()
     group.down = {1}
-    group.block = lambda to, message: isinstance(message, PrePrepare) or (
-        isinstance(message, ViewChange) and message.replica == 2 and message.view == 1
+    group.block = lambda to, message: (
+        isinstance(message, PrePrepare)
+        or (isinstance(message, ViewChange) and message.replica == 2 and message.view == 1)
     )
     group.request("client-a", "deposit a 7")
     group.run()
