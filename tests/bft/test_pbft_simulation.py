@@ -9,10 +9,12 @@ import pytest
 
 from strife.bft.byzantine import BEHAVIOURS
 from strife.bft.config import Config
-from strife.bft.simulation import Result, Scenario, draw, main, run, run_seed
+from strife.bft.simulation import Result, Scenario, draw, draw_hard, main, run, run_seed
 
 SEEDS = 200
 SLOW_SEEDS = 3000
+HARD_SEEDS = 40
+SLOW_HARD_SEEDS = 600
 
 SMALL = Config(n=4, checkpoint_interval=2, window=4, batch_size=4, max_in_flight=2)
 
@@ -33,8 +35,8 @@ def check(result: Result) -> Result:
     return result
 
 
-def sweep(first: int, count: int) -> list[Result]:
-    results = [run_seed(seed) for seed in range(first, first + count)]
+def sweep(first: int, count: int, *, hard: bool = False) -> list[Result]:
+    results = [run_seed(seed, hard=hard) for seed in range(first, first + count)]
     failed = [r for r in results if not r.ok]
     assert not failed, "\n\n".join(run(r.scenario, trace=60).report() for r in failed[:3])
     return results
@@ -58,6 +60,29 @@ def test_seeds_pass() -> None:
 def test_thousands_more_seeds_pass() -> None:
     results = sweep(SEEDS + 1, SLOW_SEEDS)
     assert sum(r.scenario.faulty_count == r.scenario.config.f for r in results) > SLOW_SEEDS // 3
+
+
+def test_hard_seeds_pass() -> None:
+    """Every hard world has f faulty replicas and a lossy network until a late GST."""
+    results = sweep(1, HARD_SEEDS, hard=True)
+    assert all(r.scenario.faulty_count == r.scenario.config.f for r in results)
+    assert all(r.scenario.drop >= 0.3 and r.scenario.gst >= 5.0 for r in results)
+    assert {r.scenario.config.n for r in results} == {4, 7}
+    assert any(r.scenario.partition for r in results)
+    assert sum(r.views > 0 for r in results) > HARD_SEEDS // 2
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_hundreds_more_hard_seeds_pass() -> None:
+    sweep(HARD_SEEDS + 1, SLOW_HARD_SEEDS, hard=True)
+
+
+def test_a_hard_seed_replays_with_its_flag() -> None:
+    world = draw_hard(5)
+    assert world.hard and not draw(5).hard
+    assert world.replay_command() == "python -m strife.bft.simulation --seed 5 --hard"
+    assert run_seed(5, hard=True).digest == run(world).digest != run_seed(5).digest
 
 
 @pytest.mark.parametrize("seed", [3, 4, 5])

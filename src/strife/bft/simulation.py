@@ -45,11 +45,21 @@ from strife.bft.effects import (
 from strife.bft.invariants import Checker, Violation
 from strife.bft.messages import Message, Reply
 from strife.bft.replica import Replica
-from strife.bft.scenario import Scenario, draw
+from strife.bft.scenario import Scenario, draw, draw_hard
 from strife.bft.signing import Keys, ed25519_keys, keyed_hash_keys, replica_identity
 from strife.bft.statemachine import Accounts
 
-__all__ = ["DELTA", "LIVENESS_S", "Result", "Scenario", "draw", "main", "run", "run_seed"]
+__all__ = [
+    "DELTA",
+    "LIVENESS_S",
+    "Result",
+    "Scenario",
+    "draw",
+    "draw_hard",
+    "main",
+    "run",
+    "run_seed",
+]
 
 DELTA = 0.02
 """After GST every message arrives within this many virtual seconds."""
@@ -376,9 +386,10 @@ def run(scenario: Scenario, *, trace: int = 0) -> Result:
     )
 
 
-def run_seed(seed: int, *, trace: int = 0, **overrides: Any) -> Result:
-    """Run seed `seed`'s world, with `Scenario` fields in `overrides` replaced."""
-    return run(replace(draw(seed), **overrides), trace=trace)
+def run_seed(seed: int, *, trace: int = 0, hard: bool = False, **overrides: Any) -> Result:
+    """Run seed `seed`'s world (`draw_hard`'s with `hard`), with `Scenario` fields
+    in `overrides` replaced."""
+    return run(replace((draw_hard if hard else draw)(seed), **overrides), trace=trace)
 
 
 def _faulty(text: str) -> tuple[tuple[int, str], ...]:
@@ -398,8 +409,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trace", type=int, default=60, help="events to print for a failure")
     parser.add_argument("--faulty", type=_faulty, help="override: e.g. 0=lie,1=lie")
     parser.add_argument("--ed25519", action="store_true", help="override: Ed25519 signatures")
+    parser.add_argument(
+        "--hard", action="store_true", help="harsher worlds: f faulty, 30-40%% loss, late GST"
+    )
     args = parser.parse_args(argv)
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, Any] = {"hard": args.hard}
     if args.faulty is not None:
         overrides["faulty"] = args.faulty
     if args.ed25519:
