@@ -4,10 +4,10 @@ A replica whose request timer expires multicasts VIEW-CHANGE for the next view
 with its stable checkpoint and what prepared above it; it joins a higher view
 when f+1 others ask for one; it starts the timer that moves it one view further
 (with a doubled timeout) only once 2f+1 replicas asked for its view or a later
-one. The
-new primary derives the new view's pre-prepares from 2f+1 view-changes
-(`certificates.carried_over`) and every backup derives them again before
-entering the view, so what committed in an earlier view is carried into it.
+one. The new primary derives the new view's pre-prepares from 2f+1
+view-changes (`certificates.carried_over`) and every backup derives them again
+before entering the view, so what committed in an earlier view is carried into
+it.
 """
 
 from __future__ import annotations

@@ -297,8 +297,8 @@ class Customers:
         A replica may still hold a key PENDING when the run goes quiet: its
         settler resolves it on its own schedule (backed off, behind a circuit
         breaker that a partition opened). Undecided answers are asked again
-        until `settle_timeout_s` has passed; what is still undecided then is
-        what the checker sees."""
+        for up to `settle_timeout_s` after the first round; what is still
+        undecided then is what the checker sees."""
         assert self.pool is not None
         pool = self.pool
         tokens = {p.customer_id: p.client.session for p in self.payers}
