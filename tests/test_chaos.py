@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from strife.chaos import net
 from strife.chaos.checker import Ledger, check
+from strife.chaos.evidence import transfer_ids, write_evidence
 from strife.chaos.history import FAIL, OK, History
 from strife.chaos.runner import ChaosConfig, run_chaos
 from strife.chaos.workload import ask_until_decided
@@ -130,3 +132,32 @@ def test_a_chaos_run_with_partitions_passes_its_checker(tmp_path: Path) -> None:
     assert Path(report["files"]["plot"]).stat().st_size > 0
     assert report["checker"]["violations"] == {}, report["checker"]
     assert report["passed"]
+
+
+def test_a_failed_check_leaves_the_log_lines_about_its_examples(tmp_path: Path) -> None:
+    history = _history_with_one_intent(["k-1", "k-2"], "COMMITTED")
+    tid = transfer_id_for("alpha", "c-alpha-1", "k-1")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "gateway-gw-1.log").write_text(
+        f'{{"event": "prepared", "transfer_id": "{tid}"}}\n'
+        '{"event": "unrelated", "transfer_id": "t-other"}\n'
+        f'{{"event": "decision_not_delivered", "transfer_id": "{tid}"}}\n'
+    )
+    (logs / "bank-alpha.log").write_text(f'{{"event": "abort", "transfer_id": "{tid}"}}\n')
+    examples: dict[str, list[Any]] = {
+        "nothing_pending_at_gateways": [{"key": "k-1", "gateways": {"gw-1": "PENDING"}}],
+        "unknown_transfers": [{"transfer_id": "t-lost", "legs": []}],
+        "money_conserved": [{"bank": "alpha"}],
+    }
+    named = transfer_ids(history, examples)
+    assert named == {"nothing_pending_at_gateways": [tid], "unknown_transfers": ["t-lost"]}
+    text = write_evidence(tmp_path / "evidence.txt", logs, named).read_text()
+    assert text.splitlines() == [
+        f"== nothing_pending_at_gateways: transfer {tid}",
+        f'   bank-alpha: {{"event": "abort", "transfer_id": "{tid}"}}',
+        f'   gateway-gw-1: {{"event": "prepared", "transfer_id": "{tid}"}}',
+        f'   gateway-gw-1: {{"event": "decision_not_delivered", "transfer_id": "{tid}"}}',
+        "== unknown_transfers: transfer t-lost",
+        "   (no log line mentions it)",
+    ]

@@ -16,6 +16,7 @@ from typing import Any
 
 from strife.chaos import net
 from strife.chaos.checker import check, read_ledgers
+from strife.chaos.evidence import transfer_ids, write_evidence
 from strife.chaos.history import History
 from strife.chaos.nemesis import ALL_KINDS, Nemesis
 from strife.chaos.nodes import Nodes, chaos_topology
@@ -184,6 +185,10 @@ async def _run(
         "history": str(write_history(out / "history.jsonl", history)),
         "plot": str(plot(out / "timeline.png", history, nemesis.faults, report["headline"])),
     }
+    if not verdict.passed:
+        named = transfer_ids(history, verdict.examples)
+        evidence = write_evidence(out / "evidence.txt", out / "cluster" / "logs", named)
+        report["files"]["evidence"] = str(evidence)
     write_json(out / "report.json", report)
     return report
 
