@@ -22,13 +22,16 @@ from strife.chaos.nemesis import ALL_KINDS, Nemesis
 from strife.chaos.nodes import Nodes, chaos_topology
 from strife.chaos.report import plot, write_history, write_json
 from strife.chaos.workload import Customers
+from strife.gateway.coordinator import CoordinatorConfig
 from strife.loadgen.customers import from_topology
+from strife.rpc.breaker import BreakerConfig
 
 Say = Callable[[str], None]
 HOLDS_TIMEOUT_S = 30.0
-# A replica's settler backs off to 10 s between passes, and a partition may
-# have opened its breaker to a bank for as long again.
-SETTLE_TIMEOUT_S = 45.0
+# A replica's settler visits an undecided record at least every
+# `settle_backoff_max_s`, and a partition may have left its breaker to a bank
+# open for up to `max_open_s` more: the settle window is twice their sum.
+SETTLE_TIMEOUT_S = 2 * (CoordinatorConfig.settle_backoff_max_s + BreakerConfig().max_open_s)
 
 
 @dataclass(frozen=True)
